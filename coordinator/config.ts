@@ -1,0 +1,40 @@
+// The coordinator's configuration: parsed once (flags, then PGMIGRATE_* environment, then defaults) into a
+// frozen, typed object.
+import type { ServerSpec } from "../shared/pg/connect.js";
+
+export const FAST_RESTORE_MODES = ["safe", "full", "off"] as const;
+export type FastRestoreMode = (typeof FAST_RESTORE_MODES)[number];
+
+export interface MigrateConfig {
+  source: ServerSpec;
+  /** The source database used for discovery and globals. */
+  sourceDb: string;
+  target: ServerSpec;
+  /** The target database used for server settings, globals and CREATE DATABASE. */
+  targetDb: string;
+  jobs: number;
+  maxParallel: number;
+  dumpRoot: string;
+  migrateGlobals: boolean;
+  /** Absent: embedded mode (a local nats-server and local workers). */
+  natsUrl: string | undefined;
+  /** Local workers in embedded mode. */
+  workers: number;
+  fastRestore: FastRestoreMode;
+  compress: string;
+  pgBin: string | undefined;
+  keepDumps: boolean;
+  restart: boolean;
+  workerWaitMs: number;
+  ackWaitMs: number;
+  maxDeliver: number;
+  retryDelayMs: number;
+  natsReplicas: number;
+}
+
+/** What is safe to write into state files, the KV and reports: everything but the passwords. */
+export function publicOptions(cfg: MigrateConfig) {
+  const { source, target, ...rest } = cfg;
+  const strip = (s: ServerSpec) => ({ host: s.host, port: s.port, user: s.user, sslmode: s.sslmode });
+  return { source: strip(source), target: strip(target), ...rest };
+}

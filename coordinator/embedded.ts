@@ -1,0 +1,131 @@
+// Embedded mode: with no --nats-url, a local nats-server (JetStream, loopback, store under ~/.pg-migrate) and
+// local worker processes, the same code path as a distributed run. Both end with the coordinator: the kernel
+// kills them if it dies (setpriv --pdeathsig), and stop() ends them otherwise.
+import { spawn, type ChildProcess } from "node:child_process";
+import { openSync, closeSync, mkdirSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ConfigError } from "../shared/errors.js";
+import type { Logger } from "../shared/log.js";
+import { SECRET_ENV } from "../shared/secrets.js";
+import { findExecutable, pathDirs } from "../shared/tools.js";
+
+const BIN = fileURLToPath(new URL("../../bin/pg-migrate.js", import.meta.url));
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ host: "127.0.0.1", port });
+    s.once("connect", () => (s.destroy(), resolve(true)));
+    s.once("error", () => resolve(false));
+  });
+}
+
+async function spawnGuarded(file: string, args: string[], opts: Parameters<typeof spawn>[2]): Promise<ChildProcess> {
+  const setpriv = await findExecutable("setpriv", [...pathDirs(), "/usr/bin", "/bin"]);
+  return setpriv ? spawn(setpriv, ["--pdeathsig", "TERM", "--", file, ...args], opts!) : spawn(file, args, opts!);
+}
+
+export interface EmbeddedNats {
+  url: string;
+  stop(): Promise<void>;
+}
+
+export async function startEmbeddedNats(storeDir: string, logFile: string, log: Logger): Promise<EmbeddedNats> {
+  const configured = process.env.PGMIGRATE_NATS_SERVER;
+  const bin = configured ?? (await findExecutable("nats-server", [...pathDirs(), "/usr/sbin", "/usr/local/sbin"]));
+  if (!bin) {
+    throw new ConfigError(
+      "nats-server not found: install it (Debian: apt-get install nats-server) or pass --nats-url to use a running NATS server",
+      "--nats-url",
+    );
+  }
+  mkdirSync(storeDir, { recursive: true, mode: 0o700 });
+  for (let tries = 0; ; tries++) {
+    const port = await freePort();
+    const out = openSync(logFile, "a", 0o600);
+    const child = await spawnGuarded(bin, ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], {
+      stdio: ["ignore", out, out],
+    });
+    closeSync(out);
+    let exited = false;
+    child.once("exit", () => (exited = true));
+    child.once("error", () => (exited = true));
+    for (let i = 0; i < 100 && !exited; i++) {
+      if (await canConnect(port)) {
+        log.info({ port, storeDir }, "embedded nats-server started");
+        return {
+          url: `nats://127.0.0.1:${port}`,
+          stop: () => stopChild(child, 5000),
+        };
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    child.kill("SIGKILL");
+    if (tries >= 2) throw new ConfigError(`the embedded nats-server (${bin}) did not start; see ${logFile}`, "--nats-url");
+  }
+}
+
+function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const force = setTimeout(() => child.kill("SIGKILL"), graceMs);
+    child.once("exit", () => {
+      clearTimeout(force);
+      resolve();
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+/** Local worker processes, restarted if one dies while the run goes on. */
+export class LocalWorkers {
+  private readonly children = new Map<number, ChildProcess>();
+  private stopping = false;
+  restarts = 0;
+
+  constructor(
+    private readonly opts: { natsUrl: string; dumpRoot: string; secret: string; logDir: string; retryDelayS: number; pgBin?: string | undefined },
+    private readonly log: Logger,
+  ) {}
+
+  async start(count: number): Promise<void> {
+    mkdirSync(this.opts.logDir, { recursive: true, mode: 0o700 });
+    for (let i = 1; i <= count; i++) await this.spawn(i);
+  }
+
+  private async spawn(index: number): Promise<void> {
+    const env: NodeJS.ProcessEnv = { ...process.env, [SECRET_ENV]: this.opts.secret };
+    // Local workers get passwords only sealed inside their jobs.
+    delete env.PGMIGRATE_FROM_PASS;
+    delete env.PGMIGRATE_TO_PASS;
+    const out = openSync(join(this.opts.logDir, `worker-${index}.log`), "a", 0o600);
+    const args = [BIN, "worker", "--nats-url", this.opts.natsUrl, "--dump-root", this.opts.dumpRoot, "--id", `local-${index}`, "--retry-delay", String(this.opts.retryDelayS)];
+    if (this.opts.pgBin) args.push("--pg-bin", this.opts.pgBin);
+    const child = await spawnGuarded(process.execPath, args, { stdio: ["ignore", out, out], env });
+    closeSync(out);
+    this.children.set(index, child);
+    child.once("exit", (code, signal) => {
+      if (this.stopping) return;
+      this.restarts++;
+      this.log.warn({ worker: index, code, signal }, `local worker ${index} exited (${signal ?? code}); starting it again`);
+      setTimeout(() => void this.spawn(index), 500);
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all([...this.children.values()].map((c) => stopChild(c, 10_000)));
+  }
+}

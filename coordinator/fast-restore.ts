@@ -1,0 +1,81 @@
+// Fast-restore mode: reloadable settings only, never one that needs a restart. The original values are saved
+// in the run record before the first change, and put back exactly — an ALTER SYSTEM value the target already
+// had is set again, anything else is RESET — then a CHECKPOINT.
+import type pg from "pg";
+import { errorMessage } from "../shared/errors.js";
+import { ident, literal } from "../shared/pg/quote.js";
+import type { FastRestoreMode } from "./config.js";
+import type { SavedSetting } from "./state.js";
+
+/** Settings that cannot corrupt the cluster if the target crashes mid-run. */
+const SAFE: Record<string, string> = {
+  synchronous_commit: "off",
+  autovacuum: "off",
+  checkpoint_timeout: "30min",
+  max_wal_size: "4GB",
+  maintenance_work_mem: "256MB",
+};
+/** The original pg-migrate's mode: also fsync and full_page_writes off. A crash of the target during the run can corrupt it. */
+const FULL: Record<string, string> = { ...SAFE, fsync: "off", full_page_writes: "off" };
+
+export function settingsFor(mode: FastRestoreMode): Record<string, string> {
+  return mode === "full" ? FULL : mode === "safe" ? SAFE : {};
+}
+
+export async function saveSettings(client: pg.Client, names: string[]): Promise<SavedSetting[]> {
+  const { rows } = await client.query<{ name: string; setting: string; unit: string | null }>(
+    "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1) ORDER BY name",
+    [names],
+  );
+  const { rows: auto } = await client.query<{ name: string; setting: string }>(
+    `SELECT name, setting FROM pg_file_settings
+      WHERE sourcefile LIKE '%/postgresql.auto.conf' AND name = ANY($1) AND error IS NULL ORDER BY seqno`,
+    [names],
+  );
+  const autoConf = new Map(auto.map((a) => [a.name, a.setting]));
+  return rows.map((r) => ({ name: r.name, setting: r.setting, autoConf: autoConf.get(r.name) ?? null }));
+}
+
+export async function applySettings(client: pg.Client, values: Record<string, string>): Promise<void> {
+  for (const [name, value] of Object.entries(values)) {
+    await client.query(`ALTER SYSTEM SET ${ident(name)} = ${literal(value)}`);
+  }
+  await client.query("SELECT pg_reload_conf()");
+}
+
+/**
+ * Puts every saved setting back, reloads, waits until a new session sees the original values, and
+ * checkpoints. Returns the names that still differ (empty when all is well).
+ */
+export async function revertSettings(openClient: () => Promise<pg.Client>, saved: SavedSetting[]): Promise<string[]> {
+  const client = await openClient();
+  try {
+    for (const s of saved) {
+      if (s.autoConf === null) await client.query(`ALTER SYSTEM RESET ${ident(s.name)}`);
+      else await client.query(`ALTER SYSTEM SET ${ident(s.name)} = ${literal(s.autoConf)}`);
+    }
+    await client.query("SELECT pg_reload_conf()");
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+  // pg_reload_conf() only signals the postmaster; new sessions see the result once it has re-read the files.
+  let differing: string[] = saved.map((s) => s.name);
+  for (let i = 0; i < 50 && differing.length; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const c = await openClient();
+    try {
+      const now = await saveSettings(c, saved.map((s) => s.name));
+      const byName = new Map(now.map((n) => [n.name, n.setting]));
+      differing = saved.filter((s) => byName.get(s.name) !== s.setting).map((s) => s.name);
+      if (!differing.length) {
+        // Files written while fsync was off become durable only through a checkpoint (and an OS sync).
+        await c.query("CHECKPOINT").catch((err: unknown) => {
+          throw new Error(`CHECKPOINT after reverting failed: ${errorMessage(err)}`);
+        });
+      }
+    } finally {
+      await c.end().catch(() => undefined);
+    }
+  }
+  return differing;
+}

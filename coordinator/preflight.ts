@@ -1,0 +1,131 @@
+// Preflight: everything is checked before anything changes on the target — both servers, the tool versions,
+// the dump volume. Each refusal is one sentence naming what the user must fix.
+import { createHash } from "node:crypto";
+import { constants } from "node:fs";
+import { access, mkdir, rm, statfs, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type pg from "pg";
+import { PreflightError } from "../shared/errors.js";
+import { ConnectError, connect, describe, type ServerSpec } from "../shared/pg/connect.js";
+import type { Toolset } from "../shared/tools.js";
+
+export interface ServerInfo {
+  spec: ServerSpec;
+  db: string;
+  version: string;
+  versionNum: number;
+  major: number;
+  systemId: string | null;
+  superuser: boolean;
+  createdb: boolean;
+  createrole: boolean;
+  readAllData: boolean;
+}
+
+/** Opens the connection the coordinator keeps for the run, and reads what the checks need. */
+export async function inspect(spec: ServerSpec, db: string): Promise<{ info: ServerInfo; client: pg.Client }> {
+  let client: pg.Client;
+  try {
+    client = await connect(spec, db, "pg-migrate coordinator");
+  } catch (err) {
+    if (err instanceof ConnectError) throw new PreflightError(err.message, { cause: err });
+    throw err;
+  }
+  const { rows } = await client.query<{
+    version: string;
+    num: string;
+    superuser: boolean;
+    createdb: boolean;
+    createrole: boolean;
+    readall: boolean;
+  }>(`SELECT current_setting('server_version') AS version, current_setting('server_version_num') AS num,
+            r.rolsuper AS superuser, r.rolcreatedb AS createdb, r.rolcreaterole AS createrole,
+            pg_has_role(current_user, 'pg_read_all_data', 'USAGE') AS readall
+       FROM pg_roles r WHERE r.rolname = current_user`);
+  const r = rows[0]!;
+  let systemId: string | null = null;
+  try {
+    const { rows: id } = await client.query<{ id: string }>("SELECT system_identifier::text AS id FROM pg_control_system()");
+    systemId = id[0]?.id ?? null;
+  } catch {
+    // pg_control_system() needs superuser or pg_monitor; the host:port comparison below still applies.
+  }
+  const versionNum = Number(r.num);
+  return {
+    client,
+    info: {
+      spec,
+      db,
+      version: r.version,
+      versionNum,
+      major: Math.floor(versionNum / 10000),
+      systemId,
+      superuser: r.superuser,
+      createdb: r.createdb,
+      createrole: r.createrole,
+      readAllData: r.superuser || r.readall,
+    },
+  };
+}
+
+export function checkServers(source: ServerInfo, target: ServerInfo, tools: Toolset): string[] {
+  const warnings: string[] = [];
+  const sameId = source.systemId !== null && source.systemId === target.systemId;
+  const sameAddress = source.spec.host === target.spec.host && source.spec.port === target.spec.port;
+  if (sameId || sameAddress) {
+    throw new PreflightError(
+      `source and target are the same server (${sameId ? `system identifier ${source.systemId}` : `${source.spec.host}:${source.spec.port}`}): point --to-host/--to-port at the new server`,
+    );
+  }
+  if (tools.major < source.major) {
+    throw new PreflightError(
+      `pg_dump ${tools.major} is older than the source server (PostgreSQL ${source.version}) and cannot dump it: install the PostgreSQL ${source.major} client tools (Debian: postgresql-client-${source.major}) or point --pg-bin at them`,
+    );
+  }
+  if (target.major < source.major) {
+    throw new PreflightError(
+      `the target runs PostgreSQL ${target.version}, older than the source's ${source.version}: pg_restore cannot move a cluster to an older major version`,
+    );
+  }
+  if (!source.readAllData) {
+    throw new PreflightError(`${describe(source.spec)} can not read all data: connect as a superuser or a member of pg_read_all_data`);
+  }
+  if (!target.superuser && !(target.createdb && target.createrole)) {
+    throw new PreflightError(`${describe(target.spec)} needs SUPERUSER, or CREATEDB and CREATEROLE, to create the databases and roles`);
+  }
+  if (!target.superuser) warnings.push(`${describe(target.spec)} is not a superuser: fast-restore settings and some role attributes cannot be applied`);
+  return warnings;
+}
+
+/** Identifies the pair of servers so that running the same command again finds the unfinished run. */
+export function pairKey(source: ServerInfo, target: ServerInfo): string {
+  const side = (s: ServerInfo) => `${s.systemId ?? "?"}@${s.spec.host}:${s.spec.port}`;
+  return createHash("sha256").update(`${side(source)}>${side(target)}`).digest("hex").slice(0, 16);
+}
+
+/** The dump volume: writable, and with room for what the source holds (an upper bound: dumps are compressed and carry no indexes). */
+export async function checkDumpVolume(dumpRoot: string, sourceBytes: number): Promise<{ freeBytes: number; warnings: string[] }> {
+  try {
+    await mkdir(dumpRoot, { recursive: true, mode: 0o700 });
+    await access(dumpRoot, constants.W_OK);
+    const probe = join(dumpRoot, `.pg-migrate-probe-${process.pid}`);
+    await writeFile(probe, "probe");
+    await rm(probe);
+  } catch (err) {
+    throw new PreflightError(`the dump volume ${dumpRoot} (--dump-root) is not writable: ${(err as Error).message}`, { cause: err });
+  }
+  const fs = await statfs(dumpRoot);
+  const freeBytes = fs.bavail * fs.bsize;
+  const warnings: string[] = [];
+  const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
+  const minimum = Math.max(16 * 2 ** 20, sourceBytes * 0.05);
+  if (freeBytes < minimum) {
+    throw new PreflightError(
+      `the dump volume ${dumpRoot} (--dump-root) has ${gib(freeBytes)} free, too little for dumps of a ${gib(sourceBytes)} source: free space or choose another --dump-root`,
+    );
+  }
+  if (freeBytes < sourceBytes) {
+    warnings.push(`the dump volume ${dumpRoot} has ${gib(freeBytes)} free and the source holds ${gib(sourceBytes)}: compressed dumps usually fit, but watch it`);
+  }
+  return { freeBytes, warnings };
+}

@@ -1,0 +1,69 @@
+// The end of a run: a summary table on the terminal and a JSON report under ~/.pg-migrate/reports.
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import Table from "cli-table3";
+import { decodeVerifyDetail, type VerifyTable } from "../shared/contracts/messages.js";
+import { bytes, seconds } from "./output.js";
+import type { RunRecord } from "./state.js";
+
+export const REPORT_VERSION = 1;
+
+export async function writeReport(home: string, record: RunRecord, dumpRoot: string): Promise<string> {
+  const databases = [];
+  for (const d of record.databases) {
+    let tables: VerifyTable[] = [];
+    if (d.detailPath) {
+      const path = join(dumpRoot, d.detailPath);
+      tables = await readFile(path, "utf8").then((t) => decodeVerifyDetail(t, path).tables, () => []);
+    }
+    const { create: _create, jobId: _jobId, jobSeq: _jobSeq, ...rest } = d;
+    databases.push({ ...rest, verified: d.phase === "done", tableCounts: tables });
+  }
+  const report = {
+    reportVersion: REPORT_VERSION,
+    runId: record.runId,
+    status: record.status,
+    startedAt: record.startedAt,
+    finishedAt: new Date().toISOString(),
+    resumedAt: record.resumedAt,
+    source: record.source,
+    target: record.target,
+    options: record.options,
+    fastRestore: record.fastRestore,
+    globals: record.globals,
+    skipped: record.skipped,
+    dumpRoot,
+    totals: {
+      databases: record.databases.length,
+      verified: record.databases.filter((d) => d.phase === "done").length,
+      failed: record.databases.filter((d) => d.phase === "failed").length,
+      rows: record.databases.reduce((s, d) => s + (d.verifiedRows ?? 0), 0),
+    },
+    databases,
+  };
+  const dir = join(home, "reports");
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const path = join(dir, `${record.runId}.json`);
+  await writeFile(path, JSON.stringify(report, null, 2), { mode: 0o600 });
+  return path;
+}
+
+export function summaryTable(record: RunRecord): string {
+  const table = new Table({
+    head: ["database", "size", "dump", "restore", "analyze", "tables", "rows", "verified"],
+    style: { head: [], border: [] },
+  });
+  for (const d of record.databases) {
+    table.push([
+      d.name,
+      bytes(d.sizeBytes),
+      seconds(d.timings.dump),
+      seconds(d.timings.restore),
+      seconds(d.timings.analyze),
+      d.tables ?? "-",
+      d.verifiedRows ?? d.rows ?? "-",
+      d.phase === "done" ? "yes" : d.phase === "failed" ? "FAILED" : d.phase,
+    ]);
+  }
+  return table.toString();
+}

@@ -1,0 +1,329 @@
+// One migration, start to end: preflight → discovery → fast-restore → globals → databases → jobs → report →
+// cleanup. Nothing changes on the target before every check has passed; the target's settings are put back
+// on every exit path after they were changed.
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type pg from "pg";
+import { ensureJetStream, RUNS_BUCKET, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { CONTRACT_VERSION, encode } from "../shared/contracts/messages.js";
+import { subjects } from "../shared/contracts/jetstream.js";
+import { dbKey } from "../shared/dbkey.js";
+import { errorMessage, InterruptedError, PreflightError } from "../shared/errors.js";
+import { createLogger, type Logger } from "../shared/log.js";
+import { connectNats } from "../shared/nats.js";
+import { appDir } from "../shared/paths.js";
+import { connect, describe } from "../shared/pg/connect.js";
+import { createDatabaseSql } from "../shared/pg/create.js";
+import { generateSecret, keyFrom, sharedKeyFromEnv, type SharedKey } from "../shared/secrets.js";
+import { resolveTools } from "../shared/tools.js";
+import { publicOptions, type MigrateConfig } from "./config.js";
+import { discoverDatabases, existingDatabases, MAINTENANCE_DB, userObjectCount } from "./discovery.js";
+import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
+import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
+import { migrateGlobals } from "./globals.js";
+import { Output } from "./output.js";
+import { checkDumpVolume, checkServers, inspect, pairKey } from "./preflight.js";
+import { summaryTable, writeReport } from "./report.js";
+import { Scheduler } from "./scheduler.js";
+import { newRunId, RunState, type DbState, type RunRecord } from "./state.js";
+
+export const EXIT = { ok: 0, failed: 1, usage: 2, preflight: 3, interrupted: 130 } as const;
+
+export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSignal): Promise<number> {
+  const home = appDir();
+  const tools = await resolveTools(cfg.pgBin);
+  const opened: pg.Client[] = [];
+  try {
+    out.line(`checking the ${describe(cfg.source, cfg.sourceDb)} and the ${describe(cfg.target, cfg.targetDb)}`);
+    const src = await inspect(cfg.source, cfg.sourceDb);
+    opened.push(src.client);
+    const tgt = await inspect(cfg.target, cfg.targetDb);
+    opened.push(tgt.client);
+    for (const w of checkServers(src.info, tgt.info, tools)) out.warn(w);
+    const pk = pairKey(src.info, tgt.info);
+    const bootLog = createLogger({ level: "info", file: join(home, "logs", `preflight-${pk}.log`) });
+    const openTarget = () => connect(cfg.target, cfg.targetDb, "pg-migrate coordinator");
+
+    let state = cfg.restart ? undefined : await RunState.findUnfinished(home, pk, bootLog);
+    if (state) {
+      out.line(`resuming run ${state.runId} (started ${state.record.startedAt}); --restart starts over`);
+      const fr = state.record.fastRestore;
+      if (fr.applied && !fr.reverted) {
+        // The previous coordinator died before putting the target's settings back: do that first.
+        const differing = await revertSettings(openTarget, fr.original);
+        if (differing.length) throw new PreflightError(`could not revert the target's settings left by run ${state.runId}: ${differing.join(", ")}`);
+        fr.reverted = true;
+        await state.save();
+        out.line(`reverted the fast-restore settings run ${state.runId} had left on the target`);
+      }
+    }
+
+    // Discovery.
+    const all = await discoverDatabases(src.client, src.info.versionNum);
+    const selected = all.filter((d) => d.name !== MAINTENANCE_DB);
+    const skipped: RunRecord["skipped"] = [];
+    if (all.some((d) => d.name === MAINTENANCE_DB)) {
+      const client = cfg.sourceDb === MAINTENANCE_DB ? src.client : await connect(cfg.source, MAINTENANCE_DB);
+      if (client !== src.client) opened.push(client);
+      const n = await userObjectCount(client);
+      if (n > 0) {
+        const reason = `holds ${n} user object(s); the maintenance database is not migrated by this version, and the target's own "${MAINTENANCE_DB}" is left as it is`;
+        skipped.push({ name: MAINTENANCE_DB, reason });
+        out.warn(`source database "${MAINTENANCE_DB}" ${reason}`);
+      }
+    }
+    out.line(`found ${selected.length} database(s) to migrate on the source`);
+
+    // The target must not already hold any of them, unless this very run created it.
+    const onTarget = await existingDatabases(tgt.client);
+    const ours = new Set(state?.record.databases.filter((d) => d.created).map((d) => d.name) ?? []);
+    const conflicts = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name)).map((d) => JSON.stringify(d.name));
+    if (conflicts.length) {
+      throw new PreflightError(
+        `the target already has database(s) ${conflicts.join(", ")} that this run did not create; nothing was changed: drop or rename them on the target first`,
+      );
+    }
+
+    const volume = await checkDumpVolume(cfg.dumpRoot, selected.reduce((s, d) => s + d.sizeBytes, 0));
+    for (const w of volume.warnings) out.warn(w);
+
+    // NATS, embedded or given.
+    let embedded: EmbeddedNats | undefined;
+    let workers: LocalWorkers | undefined;
+    let nc: NatsConnection | undefined;
+    let key: SharedKey | undefined;
+    let secret: string | undefined;
+    if (!cfg.natsUrl) {
+      embedded = await startEmbeddedNats(join(home, "nats", pk), join(home, "logs", `nats-${pk}.log`), bootLog);
+      secret = generateSecret();
+      key = keyFrom(secret);
+    } else {
+      key = sharedKeyFromEnv();
+      if (!key) out.warn("no PGMIGRATE_SECRET: jobs carry no passwords, so workers need their own (PGMIGRATE_FROM_PASS / PGMIGRATE_TO_PASS or ~/.pgpass)");
+    }
+    try {
+      const natsUrl = cfg.natsUrl ?? embedded!.url;
+      nc = await connectNats(natsUrl, "pg-migrate-coordinator");
+      const jsm = await jetstreamManager(nc);
+      await ensureJetStream(jsm, { replicas: cfg.natsReplicas, ackWaitMs: cfg.ackWaitMs, maxDeliver: cfg.maxDeliver });
+      const kvm = new Kvm(nc);
+      const runsKv = await kvm.create(RUNS_BUCKET, { history: 1, replicas: cfg.natsReplicas });
+      const workersKv = await kvm.create(WORKERS_BUCKET, { ttl: WORKER_TTL_MS, history: 1, replicas: cfg.natsReplicas });
+
+      const now = new Date().toISOString();
+      if (state) {
+        state.record.status = "running";
+        state.record.resumedAt.push(now);
+        for (const d of state.record.databases) {
+          // A database that failed before gets another chance; its restore recreates it from scratch.
+          if (d.phase === "failed") {
+            d.phase = "planned";
+            d.error = undefined;
+          }
+        }
+        const known = new Set(state.record.databases.map((d) => d.name));
+        for (const d of selected) if (!known.has(d.name)) state.record.databases.push(newDbState(d));
+      } else {
+        state = await RunState.create(
+          home,
+          {
+            v: 1,
+            runId: newRunId(),
+            pairKey: pk,
+            status: "running",
+            startedAt: now,
+            updatedAt: now,
+            resumedAt: [],
+            source: { host: cfg.source.host, port: cfg.source.port, user: cfg.source.user, db: cfg.sourceDb, systemId: src.info.systemId, version: src.info.version },
+            target: { host: cfg.target.host, port: cfg.target.port, user: cfg.target.user, db: cfg.targetDb, systemId: tgt.info.systemId, version: tgt.info.version },
+            options: publicOptions(cfg),
+            fastRestore: { mode: cfg.fastRestore, applied: false, reverted: false, original: [] },
+            globals: { done: false, applied: 0, removed: [], alreadyExisted: [], failed: [] },
+            skipped,
+            databases: selected.map(newDbState),
+          },
+          bootLog,
+        );
+      }
+      state.attachKv(runsKv);
+      await runsKv.put(`pair.${pk}`, state.runId);
+      const log = createLogger({ level: "info", file: join(home, "logs", `${state.runId}.log`), base: { runId: state.runId } });
+      out.line(`run ${state.runId}: logs in ${join(home, "logs", `${state.runId}.log`)}`);
+
+      if (embedded) {
+        workers = new LocalWorkers(
+          { natsUrl, dumpRoot: cfg.dumpRoot, secret: secret!, logDir: join(home, "logs", state.runId), retryDelayS: Math.max(1, Math.round(cfg.retryDelayMs / 1000)), pgBin: cfg.pgBin },
+          log,
+        );
+        await workers.start(cfg.workers);
+      }
+      const present = await waitForWorkers(workersKv, cfg.workerWaitMs, signal);
+      if (present === 0) {
+        throw new PreflightError(
+          `no pg-migrate worker joined within ${Math.round(cfg.workerWaitMs / 1000)}s: start workers with "pg-migrate worker --nats-url ${natsUrl} --dump-root <shared dump root>"`,
+        );
+      }
+      out.line(`${present} worker(s) ready`);
+
+      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser });
+    } finally {
+      await workers?.stop();
+      await nc?.drain().catch(() => undefined);
+      await embedded?.stop();
+    }
+  } finally {
+    await Promise.all(opened.map((c) => c.end().catch(() => undefined)));
+  }
+}
+
+interface Deps {
+  tools: Awaited<ReturnType<typeof resolveTools>>;
+  tgtClient: pg.Client;
+  openTarget: () => Promise<pg.Client>;
+  nc: NatsConnection;
+  key: SharedKey | undefined;
+  log: Logger;
+  out: Output;
+  signal: AbortSignal;
+  superuser: boolean;
+}
+
+/** Everything that changes the target, inside the try whose finally puts its settings back. */
+async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<number> {
+  const { out, log, signal } = d;
+  const record = state.record;
+  const js = jetstream(d.nc);
+  const emitRun = (status: "started" | "resumed" | "finished" | "failed" | "interrupted") =>
+    js
+      .publish(
+        subjects.event(state.runId, "run", status),
+        encode({
+          v: CONTRACT_VERSION, type: "run", runId: state.runId, status, at: new Date().toISOString(),
+          databases: record.databases.length,
+          verified: record.databases.filter((x) => x.phase === "done").length,
+          failed: record.databases.filter((x) => x.phase === "failed").length,
+        }),
+      )
+      .catch((err: unknown) => log.warn({ err: errorMessage(err) }, "run event not published"));
+  await emitRun(record.resumedAt.length ? "resumed" : "started");
+
+  try {
+    // Fast-restore: save first, then change.
+    const wanted = settingsFor(cfg.fastRestore);
+    if (Object.keys(wanted).length) {
+      if (!d.superuser) {
+        record.fastRestore.skippedReason = "the target user is not a superuser";
+        out.warn("fast-restore mode skipped: the target user is not a superuser");
+      } else {
+        record.fastRestore.original = await saveSettings(d.tgtClient, Object.keys(wanted));
+        record.fastRestore.applied = true;
+        record.fastRestore.reverted = false;
+        await state.save();
+        try {
+          await applySettings(d.tgtClient, wanted);
+          out.line(`target switched to fast-restore mode (${cfg.fastRestore}): ${Object.entries(wanted).map(([k, v]) => `${k}=${v}`).join(", ")}`);
+        } catch (err) {
+          record.fastRestore.skippedReason = errorMessage(err);
+          out.warn(`fast-restore mode not applied (${errorMessage(err)}); continuing without it`);
+        }
+      }
+    }
+    if (signal.aborted) throw new InterruptedError("interrupted");
+
+    if (cfg.migrateGlobals && !record.globals.done) {
+      const g = await migrateGlobals(d.tools, cfg.source, cfg.sourceDb, cfg.target, cfg.targetDb, signal);
+      record.globals = { done: true, ...g };
+      await state.save();
+      out.line(`globals: ${g.applied} statement(s) applied, ${g.alreadyExisted.length} already existed, ${g.removed.length} about the migration user ${JSON.stringify(cfg.target.user)} left out`);
+      for (const f of g.failed) out.warn(`globals statement failed: ${f.error}: ${f.statement.split("\n")[0]}`);
+    }
+
+    await createDatabases(cfg, state, d);
+    if (signal.aborted) throw new InterruptedError("interrupted");
+
+    await new Scheduler(d.nc, js, state, cfg, d.key, log, out).run(signal);
+    if (signal.aborted) throw new InterruptedError("interrupted");
+  } catch (err) {
+    record.status = err instanceof InterruptedError || signal.aborted ? "interrupted" : "failed";
+    await state.save();
+    if (record.status !== "interrupted") throw err;
+  } finally {
+    const fr = record.fastRestore;
+    if (fr.applied && !fr.reverted) {
+      const differing = await revertSettings(d.openTarget, fr.original).catch((err: unknown) => [errorMessage(err)]);
+      if (differing.length) out.warn(`could not revert the target's settings (${differing.join(", ")}): run "pg-migrate revert-settings" with the same target flags`);
+      else {
+        fr.reverted = true;
+        out.line(
+          cfg.fastRestore === "full"
+            ? "target settings reverted and checkpointed; fsync was off during the restore: run `sync` on the target host (or restart it cleanly) before relying on the data"
+            : "target settings reverted and checkpointed",
+        );
+      }
+      await state.save();
+    }
+  }
+
+  if (record.status === "interrupted") {
+    await emitRun("interrupted");
+    out.line(`interrupted: run the same command again to resume run ${state.runId}`);
+    return EXIT.interrupted;
+  }
+  const failed = record.databases.filter((x) => x.phase !== "done");
+  record.status = failed.length ? "failed" : "finished";
+  await state.save();
+  await emitRun(record.status === "finished" ? "finished" : "failed");
+  const reportPath = await writeReport(appDir(), record, cfg.dumpRoot);
+  process.stdout.write(summaryTable(record) + "\n");
+  out.line(`report: ${reportPath}`);
+  if (!failed.length && !cfg.keepDumps) await rm(join(cfg.dumpRoot, state.runId), { recursive: true, force: true });
+  if (failed.length) {
+    out.line(`${failed.length} of ${record.databases.length} database(s) failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}; the dumps are kept under ${join(cfg.dumpRoot, state.runId)}`);
+    return EXIT.failed;
+  }
+  out.line(`all ${record.databases.length} database(s) migrated and verified`);
+  return EXIT.ok;
+}
+
+async function createDatabases(cfg: MigrateConfig, state: RunState, d: Deps): Promise<void> {
+  const { rows } = await d.tgtClient.query<{ rolname: string }>("SELECT rolname FROM pg_roles");
+  const roles = new Set(rows.map((r) => r.rolname));
+  for (const db of state.record.databases) {
+    if (db.created || db.phase !== "planned") continue;
+    if (!roles.has(db.create.owner)) {
+      d.out.warn(`owner ${JSON.stringify(db.create.owner)} of ${JSON.stringify(db.name)} does not exist on the target; ${JSON.stringify(cfg.target.user)} will own it`);
+      db.create = { ...db.create, owner: cfg.target.user };
+    }
+    // Recorded before the CREATE: a crash in between must not make the next run refuse its own database.
+    db.created = true;
+    await state.save();
+    try {
+      await d.tgtClient.query(createDatabaseSql(db.name, db.create));
+    } catch (err) {
+      db.created = /already exists/.test(errorMessage(err)) ? false : db.created;
+      db.phase = "failed";
+      db.error = `CREATE DATABASE failed: ${errorMessage(err)}`;
+      d.out.warn(`${JSON.stringify(db.name)}: ${db.error}`);
+      await state.save();
+    }
+  }
+}
+
+function newDbState(d: { name: string; sizeBytes: number; create: DbState["create"] }): DbState {
+  return { name: d.name, key: dbKey(d.name), sizeBytes: d.sizeBytes, phase: "planned", created: false, create: d.create, timings: {}, attempts: {}, workers: {} };
+}
+
+async function waitForWorkers(kv: KV, timeoutMs: number, signal: AbortSignal): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  while (!signal.aborted) {
+    const keys = await kv.keys();
+    let n = 0;
+    for await (const _ of keys) n++;
+    if (n > 0 || Date.now() > deadline) return n;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new InterruptedError("interrupted while waiting for workers");
+}

@@ -1,0 +1,139 @@
+// The run record: the coordinator's memory across crashes. Kept as a local file under ~/.pg-migrate/state
+// (written whole, then renamed) and mirrored to the JetStream KV so a coordinator on another host can resume.
+import { mkdir, readdir, readFile, rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { KV } from "@nats-io/kv";
+import { customAlphabet } from "nanoid";
+import type { CreateSpec, Mismatch } from "../shared/contracts/messages.js";
+import type { DbPhase, JobKind } from "../shared/contracts/phases.js";
+import { errorMessage } from "../shared/errors.js";
+import type { Logger } from "../shared/log.js";
+
+export interface SavedSetting {
+  name: string;
+  /** The value in effect before the run, as pg_settings shows it. */
+  setting: string;
+  /** The value postgresql.auto.conf held (ALTER SYSTEM), or null when it held none. */
+  autoConf: string | null;
+}
+
+export interface DbState {
+  name: string;
+  key: string;
+  sizeBytes: number;
+  phase: DbPhase;
+  /** True once this run has (or is about to have) created the database on the target. */
+  created: boolean;
+  create: CreateSpec;
+  jobId?: string | undefined;
+  jobSeq?: number | undefined;
+  /** Attempt directory of the completed dump, relative to the dump root. */
+  dumpPath?: string | undefined;
+  dumpBytes?: number;
+  tables?: number;
+  rows?: number;
+  verifiedRows?: number;
+  sequences?: number;
+  mismatches?: Mismatch[];
+  detailPath?: string;
+  timings: Partial<Record<JobKind | "analyze", number>>;
+  attempts: Partial<Record<JobKind, number>>;
+  workers: Partial<Record<JobKind, string>>;
+  error?: string | undefined;
+}
+
+export interface RunRecord {
+  v: 1;
+  runId: string;
+  pairKey: string;
+  status: "running" | "interrupted" | "failed" | "finished";
+  startedAt: string;
+  updatedAt: string;
+  resumedAt: string[];
+  source: { host: string; port: number; user: string; db: string; systemId: string | null; version: string };
+  target: { host: string; port: number; user: string; db: string; systemId: string | null; version: string };
+  options: Record<string, unknown>;
+  fastRestore: { mode: string; applied: boolean; reverted: boolean; original: SavedSetting[]; skippedReason?: string };
+  globals: { done: boolean; applied: number; removed: string[]; alreadyExisted: string[]; failed: { statement: string; error: string }[] };
+  skipped: { name: string; reason: string }[];
+  databases: DbState[];
+}
+
+const newId = customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 8);
+export function newRunId(now = new Date()): string {
+  const stamp = now.toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
+  return `${stamp}-${newId()}`;
+}
+
+export class RunState {
+  private kv: KV | undefined;
+  private saving: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly record: RunRecord,
+    private readonly dir: string,
+    private readonly log: Logger,
+  ) {}
+
+  static stateRoot(home: string): string {
+    return join(home, "state");
+  }
+
+  /** The newest unfinished run between these two servers, if any. */
+  static async findUnfinished(home: string, pairKey: string, log: Logger): Promise<RunState | undefined> {
+    const root = RunState.stateRoot(home);
+    const ids = await readdir(root).catch(() => [] as string[]);
+    for (const id of ids.sort().reverse()) {
+      const record = await readRecord(join(root, id, "run.json"));
+      if (record && record.pairKey === pairKey && record.status !== "finished") return new RunState(record, join(root, id), log);
+    }
+    return undefined;
+  }
+
+  static async create(home: string, record: RunRecord, log: Logger): Promise<RunState> {
+    const dir = join(RunState.stateRoot(home), record.runId);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const state = new RunState(record, dir, log);
+    await state.save();
+    return state;
+  }
+
+  get runId(): string {
+    return this.record.runId;
+  }
+
+  attachKv(kv: KV): void {
+    this.kv = kv;
+  }
+
+  db(key: string): DbState | undefined {
+    return this.record.databases.find((d) => d.key === key);
+  }
+
+  /** Writes are serialized; each writes the whole record. */
+  save(): Promise<void> {
+    this.saving = this.saving.then(() => this.write());
+    return this.saving;
+  }
+
+  private async write(): Promise<void> {
+    this.record.updatedAt = new Date().toISOString();
+    const text = JSON.stringify(this.record, null, 1);
+    const path = join(this.dir, "run.json");
+    const tmp = `${path}.tmp`;
+    await writeFile(tmp, text, { mode: 0o600 });
+    await rename(tmp, path);
+    if (this.kv) {
+      await this.kv.put(`run.${this.runId}`, text).catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "KV run record not updated"));
+    }
+  }
+}
+
+async function readRecord(path: string): Promise<RunRecord | undefined> {
+  try {
+    // Our own file, written whole by write() above.
+    return JSON.parse(await readFile(path, "utf8")) as RunRecord;
+  } catch {
+    return undefined;
+  }
+}

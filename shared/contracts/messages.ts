@@ -1,0 +1,205 @@
+// Message and file contracts. Every payload carries a version; decoding validates at run time.
+// No JSON.parse of a message or a manifest happens anywhere else.
+import { z } from "zod";
+import { ContractError } from "../errors.js";
+import { DB_PHASES, JOB_KINDS } from "./phases.js";
+
+export const CONTRACT_VERSION = 1;
+
+const Sealed = z.object({ alg: z.literal("aes-256-gcm"), iv: z.string(), tag: z.string(), data: z.string() });
+export type Sealed = z.infer<typeof Sealed>;
+
+/** Where a worker connects. The password, if present, is sealed with the run's shared key, never clear. */
+const ConnSpec = z.object({
+  host: z.string(),
+  port: z.number().int(),
+  user: z.string(),
+  sslmode: z.string().optional(),
+  password: Sealed.optional(),
+});
+export type ConnSpec = z.infer<typeof ConnSpec>;
+
+const DbRef = z.object({ name: z.string(), key: z.string() });
+export type DbRef = z.infer<typeof DbRef>;
+
+/** How the coordinator created a database on the target; a retried restore recreates it the same way. */
+const CreateSpec = z.object({
+  owner: z.string(),
+  encoding: z.string(),
+  collate: z.string(),
+  ctype: z.string(),
+  localeProvider: z.enum(["libc", "icu"]),
+  iculocale: z.string().nullable(),
+});
+export type CreateSpec = z.infer<typeof CreateSpec>;
+
+const jobBase = {
+  v: z.literal(CONTRACT_VERSION),
+  runId: z.string(),
+  jobId: z.string(),
+  db: DbRef,
+  /** Relative to the dump root, which each worker mounts wherever it likes. */
+  dumpPath: z.string(),
+};
+
+const DumpJob = z.object({
+  ...jobBase,
+  kind: z.literal("dump"),
+  source: ConnSpec,
+  jobs: z.number().int().positive(),
+  compress: z.string(),
+});
+const RestoreJob = z.object({
+  ...jobBase,
+  kind: z.literal("restore"),
+  target: ConnSpec,
+  jobs: z.number().int().positive(),
+  create: CreateSpec,
+  /** The target database the worker connects to when it must drop and recreate the restored one. */
+  maintenanceDb: z.string(),
+  /** Drop and recreate the (run-created) database before restoring: set when an earlier attempt may have written. */
+  recreate: z.boolean(),
+});
+const VerifyJob = z.object({ ...jobBase, kind: z.literal("verify"), target: ConnSpec });
+
+const Job = z.discriminatedUnion("kind", [DumpJob, RestoreJob, VerifyJob]);
+export type Job = z.infer<typeof Job>;
+export type JobOf<K extends Job["kind"]> = Extract<Job, { kind: K }>;
+
+const TableCount = z.object({ schema: z.string(), name: z.string(), rows: z.number().int().nonnegative() });
+export type TableCount = z.infer<typeof TableCount>;
+const SequenceValue = z.object({
+  schema: z.string(),
+  name: z.string(),
+  lastValue: z.string().nullable(),
+  isCalled: z.boolean(),
+});
+export type SequenceValue = z.infer<typeof SequenceValue>;
+
+/** Written into a dump's attempt directory only after pg_dump exited 0: the mark of a complete dump. */
+const Manifest = z.object({
+  v: z.literal(CONTRACT_VERSION),
+  runId: z.string(),
+  jobId: z.string(),
+  db: DbRef,
+  completedAt: z.string(),
+  pgDumpVersion: z.string(),
+  serverVersion: z.string(),
+  bytes: z.number().int().nonnegative(),
+  tables: z.array(TableCount),
+  sequences: z.array(SequenceValue),
+  largeObjects: z.number().int().nonnegative(),
+});
+export type Manifest = z.infer<typeof Manifest>;
+
+const Mismatch = z.object({
+  what: z.enum(["table-missing", "table-extra", "row-count", "sequence", "large-objects"]),
+  object: z.string(),
+  source: z.string().nullable(),
+  target: z.string().nullable(),
+});
+export type Mismatch = z.infer<typeof Mismatch>;
+
+const DumpResult = z.object({
+  kind: z.literal("dump"),
+  attemptPath: z.string(),
+  bytes: z.number(),
+  tables: z.number().int(),
+  rows: z.number(),
+});
+const RestoreResult = z.object({ kind: z.literal("restore"), restoreMs: z.number(), analyzeMs: z.number() });
+const VerifyTable = z.object({
+  schema: z.string(),
+  name: z.string(),
+  source: z.number().nullable(),
+  target: z.number().nullable(),
+});
+export type VerifyTable = z.infer<typeof VerifyTable>;
+const VerifyResult = z.object({
+  kind: z.literal("verify"),
+  ok: z.boolean(),
+  tables: z.number().int(),
+  rows: z.number(),
+  sequences: z.number().int(),
+  mismatches: z.array(Mismatch),
+  /** Relative to the dump root: every table's counts on both sides. */
+  detailPath: z.string(),
+});
+const JobResult = z.discriminatedUnion("kind", [DumpResult, RestoreResult, VerifyResult]);
+export type JobResult = z.infer<typeof JobResult>;
+
+/** Every table of a verification, written beside the dump by the verify job. */
+const VerifyDetail = z.object({ v: z.literal(CONTRACT_VERSION), tables: z.array(VerifyTable) });
+export type VerifyDetail = z.infer<typeof VerifyDetail>;
+
+const JobEvent = z.object({
+  v: z.literal(CONTRACT_VERSION),
+  type: z.literal("job"),
+  runId: z.string(),
+  jobId: z.string(),
+  kind: z.enum(JOB_KINDS),
+  status: z.enum(["claimed", "progress", "done", "failed"]),
+  db: DbRef,
+  worker: z.string(),
+  attempt: z.number().int(),
+  maxAttempts: z.number().int(),
+  at: z.string(),
+  durationMs: z.number().optional(),
+  progress: z.object({ bytes: z.number(), totalBytes: z.number().nullable() }).optional(),
+  result: JobResult.optional(),
+  /** final: no delivery is left, the database has failed. */
+  error: z.object({ message: z.string(), stderrTail: z.string(), final: z.boolean() }).optional(),
+});
+const DbEvent = z.object({
+  v: z.literal(CONTRACT_VERSION),
+  type: z.literal("db"),
+  runId: z.string(),
+  db: DbRef,
+  phase: z.enum(DB_PHASES),
+  at: z.string(),
+  error: z.string().optional(),
+});
+const RunEvent = z.object({
+  v: z.literal(CONTRACT_VERSION),
+  type: z.literal("run"),
+  runId: z.string(),
+  status: z.enum(["started", "resumed", "finished", "failed", "interrupted"]),
+  at: z.string(),
+  databases: z.number().int(),
+  verified: z.number().int().optional(),
+  failed: z.number().int().optional(),
+});
+const Event = z.discriminatedUnion("type", [JobEvent, DbEvent, RunEvent]);
+export type Event = z.infer<typeof Event>;
+export type JobEvent = z.infer<typeof JobEvent>;
+export type DbEvent = z.infer<typeof DbEvent>;
+export type RunEvent = z.infer<typeof RunEvent>;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function encode(value: Job | Event): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}
+
+function decodeWith<T>(schema: z.ZodType<T>, data: Uint8Array | string, what: string, subject?: string): T {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(typeof data === "string" ? data : decoder.decode(data));
+  } catch (err) {
+    throw new ContractError(`${what} is not JSON`, subject, { cause: err });
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    throw new ContractError(`${what} does not match contract v${CONTRACT_VERSION}: ${z.prettifyError(parsed.error)}`, subject);
+  }
+  return parsed.data;
+}
+
+export const decodeJob = (data: Uint8Array, subject?: string) => decodeWith(Job, data, "job", subject);
+export const decodeEvent = (data: Uint8Array, subject?: string) => decodeWith(Event, data, "event", subject);
+export const decodeManifest = (text: string, path: string) => decodeWith(Manifest, text, `manifest ${path}`);
+export const decodeVerifyDetail = (text: string, path: string) => decodeWith(VerifyDetail, text, `verification ${path}`);
+
+/** The JSON schemas of the published contracts, for the README and for third-party consumers. */
+export const schemas = { Job, Event, Manifest, VerifyDetail } as const;

@@ -1,0 +1,74 @@
+// Catalog queries shared by the dump (source side) and the verify (target side) jobs, so both sides count
+// exactly the same set of relations the same way.
+import type pg from "pg";
+import type { SequenceValue, TableCount } from "../contracts/messages.js";
+import { qualified } from "./quote.js";
+
+export interface TableRef {
+  schema: string;
+  name: string;
+}
+
+/**
+ * Relations that hold rows pg_dump carries: ordinary tables and partitions (counted ONLY, so a partitioned
+ * parent's rows are counted once, in its leaves) and populated materialized views (pg_restore refreshes them).
+ */
+const TABLES_SQL = `
+  SELECT n.nspname AS schema, c.relname AS name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'm')
+     AND (c.relkind <> 'm' OR c.relispopulated)
+     AND c.relpersistence <> 't'
+     AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+   ORDER BY 1, 2`;
+
+export async function listTables(client: pg.Client): Promise<TableRef[]> {
+  const { rows } = await client.query<TableRef>(TABLES_SQL);
+  return rows;
+}
+
+const COUNT_BATCH = 100;
+
+/** Exact row counts, a hundred tables to a round trip. */
+export async function countRows(client: pg.Client, tables: TableRef[]): Promise<TableCount[]> {
+  const out: TableCount[] = [];
+  for (let i = 0; i < tables.length; i += COUNT_BATCH) {
+    const batch = tables.slice(i, i + COUNT_BATCH);
+    const sql = batch
+      .map((t, j) => `SELECT ${j} AS i, count(*) AS n FROM ONLY ${qualified(t.schema, t.name)}`)
+      .join(" UNION ALL ");
+    const { rows } = await client.query<{ i: number; n: string }>(sql);
+    const byIndex = new Map(rows.map((r) => [Number(r.i), Number(r.n)]));
+    batch.forEach((t, j) => out.push({ schema: t.schema, name: t.name, rows: byIndex.get(j) ?? 0 }));
+  }
+  return out;
+}
+
+export async function sequenceValues(client: pg.Client): Promise<SequenceValue[]> {
+  const { rows: seqs } = await client.query<TableRef>(`
+    SELECT n.nspname AS schema, c.relname AS name
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+     ORDER BY 1, 2`);
+  const out: SequenceValue[] = [];
+  for (let i = 0; i < seqs.length; i += COUNT_BATCH) {
+    const batch = seqs.slice(i, i + COUNT_BATCH);
+    const sql = batch
+      .map((s, j) => `SELECT ${j} AS i, last_value::text AS v, is_called AS c FROM ${qualified(s.schema, s.name)}`)
+      .join(" UNION ALL ");
+    const { rows } = await client.query<{ i: number; v: string | null; c: boolean }>(sql);
+    const byIndex = new Map(rows.map((r) => [Number(r.i), r]));
+    batch.forEach((s, j) => {
+      const r = byIndex.get(j);
+      out.push({ schema: s.schema, name: s.name, lastValue: r?.v ?? null, isCalled: r?.c ?? false });
+    });
+  }
+  return out;
+}
+
+export async function largeObjectCount(client: pg.Client): Promise<number> {
+  const { rows } = await client.query<{ n: string }>("SELECT count(*) AS n FROM pg_largeobject_metadata");
+  return Number(rows[0]?.n ?? 0);
+}

@@ -1,0 +1,22 @@
+// CREATE DATABASE as the coordinator issues it and as a retried restore reissues it.
+import type { CreateSpec } from "../contracts/messages.js";
+import { ident, literal } from "./quote.js";
+
+export function createDatabaseSql(name: string, spec: CreateSpec): string {
+  const parts = [
+    `CREATE DATABASE ${ident(name)} WITH TEMPLATE template0`,
+    `OWNER ${ident(spec.owner)}`,
+    `ENCODING ${literal(spec.encoding)}`,
+    `LC_COLLATE ${literal(spec.collate)}`,
+    `LC_CTYPE ${literal(spec.ctype)}`,
+  ];
+  if (spec.localeProvider === "icu") {
+    parts.push(`LOCALE_PROVIDER icu`, `ICU_LOCALE ${literal(spec.iculocale ?? "und")}`);
+  }
+  return parts.join(" ");
+}
+
+/** WITH (FORCE) ends sessions a killed restore may have left behind. */
+export function dropDatabaseSql(name: string): string {
+  return `DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`;
+}

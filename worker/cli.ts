@@ -1,0 +1,66 @@
+// `pg-migrate worker`: pulls dump, restore and verify jobs from JetStream until told to stop.
+import { Command, Option } from "commander";
+import { nanoid } from "nanoid";
+import { positiveInt } from "../shared/cli-values.js";
+import { errorMessage } from "../shared/errors.js";
+import { createLogger } from "../shared/log.js";
+import { connectNats, processTag } from "../shared/nats.js";
+import { resolveDumpRoot } from "../shared/paths.js";
+import { sharedKeyFromEnv } from "../shared/secrets.js";
+import { resolveTools } from "../shared/tools.js";
+import { Worker } from "./main.js";
+
+const program = new Command("pg-migrate worker")
+  .description("Run a pg-migrate worker: claims dump, restore and verify jobs from NATS JetStream.")
+  .addOption(new Option("--nats-url <url>", "NATS server(s), comma separated").env("PGMIGRATE_NATS_URL").makeOptionMandatory())
+  .addOption(new Option("--dump-root <dir>", "shared dump volume (relative to $HOME)").env("PGMIGRATE_DUMP_ROOT").default("pg_dumps"))
+  .addOption(new Option("--id <name>", "worker name in events and status (default: host and pid)").env("PGMIGRATE_WORKER_ID"))
+  .addOption(new Option("--pg-bin <dir>", "folder of pg_dump/pg_restore (default: PATH)").env("PGMIGRATE_PG_BIN"))
+  .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is offered again").argParser(positiveInt).default(5))
+  .addOption(new Option("--log-level <level>", "log level on stderr").choices(["debug", "info", "warn", "error"]).default("info"))
+  .showHelpAfterError("(pg-migrate worker --help lists the options)")
+  .exitOverride();
+
+async function main(argv: string[]): Promise<number> {
+  try {
+    program.parse(argv, { from: "user" });
+  } catch (err) {
+    return (err as { exitCode?: number }).exitCode === 0 ? 0 : 2;
+  }
+  const o = program.opts<{ natsUrl: string; dumpRoot: string; id?: string; pgBin?: string; retryDelay: number; logLevel: string }>();
+  const id = (o.id ?? processTag("worker")).replace(/[^A-Za-z0-9_-]/g, "_") + `-${nanoid(4)}`;
+  const log = createLogger({ level: o.logLevel, stderrLevel: o.logLevel, base: { worker: id } });
+  try {
+    const tools = await resolveTools(o.pgBin);
+    const nc = await connectNats(o.natsUrl, id);
+    const worker = new Worker(
+      nc,
+      {
+        id,
+        dumpRoot: resolveDumpRoot(o.dumpRoot),
+        tools,
+        key: sharedKeyFromEnv(),
+        ownPasswords: { source: process.env.PGMIGRATE_FROM_PASS, target: process.env.PGMIGRATE_TO_PASS },
+      },
+      { retryDelayMs: o.retryDelay * 1000 },
+      log,
+    );
+    const shutdown = async (signal: string) => {
+      log.info({ signal }, "stopping: no new jobs, running tools stopped, their jobs handed back");
+      const forced = setTimeout(() => process.exit(1), 8000);
+      forced.unref();
+      await worker.stop();
+      await nc.drain().catch(() => undefined);
+      process.exit(0);
+    };
+    process.once("SIGTERM", () => void shutdown("SIGTERM"));
+    process.once("SIGINT", () => void shutdown("SIGINT"));
+    await worker.run();
+    return 0;
+  } catch (err) {
+    process.stderr.write(`pg-migrate worker: ${errorMessage(err)}\n`);
+    return 2;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,92 @@
+// dump: pg_dump -Fd -j into a fresh attempt directory, inside a snapshot this worker exported, with every
+// table counted in that same snapshot. Only a manifest written after pg_dump exited 0 marks the dump complete.
+import { readdir, readFile } from "node:fs/promises";
+import { join, relative } from "node:path";
+import { CONTRACT_VERSION, decodeManifest, type Manifest } from "../shared/contracts/messages.js";
+import { connect } from "../shared/pg/connect.js";
+import { countRows, largeObjectCount, listTables, sequenceValues } from "../shared/pg/catalog.js";
+import { dbnameArg } from "../shared/pg/conninfo.js";
+import { runTool } from "../shared/tools.js";
+import { serverFor, type Handler } from "./context.js";
+import { directorySize, ensurePrivateDir, removeTree, writeFileAtomic } from "./files.js";
+
+export const MANIFEST_FILE = "manifest.json";
+const PROGRESS_EVERY_MS = 2000;
+
+export const dump: Handler<"dump"> = async (job, run, ctx) => {
+  const jobDir = join(ctx.dumpRoot, job.dumpPath);
+  const attemptDir = join(jobDir, `attempt-${run.attempt}`);
+  await ensurePrivateDir(jobDir);
+  await removeIncompleteAttempts(jobDir);
+
+  const server = serverFor("source", job.source, ctx);
+  const client = await connect(server, job.db.name, "pg-migrate dump");
+  const progress = setInterval(() => {
+    void directorySize(attemptDir).then((bytes) => run.progress(bytes, null));
+  }, PROGRESS_EVERY_MS);
+  try {
+    await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    const { rows } = await client.query<{ id: string }>("SELECT pg_export_snapshot() AS id");
+    const snapshot = rows[0]!.id;
+    const { rows: ver } = await client.query<{ v: string }>("SELECT current_setting('server_version') AS v");
+
+    const dumping = runTool(
+      ctx.tools,
+      "pg_dump",
+      ["--format=directory", `--jobs=${job.jobs}`, `--snapshot=${snapshot}`, `--compress=${job.compress}`, `--file=${attemptDir}`, dbnameArg(job.db.name)],
+      { conn: server, signal: run.signal, appName: "pg-migrate pg_dump" },
+    );
+    // Count while pg_dump runs: same snapshot, so the counts describe exactly what is being dumped.
+    const counting = (async () => {
+      const tables = await countRows(client, await listTables(client));
+      const sequences = await sequenceValues(client);
+      const largeObjects = await largeObjectCount(client);
+      return { tables, sequences, largeObjects };
+    })();
+    // Settle both before deciding: a failed count must not leave pg_dump running unobserved.
+    const [dumped, counted] = await Promise.allSettled([dumping, counting]);
+    if (dumped.status === "rejected") throw dumped.reason;
+    if (counted.status === "rejected") throw counted.reason;
+    await client.query("COMMIT");
+
+    const bytes = await directorySize(attemptDir);
+    const manifest: Manifest = {
+      v: CONTRACT_VERSION,
+      runId: job.runId,
+      jobId: job.jobId,
+      db: job.db,
+      completedAt: new Date().toISOString(),
+      pgDumpVersion: ctx.tools.version,
+      serverVersion: ver[0]!.v,
+      bytes,
+      ...counted.value,
+    };
+    await writeFileAtomic(join(attemptDir, MANIFEST_FILE), JSON.stringify(manifest));
+    return {
+      kind: "dump",
+      attemptPath: relative(ctx.dumpRoot, attemptDir),
+      bytes,
+      tables: manifest.tables.length,
+      rows: manifest.tables.reduce((sum, t) => sum + t.rows, 0),
+    };
+  } finally {
+    clearInterval(progress);
+    await client.end().catch(() => undefined);
+  }
+};
+
+/** A redelivered dump starts clean: earlier attempts without a manifest are partial and removed. */
+async function removeIncompleteAttempts(jobDir: string): Promise<void> {
+  const entries = await readdir(jobDir, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    if (!e.isDirectory() || !e.name.startsWith("attempt-")) continue;
+    const dir = join(jobDir, e.name);
+    const complete = await readFile(join(dir, MANIFEST_FILE), "utf8").then(() => true, () => false);
+    if (!complete) await removeTree(dir);
+  }
+}
+
+export async function readManifest(dir: string): Promise<Manifest> {
+  const path = join(dir, MANIFEST_FILE);
+  return decodeManifest(await readFile(path, "utf8"), path);
+}
