@@ -5,5 +5,5 @@ if (process.argv[2] === "worker") {
   process.argv.splice(2, 1);
   await import("../dist/worker/cli.js");
 } else {
-  await import("../dist/coordinator/cli.js");
+  await import("../dist/coordinator/main.js");
 }

@@ -140,4 +140,3 @@ function report(err: unknown, out: Output): number {
   return EXIT.failed;
 }
 
-process.exitCode = await main(process.argv.slice(2));

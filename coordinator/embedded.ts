@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { openSync, closeSync, mkdirSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConfigError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
@@ -44,7 +44,9 @@ export interface EmbeddedNats {
 
 export async function startEmbeddedNats(storeDir: string, logFile: string, log: Logger): Promise<EmbeddedNats> {
   const configured = process.env.PGMIGRATE_NATS_SERVER;
-  const bin = configured ?? (await findExecutable("nats-server", [...pathDirs(), "/usr/sbin", "/usr/local/sbin"]));
+  const bin = configured
+    ? await findExecutable(basename(configured), [dirname(configured)])
+    : await findExecutable("nats-server", [...pathDirs(), "/usr/sbin", "/usr/local/sbin"]);
   if (!bin) {
     throw new ConfigError(
       "nats-server not found: install it (Debian: apt-get install nats-server) or pass --nats-url to use a running NATS server",

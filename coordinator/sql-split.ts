@@ -42,8 +42,11 @@ export function splitScript(script: string): ScriptPart[] {
       }
     }
     if (ch === "-" && script[i + 1] === "-") {
+      const before = atStatementStart();
       const end = script.indexOf("\n", i);
       i = end === -1 ? script.length : end;
+      // A comment between statements belongs to neither: the next line may be a meta-command.
+      if (before) start = i;
       continue;
     }
     if (ch === "'" || ch === '"') {

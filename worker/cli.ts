@@ -1,6 +1,6 @@
 // `pg-migrate worker`: pulls dump, restore and verify jobs from JetStream until told to stop.
 import { Command, Option } from "commander";
-import { nanoid } from "nanoid";
+import { customAlphabet } from "nanoid";
 import { positiveInt } from "../shared/cli-values.js";
 import { errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
@@ -28,7 +28,7 @@ async function main(argv: string[]): Promise<number> {
     return (err as { exitCode?: number }).exitCode === 0 ? 0 : 2;
   }
   const o = program.opts<{ natsUrl: string; dumpRoot: string; id?: string; pgBin?: string; retryDelay: number; logLevel: string }>();
-  const id = (o.id ?? processTag("worker")).replace(/[^A-Za-z0-9_-]/g, "_") + `-${nanoid(4)}`;
+  const id = (o.id ?? processTag("worker")).replace(/[^A-Za-z0-9_-]/g, "_") + `-${customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 4)()}`;
   const log = createLogger({ level: o.logLevel, stderrLevel: o.logLevel, base: { worker: id } });
   try {
     const tools = await resolveTools(o.pgBin);

@@ -1,0 +1,76 @@
+// Runs the real CLI as a child process, exactly as a user would.
+import { fileURLToPath } from "node:url";
+import { execa } from "execa";
+import pg from "pg";
+import type { LocalCluster } from "../../demo/cluster.js";
+
+export const BIN = fileURLToPath(new URL("../../../bin/pg-migrate.js", import.meta.url));
+
+export interface CliResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+export async function runCli(args: string[], env: Record<string, string | undefined>, timeoutMs = 300_000): Promise<CliResult> {
+  const r = await execa(process.execPath, [BIN, ...args], { env, reject: false, timeout: timeoutMs, stdin: "ignore" });
+  return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+/** Flags and environment that point the CLI at a test source and target. */
+export function serverArgs(source: LocalCluster, target: LocalCluster): string[] {
+  return ["--from-host", source.host, "--from-port", String(source.port), "--to-host", target.host, "--to-port", String(target.port)];
+}
+
+export function cliEnv(home: string, source: LocalCluster, target: LocalCluster, extra: Record<string, string> = {}): Record<string, string> {
+  return { HOME: home, PGMIGRATE_FROM_PASS: source.password, PGMIGRATE_TO_PASS: target.password, ...extra };
+}
+
+export async function query<T extends pg.QueryResultRow>(c: LocalCluster, db: string, sql: string, params: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ host: c.host, port: c.port, user: c.user, password: c.password, database: db });
+  await client.connect();
+  try {
+    return (await client.query<T>(sql, params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+export const FAST_RESTORE_SETTINGS = ["fsync", "full_page_writes", "synchronous_commit", "autovacuum", "checkpoint_timeout", "max_wal_size", "maintenance_work_mem"];
+
+/** The target settings fast-restore touches, read from a new session. */
+export async function settingsOf(c: LocalCluster): Promise<Record<string, string>> {
+  const rows = await query<{ name: string; setting: string }>(c, "postgres", "SELECT name, setting FROM pg_settings WHERE name = ANY($1) ORDER BY name", [FAST_RESTORE_SETTINGS]);
+  return Object.fromEntries(rows.map((r) => [r.name, r.setting]));
+}
+
+export async function databasesOf(c: LocalCluster): Promise<string[]> {
+  const rows = await query<{ datname: string }>(c, "postgres", "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1");
+  return rows.map((r) => r.datname);
+}
+
+/** Every base table's exact row count, computed by the test itself (not by the project's catalog code). */
+export async function tableCounts(c: LocalCluster, db: string): Promise<Record<string, number>> {
+  const rows = await query<{ t: string; n: string }>(
+    c,
+    db,
+    `SELECT format('%I.%I', table_schema, table_name) AS t,
+            (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', table_schema, table_name), false, true, '')))[1]::text AS n
+       FROM information_schema.tables
+      WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')
+      UNION ALL
+     SELECT format('%I.%I (matview)', schemaname, matviewname),
+            (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', schemaname, matviewname), false, true, '')))[1]::text
+       FROM pg_matviews WHERE ispopulated`,
+  );
+  return Object.fromEntries(rows.map((r) => [r.t, Number(r.n)]));
+}
+
+export async function sequencesOf(c: LocalCluster, db: string): Promise<Record<string, string | null>> {
+  const rows = await query<{ s: string; v: string | null }>(c, db, "SELECT format('%I.%I', schemaname, sequencename) AS s, last_value::text AS v FROM pg_sequences");
+  return Object.fromEntries(rows.map((r) => [r.s, r.v]));
+}
+
+export function errorLines(stderr: string): string[] {
+  return stderr.split("\n").filter((l) => l.startsWith("pg-migrate: error:"));
+}

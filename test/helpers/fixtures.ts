@@ -1,0 +1,44 @@
+// The source for the core end-to-end test: Pagila and Chinook from the public corpus, a database with an
+// awkward name, one that exercises what plain table copies miss, and roles with a membership and grants.
+import type { LocalCluster } from "../../demo/cluster.js";
+import { psqlExec } from "../../demo/cluster.js";
+import { loadChinook, loadPagila } from "./corpus.js";
+
+export const ODD_NAME = `Odd "Db" O'Neil.x*>`;
+export const APP_LOGIN_PASSWORD = "AppLogin-Pw-7731";
+
+export async function loadCoreFixture(source: LocalCluster): Promise<void> {
+  await loadPagila(source);
+  await loadChinook(source, "plain");
+  await psqlExec(
+    source,
+    "postgres",
+    `CREATE ROLE app_group NOLOGIN;
+     CREATE ROLE app_login LOGIN PASSWORD '${APP_LOGIN_PASSWORD}' CONNECTION LIMIT 7;
+     GRANT app_group TO app_login;
+     CREATE DATABASE "Odd ""Db"" O'Neil.x*>";
+     CREATE DATABASE features OWNER app_login;`,
+  );
+  await psqlExec(source, ODD_NAME, `CREATE TABLE "we""ird table" (id int PRIMARY KEY, v text); INSERT INTO "we""ird table" SELECT g, 'v' || g FROM generate_series(1, 42) g;`);
+  await psqlExec(
+    source,
+    "features",
+    `CREATE EXTENSION citext;
+     CREATE TABLE people (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email citext UNIQUE, photo bytea);
+     INSERT INTO people (email, photo) SELECT 'p' || g || '@example.org', decode(md5(g::text), 'hex') FROM generate_series(1, 250) g;
+     CREATE SEQUENCE ticket_seq START 1000;
+     SELECT nextval('ticket_seq') FROM generate_series(1, 17);
+     CREATE TABLE measurements (at date NOT NULL, value numeric) PARTITION BY RANGE (at);
+     CREATE TABLE measurements_2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+     CREATE TABLE measurements_2026 PARTITION OF measurements FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+     INSERT INTO measurements SELECT date '2025-06-01' + g, g * 1.5 FROM generate_series(0, 399) g;
+     CREATE MATERIALIZED VIEW monthly AS SELECT date_trunc('month', at) AS month, sum(value) AS total FROM measurements GROUP BY 1;
+     CREATE SCHEMA "Sales";
+     CREATE TABLE "Sales"."OrderLines" ("LineNo" int, qty int);
+     INSERT INTO "Sales"."OrderLines" SELECT g, g % 7 FROM generate_series(1, 99) g;
+     SELECT lo_from_bytea(0, convert_to('a large object', 'UTF8'));
+     GRANT SELECT ON people, measurements TO app_group;
+     GRANT USAGE ON SCHEMA "Sales" TO app_group;
+     GRANT SELECT, INSERT ON "Sales"."OrderLines" TO app_group;`,
+  );
+}

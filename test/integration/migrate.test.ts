@@ -1,0 +1,116 @@
+// End to end: the CLI run as a child process, embedded mode with 2 workers, on Pagila, Chinook, an awkwardly
+// named database and a database of the objects plain copies miss. Then the same migration in distributed mode.
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { execa } from "execa";
+import pg from "pg";
+import { psqlExec } from "../../demo/cluster.js";
+import { demoDatabases, demoSql } from "../../demo/generate.js";
+import { BIN, cliEnv, databasesOf, query, runCli, sequencesOf, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
+import { withTestEnv } from "../helpers/env.js";
+import { APP_LOGIN_PASSWORD, loadCoreFixture } from "../helpers/fixtures.js";
+
+interface Report {
+  status: string;
+  totals: { databases: number; verified: number; failed: number };
+  databases: { name: string; phase: string; verified: boolean; workers: Record<string, string>; tableCounts: { source: number | null; target: number | null }[] }[];
+}
+
+async function readReport(home: string, stderr: string): Promise<Report> {
+  const path = /report: (.*\.json)/.exec(stderr)?.[1];
+  assert.ok(path, `no report path in:\n${stderr}`);
+  assert.ok(path.startsWith(join(home, ".pg-migrate", "reports")), path);
+  return JSON.parse(await readFile(path, "utf8")) as Report;
+}
+
+test("embedded mode migrates every database, role and row, and puts the target's settings back", { timeout: 600_000 }, async () => {
+  await withTestEnv(async ({ source, target, home }) => {
+    await loadCoreFixture(source);
+    const settingsBefore = await settingsOf(target);
+    const sourceDbs = await databasesOf(source);
+    assert.ok(sourceDbs.length >= 4, `fixture databases: ${sourceDbs.join(", ")}`);
+
+    const r = await runCli([...serverArgs(source, target), "--workers", "2", "--fast-restore", "full"], cliEnv(home, source, target));
+    assert.equal(r.exitCode, 0, `exit ${r.exitCode}\n${r.stderr}`);
+
+    assert.deepEqual(await databasesOf(target), sourceDbs);
+    for (const db of sourceDbs) {
+      const expected = await tableCounts(source, db);
+      assert.ok(Object.keys(expected).length > 0, `${db} has tables`);
+      assert.deepEqual(await tableCounts(target, db), expected, `row counts of ${db}`);
+      assert.deepEqual(await sequencesOf(target, db), await sequencesOf(source, db), `sequences of ${db}`);
+    }
+    // Spot checks of what the fixture put there on purpose.
+    assert.equal((await sequencesOf(target, "features"))["public.ticket_seq"], "1016");
+    const lo = await query<{ n: string }>(target, "features", "SELECT count(*) AS n FROM pg_largeobject_metadata");
+    assert.equal(lo[0]!.n, "1");
+    const ext = await query<{ extname: string }>(target, "features", "SELECT extname FROM pg_extension WHERE extname = 'citext'");
+    assert.equal(ext.length, 1);
+
+    // Roles: attributes, membership, grants, and the copied password verifier.
+    const roles = await query<{ rolname: string; rolcanlogin: boolean; rolconnlimit: number }>(
+      target, "postgres", "SELECT rolname, rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname IN ('app_group', 'app_login') ORDER BY 1");
+    assert.deepEqual(roles, [
+      { rolname: "app_group", rolcanlogin: false, rolconnlimit: -1 },
+      { rolname: "app_login", rolcanlogin: true, rolconnlimit: 7 },
+    ]);
+    const member = await query<{ m: boolean }>(target, "postgres", "SELECT pg_has_role('app_login', 'app_group', 'MEMBER') AS m");
+    assert.equal(member[0]!.m, true);
+    const grants = await query<{ people: boolean; lines: boolean }>(target, "features",
+      `SELECT has_table_privilege('app_group', 'public.people', 'SELECT') AS people, has_table_privilege('app_group', '"Sales"."OrderLines"', 'INSERT') AS lines`);
+    assert.deepEqual(grants[0], { people: true, lines: true });
+    const owner = await query<{ o: string }>(target, "postgres", "SELECT pg_get_userbyid(datdba) AS o FROM pg_database WHERE datname = 'features'");
+    assert.equal(owner[0]!.o, "app_login");
+    const appLogin = new pg.Client({ host: target.host, port: target.port, user: "app_login", password: APP_LOGIN_PASSWORD, database: "features" });
+    await appLogin.connect();
+    await appLogin.end();
+
+    // The migration user keeps its own password on the target.
+    const self = new pg.Client({ host: target.host, port: target.port, user: target.user, password: target.password, database: "postgres" });
+    await self.connect();
+    await self.end();
+
+    assert.deepEqual(await settingsOf(target), settingsBefore);
+
+    const report = await readReport(home, r.stderr);
+    assert.equal(report.status, "finished");
+    assert.equal(report.totals.databases, sourceDbs.length);
+    assert.deepEqual(report.databases.map((d) => d.name).sort(), [...sourceDbs].sort());
+    for (const d of report.databases) {
+      assert.equal(d.verified, true, `${d.name} verified`);
+      assert.ok(d.tableCounts.length > 0 && d.tableCounts.every((t) => t.source === t.target), `${d.name} per-table counts`);
+    }
+  });
+});
+
+test("distributed mode: two separately started workers share the jobs", { timeout: 600_000 }, async () => {
+  await withTestEnv(async ({ source, target, nats, home }) => {
+    await psqlExec(source, "postgres", demoSql());
+    const secret = "test-shared-secret-for-workers";
+    const dumpRoot = join(home, "shared-dumps");
+    const workers = ["w-one", "w-two"].map((id) =>
+      execa(process.execPath, [BIN, "worker", "--nats-url", nats.url, "--dump-root", dumpRoot, "--id", id], {
+        env: { HOME: home, PGMIGRATE_SECRET: secret },
+        reject: false,
+      }),
+    );
+    try {
+      const r = await runCli(
+        [...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "4", "-j", "2"],
+        cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
+      );
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.deepEqual(await databasesOf(target), [...demoDatabases].sort());
+      for (const db of demoDatabases) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
+      const report = await readReport(home, r.stderr);
+      const used = new Set(report.databases.flatMap((d) => Object.values(d.workers).map((w) => w.replace(/-[^-]+$/, ""))));
+      assert.deepEqual([...used].sort(), ["w-one", "w-two"], `workers that did jobs: ${[...used].join(", ")}`);
+    } finally {
+      for (const w of workers) w.kill("SIGTERM");
+      const ended = await Promise.all(workers);
+      for (const e of ended) assert.equal(e.exitCode, 0, `worker exit ${e.exitCode} ${e.signal ?? ""}\n${e.stderr}`);
+    }
+  });
+});
