@@ -1,12 +1,13 @@
 // Throwaway local servers for the demo and the integration tests: PostgreSQL clusters and a NATS JetStream
 // server, each in its own temp dir, listening only on loopback at a free port, with every connection
 // password-checked (SCRAM). Callers tear them down with stop() in a `finally`; an exit hook is only a net.
+import { findExecutable, pathDirs } from "../shared/tools.js";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
-import { access, appendFile, chown, constants, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { appendFile, chown, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { execa } from "execa";
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -28,21 +29,6 @@ export function freePort(): Promise<number> {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-const pathDirs = (): string[] => (process.env.PATH ?? "").split(delimiter).filter(Boolean);
-
-async function findExecutable(name: string, dirs: string[]): Promise<string | undefined> {
-  for (const dir of dirs) {
-    const candidate = join(dir, name);
-    try {
-      await access(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not in this dir
-    }
-  }
-  return undefined;
-}
 
 /** The environment without the caller's PG* variables, so a stray PGPORT or PGSERVICE cannot redirect a tool. */
 function envWithoutPgVars(extra: Record<string, string> = {}): Record<string, string> {
