@@ -1,0 +1,47 @@
+// Ctrl-C mid-run puts the target's settings back and exits 130; the same command again resumes and does not
+// redo the databases finished before the interruption.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { execa } from "execa";
+import { psqlExec } from "../../demo/cluster.js";
+import { demoDatabases, demoSql } from "../../demo/generate.js";
+import { BIN, cliEnv, databasesOf, runCli, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
+import { withTestEnv } from "../helpers/env.js";
+
+test("SIGINT reverts the target; running the same command again resumes", { timeout: 600_000 }, async () => {
+  await withTestEnv(
+    async ({ source, target, home }) => {
+      await psqlExec(source, "postgres", demoSql());
+      const before = await settingsOf(target);
+      const args = [...serverArgs(source, target), "-m", "1", "--workers", "1", "--fast-restore", "full"];
+      const env = cliEnv(home, source, target);
+
+      const first = execa(process.execPath, [BIN, ...args], { env, reject: false });
+      let stderr = "";
+      const firstDone = new Promise<string>((resolve) => {
+        first.stderr!.on("data", (b: Buffer) => {
+          stderr += b.toString();
+          const m = /verify "([^"]+)" done/.exec(stderr);
+          if (m) resolve(m[1]!);
+        });
+      });
+      const doneBeforeKill = await firstDone;
+      first.kill("SIGINT");
+      const r1 = await first;
+      assert.equal(r1.exitCode, 130, String(r1.stderr));
+      assert.match(String(r1.stderr), /run the same command again to resume/);
+      assert.deepEqual(await settingsOf(target), before, "settings reverted on SIGINT");
+      const finished = [...String(r1.stderr).matchAll(/verify "([^"]+)" done/g)].map((m) => m[1]!);
+      assert.ok(finished.includes(doneBeforeKill));
+
+      const r2 = await runCli(args, env);
+      assert.equal(r2.exitCode, 0, r2.stderr);
+      assert.match(r2.stderr, /resuming run /);
+      for (const db of finished) assert.ok(!r2.stderr.includes(`dump "${db}" started`), `${db} was not dumped again`);
+      assert.deepEqual(await databasesOf(target), [...demoDatabases].sort());
+      for (const db of demoDatabases) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
+      assert.deepEqual(await settingsOf(target), before);
+    },
+    { nats: false },
+  );
+});
