@@ -3,34 +3,15 @@
 // kills them if it dies (setpriv --pdeathsig), and stop() ends them otherwise.
 import { spawn, type ChildProcess } from "node:child_process";
 import { openSync, closeSync, mkdirSync } from "node:fs";
-import { createServer, connect as tcpConnect } from "node:net";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConfigError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 import { SECRET_ENV } from "../shared/secrets.js";
+import { freePort, portAnswers } from "../shared/net.js";
 import { findExecutable, pathDirs } from "../shared/tools.js";
 
 const BIN = fileURLToPath(new URL("../../bin/pg-migrate.js", import.meta.url));
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
-    });
-  });
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = tcpConnect({ host: "127.0.0.1", port });
-    s.once("connect", () => (s.destroy(), resolve(true)));
-    s.once("error", () => resolve(false));
-  });
-}
 
 async function spawnGuarded(file: string, args: string[], opts: Parameters<typeof spawn>[2]): Promise<ChildProcess> {
   const setpriv = await findExecutable("setpriv", [...pathDirs(), "/usr/bin", "/bin"]);
@@ -65,7 +46,7 @@ export async function startEmbeddedNats(storeDir: string, logFile: string, log: 
     child.once("exit", () => (exited = true));
     child.once("error", () => (exited = true));
     for (let i = 0; i < 100 && !exited; i++) {
-      if (await canConnect(port)) {
+      if (await portAnswers(port)) {
         log.info({ port, storeDir }, "embedded nats-server started");
         return {
           url: `nats://127.0.0.1:${port}`,

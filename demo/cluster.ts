@@ -1,11 +1,12 @@
 // Throwaway local servers for the demo and the integration tests: PostgreSQL clusters and a NATS JetStream
 // server, each in its own temp dir, listening only on loopback at a free port, with every connection
 // password-checked (SCRAM). Callers tear them down with stop() in a `finally`; an exit hook is only a net.
+import { freePort } from "../shared/net.js";
 import { findExecutable, pathDirs } from "../shared/tools.js";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
 import { appendFile, chown, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
-import { connect, createServer } from "node:net";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -14,19 +15,7 @@ import { execa } from "execa";
  * Shared bits
  * ---------------------------------------------------------------------------------------------------------- */
 
-/** Ask the kernel for a port nobody listens on right now (callers retry if someone takes it before they do). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once("error", reject);
-    server.listen({ host: "127.0.0.1", port: 0, exclusive: true }, () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => (port > 0 ? resolve(port) : reject(new Error("could not read the port of a probe socket"))));
-    });
-  });
-}
+export { freePort };
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
