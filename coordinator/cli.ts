@@ -8,6 +8,7 @@ import { resolveDumpRoot } from "../shared/paths.js";
 import { DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER } from "../shared/contracts/jetstream.js";
 import { FAST_RESTORE_MODES, type FastRestoreMode, type MigrateConfig } from "./config.js";
 import { Output } from "./output.js";
+import { revertByHand } from "./revert.js";
 import { EXIT, migrate } from "./run.js";
 
 interface RawOptions {
@@ -15,23 +16,43 @@ interface RawOptions {
   toHost: string; toPort: number; toUser: string; toPass: string; toDb: string;
   jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean;
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
-  keepDumps: boolean; restart: boolean; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
+  keepDumps: boolean; restart: boolean; yes: boolean; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number;
 }
 
+/** The target's flags, shared by the migration and by revert-settings. */
+function targetOptions(): Option[] {
+  return [
+    new Option("--to-host <host>", "target host").default("localhost").argParser(nonEmpty),
+    new Option("--to-port <port>", "target port").default(5432).argParser(port),
+    new Option("--to-user <user>", "target user (the migration user: never created or altered by the globals)").default("postgres").argParser(nonEmpty),
+    new Option("--to-pass <password>", "target password (visible in the process list: prefer PGMIGRATE_TO_PASS)").env("PGMIGRATE_TO_PASS").default("newpass"),
+    new Option("--to-db <db>", "target database used for settings, globals and CREATE DATABASE").default("postgres").argParser(nonEmpty),
+  ];
+}
+
+export function buildRevertProgram(): Command {
+  const program = new Command("pg-migrate revert-settings").description(
+    "Put back the target settings a run changed for fast-restore, from the run records under ~/.pg-migrate (and the KV with --nats-url). For the day a run could not do it itself.",
+  );
+  for (const o of targetOptions()) program.addOption(o);
+  return program
+    .addOption(new Option("--nats-url <url>", "also look for run records in this NATS server's KV").env("PGMIGRATE_NATS_URL"))
+    .showHelpAfterError("(pg-migrate revert-settings --help lists the options)")
+    .exitOverride()
+    .configureOutput({ writeErr: (x) => process.stderr.write(x) });
+}
+
 export function buildProgram(): Command {
-  return new Command("pg-migrate")
+  const program = new Command("pg-migrate")
     .description("Move every database and the roles of one PostgreSQL server to another, verified row for row, through NATS JetStream workers.")
     .addOption(new Option("--from-host <host>", "source host").default("localhost").argParser(nonEmpty))
     .addOption(new Option("--from-port <port>", "source port").default(5432).argParser(port))
     .addOption(new Option("--from-user <user>", "source user").default("postgres").argParser(nonEmpty))
     .addOption(new Option("--from-pass <password>", "source password (visible in the process list: prefer PGMIGRATE_FROM_PASS)").env("PGMIGRATE_FROM_PASS").default("oldpass"))
-    .addOption(new Option("--from-db <db>", "source database used for discovery").default("postgres").argParser(nonEmpty))
-    .addOption(new Option("--to-host <host>", "target host").default("localhost").argParser(nonEmpty))
-    .addOption(new Option("--to-port <port>", "target port").default(5432).argParser(port))
-    .addOption(new Option("--to-user <user>", "target user (the migration user: never created or altered by the globals)").default("postgres").argParser(nonEmpty))
-    .addOption(new Option("--to-pass <password>", "target password (visible in the process list: prefer PGMIGRATE_TO_PASS)").env("PGMIGRATE_TO_PASS").default("newpass"))
-    .addOption(new Option("--to-db <db>", "target database used for settings, globals and CREATE DATABASE").default("postgres").argParser(nonEmpty))
+    .addOption(new Option("--from-db <db>", "source database used for discovery").default("postgres").argParser(nonEmpty));
+  for (const o of targetOptions()) program.addOption(o);
+  return program
     .addOption(new Option("-j, --jobs <n>", "pg_dump/pg_restore -j for one database").default(4).argParser(positiveInt))
     .addOption(new Option("-m, --max-parallel <n>", "databases in flight at once across all workers").default(4).argParser(positiveInt))
     .addOption(new Option("--dump-root <dir>", "dump volume shared by the workers (relative to $HOME)").default("pg_dumps").env("PGMIGRATE_DUMP_ROOT"))
@@ -43,13 +64,14 @@ export function buildProgram(): Command {
     .addOption(new Option("--compress <level>", "pg_dump --compress for the dumps (0-9)").default("1"))
     .addOption(new Option("--pg-bin <dir>", "folder of pg_dump, pg_restore, pg_dumpall and psql (default: PATH)").env("PGMIGRATE_PG_BIN"))
     .addOption(new Option("--keep-dumps", "keep the dumps after a fully verified run").default(false))
-    .addOption(new Option("--restart", "start a new run instead of resuming an unfinished one").default(false))
+    .addOption(new Option("--restart", "start a new run instead of resuming an unfinished one, after dropping the databases the old run created").default(false))
+    .addOption(new Option("-y, --yes", "confirm what --restart drops without asking").default(false))
     .addOption(new Option("--worker-wait <seconds>", "how long to wait for the first worker").default(60).argParser(positiveInt))
     .addOption(new Option("--ack-wait <seconds>", "seconds a silent worker keeps a job before it is redelivered").default(DEFAULT_ACK_WAIT_MS / 1000).argParser(positiveInt))
     .addOption(new Option("--max-deliver <n>", "deliveries of a job before its database fails").default(DEFAULT_MAX_DELIVER).argParser(positiveInt))
     .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is tried again").default(5).argParser(positiveInt))
     .addOption(new Option("--nats-replicas <n>", "replicas of the streams and buckets (3 on a NATS cluster)").default(1).argParser(positiveInt))
-    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS keep them off the command line.")
+    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS keep them off the command line.")
     .showHelpAfterError("(pg-migrate --help lists the options)")
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -73,6 +95,7 @@ export function toConfig(o: RawOptions): MigrateConfig {
     pgBin: o.pgBin,
     keepDumps: o.keepDumps,
     restart: o.restart,
+    yes: o.yes,
     workerWaitMs: o.workerWait * 1000,
     ackWaitMs: o.ackWait * 1000,
     maxDeliver: o.maxDeliver,
@@ -83,6 +106,7 @@ export function toConfig(o: RawOptions): MigrateConfig {
 
 export async function main(argv: string[]): Promise<number> {
   const out = new Output();
+  if (argv[0] === "revert-settings") return revertMain(argv.slice(1), out);
   const program = buildProgram();
   try {
     program.parse(argv, { from: "user" });
@@ -114,6 +138,27 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+  }
+}
+
+async function revertMain(argv: string[], out: Output): Promise<number> {
+  const program = buildRevertProgram();
+  try {
+    program.parse(argv, { from: "user" });
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    throw err;
+  }
+  const o = program.opts<Pick<RawOptions, "toHost" | "toPort" | "toUser" | "toPass" | "toDb" | "natsUrl">>();
+  try {
+    return await revertByHand(
+      { role: "target", host: o.toHost, port: o.toPort, user: o.toUser, password: o.toPass },
+      o.toDb,
+      o.natsUrl,
+      out,
+    );
+  } catch (err) {
+    return report(err, out);
   }
 }
 

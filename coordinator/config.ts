@@ -25,6 +25,8 @@ export interface MigrateConfig {
   pgBin: string | undefined;
   keepDumps: boolean;
   restart: boolean;
+  /** Confirms what --restart drops, without asking. */
+  yes: boolean;
   workerWaitMs: number;
   ackWaitMs: number;
   maxDeliver: number;

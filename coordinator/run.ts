@@ -3,20 +3,21 @@
 // on every exit path after they were changed.
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { createInterface } from "node:readline/promises";
+import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type pg from "pg";
-import { ensureJetStream, RUNS_BUCKET, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { ensureJetStream, JOBS_STREAM, RUNS_BUCKET, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { CONTRACT_VERSION, encode } from "../shared/contracts/messages.js";
 import { subjects } from "../shared/contracts/jetstream.js";
 import { dbKey } from "../shared/dbkey.js";
-import { errorMessage, InterruptedError, PreflightError } from "../shared/errors.js";
+import { ConfigError, errorMessage, InterruptedError, PreflightError } from "../shared/errors.js";
 import { createLogger, type Logger } from "../shared/log.js";
 import { connectNats } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { connect, describe } from "../shared/pg/connect.js";
-import { createDatabaseSql } from "../shared/pg/create.js";
+import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { generateSecret, keyFrom, sharedKeyFromEnv, type SharedKey } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
@@ -24,6 +25,7 @@ import { discoverDatabases, existingDatabases, MAINTENANCE_DB, userObjectCount }
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
+import { TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
 import { checkDumpVolume, checkServers, inspect, pairKey } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
@@ -36,6 +38,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
   const home = appDir();
   const tools = await resolveTools(cfg.pgBin);
   const opened: pg.Client[] = [];
+  let lock: TargetLock | undefined;
   try {
     out.line(`checking the ${describe(cfg.source, cfg.sourceDb)} and the ${describe(cfg.target, cfg.targetDb)}`);
     const src = await inspect(cfg.source, cfg.sourceDb);
@@ -47,19 +50,9 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     const bootLog = createLogger({ level: "info", file: join(home, "logs", `preflight-${pk}.log`) });
     const openTarget = () => connect(cfg.target, cfg.targetDb, "pg-migrate coordinator");
 
-    let state = cfg.restart ? undefined : await RunState.findUnfinished(home, pk, bootLog);
-    if (state) {
-      out.line(`resuming run ${state.runId} (started ${state.record.startedAt}); --restart starts over`);
-      const fr = state.record.fastRestore;
-      if (fr.applied && !fr.reverted) {
-        // The previous coordinator died before putting the target's settings back: do that first.
-        const differing = await revertSettings(openTarget, fr.original);
-        if (differing.length) throw new PreflightError(`could not revert the target's settings left by run ${state.runId}: ${differing.join(", ")}`);
-        fr.reverted = true;
-        await state.save();
-        out.line(`reverted the fast-restore settings run ${state.runId} had left on the target`);
-      }
-    }
+    // One run per target, decided before anything starts (the embedded broker's store is per pair of servers).
+    const lockKey = targetLockKey(tgt.info.systemId, cfg.target.host, cfg.target.port);
+    lock = await TargetLock.acquire(home, lockKey, `${cfg.target.host}:${cfg.target.port}`, bootLog);
 
     // Discovery.
     const all = await discoverDatabases(src.client, src.info.versionNum);
@@ -76,16 +69,6 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       }
     }
     out.line(`found ${selected.length} database(s) to migrate on the source`);
-
-    // The target must not already hold any of them, unless this very run created it.
-    const onTarget = await existingDatabases(tgt.client);
-    const ours = new Set(state?.record.databases.filter((d) => d.created).map((d) => d.name) ?? []);
-    const conflicts = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name)).map((d) => JSON.stringify(d.name));
-    if (conflicts.length) {
-      throw new PreflightError(
-        `the target already has database(s) ${conflicts.join(", ")} that this run did not create; nothing was changed: drop or rename them on the target first`,
-      );
-    }
 
     const volume = await checkDumpVolume(cfg.dumpRoot, selected.reduce((s, d) => s + d.sizeBytes, 0));
     for (const w of volume.warnings) out.warn(w);
@@ -112,6 +95,37 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       const kvm = new Kvm(nc);
       const runsKv = await kvm.create(RUNS_BUCKET, { history: 1, replicas: cfg.natsReplicas });
       const workersKv = await kvm.create(WORKERS_BUCKET, { ttl: WORKER_TTL_MS, history: 1, replicas: cfg.natsReplicas });
+      await lock.holdInKv(runsKv, lockKey);
+
+      // An unfinished run between these servers: this home's record, else the one in the KV.
+      let previous = (await RunState.findUnfinished(home, pk, bootLog)) ?? (await RunState.fromKv(runsKv, home, pk, bootLog));
+
+      // The target must not already hold any database we would create, unless that run created it.
+      const onTarget = await existingDatabases(tgt.client);
+      const ours = new Set(previous?.record.databases.filter((d) => d.created).map((d) => d.name) ?? []);
+      const conflicts = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name)).map((d) => JSON.stringify(d.name));
+      if (conflicts.length) {
+        throw new PreflightError(
+          `the target already has database(s) ${conflicts.join(", ")} that this run did not create; nothing was changed: drop or rename them on the target first`,
+        );
+      }
+
+      if (previous) {
+        const fr = previous.record.fastRestore;
+        if (fr.applied && !fr.reverted) {
+          // The previous coordinator died before putting the target's settings back: that comes first.
+          const differing = await revertSettings(openTarget, fr.original);
+          if (differing.length) throw new PreflightError(`could not revert the target's settings left by run ${previous.runId}: ${differing.join(", ")}`);
+          fr.reverted = true;
+          await previous.save();
+          out.line(`reverted the fast-restore settings run ${previous.runId} had left on the target`);
+        }
+        if (cfg.restart) {
+          await abandon(previous, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
+          previous = undefined;
+        } else out.line(`resuming run ${previous.runId} (started ${previous.record.startedAt}); --restart starts over`);
+      }
+      let state = previous;
 
       const now = new Date().toISOString();
       if (state) {
@@ -122,6 +136,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
           if (d.phase === "failed") {
             d.phase = "planned";
             d.error = undefined;
+            d.stderrTail = undefined;
           }
         }
         const known = new Set(state.record.databases.map((d) => d.name));
@@ -149,7 +164,9 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         );
       }
       state.attachKv(runsKv);
+      await lock.setRun(state.runId);
       await runsKv.put(`pair.${pk}`, state.runId);
+      await state.save();
       const log = createLogger({ level: "info", file: join(home, "logs", `${state.runId}.log`), base: { runId: state.runId } });
       out.line(`run ${state.runId}: logs in ${join(home, "logs", `${state.runId}.log`)}`);
 
@@ -171,12 +188,46 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser });
     } finally {
       await workers?.stop();
+      await lock.release();
       await nc?.drain().catch(() => undefined);
       await embedded?.stop();
     }
   } finally {
+    await lock?.release();
     await Promise.all(opened.map((c) => c.end().catch(() => undefined)));
   }
+}
+
+/**
+ * --restart: what the earlier run created goes before the new run starts — its databases on the target (after
+ * confirmation), its dumps and its queued jobs. Roles stay: they belong to the whole cluster, may predate the
+ * run, and the new run's globals step brings them to the source's definition again.
+ */
+async function abandon(
+  previous: RunState,
+  cfg: MigrateConfig,
+  d: { tgtClient: pg.Client; jsm: JetStreamManager; out: Output; targetMajor: number },
+): Promise<void> {
+  const created = previous.record.databases.filter((x) => x.created).map((x) => x.name);
+  if (created.length) {
+    const list = created.map((n) => JSON.stringify(n)).join(", ");
+    const question = `--restart drops the ${created.length} database(s) run ${previous.runId} created on the target (${list})`;
+    if (!cfg.yes) {
+      if (!process.stdin.isTTY) throw new ConfigError(`${question}: add --yes to confirm`, "--yes");
+      const rl = createInterface({ input: process.stdin, output: process.stderr });
+      const answer = await rl.question(`pg-migrate: ${question}. Continue? [y/N] `).finally(() => rl.close());
+      if (!/^y(es)?$/i.test(answer.trim())) throw new ConfigError("--restart not confirmed; nothing was changed", "--yes");
+    }
+    for (const name of created) {
+      await d.tgtClient.query(dropDatabaseSql(name, d.targetMajor >= 13));
+    }
+    d.out.line(`dropped ${created.length} database(s) run ${previous.runId} had created: ${list}`);
+  }
+  await rm(join(cfg.dumpRoot, previous.runId), { recursive: true, force: true });
+  await d.jsm.streams.purge(JOBS_STREAM, { filter: subjects.jobsOfRun(previous.runId) }).catch(() => undefined);
+  previous.record.status = "abandoned";
+  await previous.save();
+  d.out.line(`run ${previous.runId} abandoned (its dumps and queued jobs removed); starting a new run`);
 }
 
 interface Deps {

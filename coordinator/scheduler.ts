@@ -1,8 +1,12 @@
 // The scheduler admits databases (largest first, at most --max-parallel in flight), publishes each one's next
 // job, and advances it on the results the workers publish. Results are matched by job id, so a stale result
 // from a job an earlier coordinator published is ignored.
+//
+// Resuming: the events of the run are read again from the last one the run record had processed, so a result
+// published while no coordinator was alive is not lost; a job still in the JOBS stream is adopted (a worker has
+// it or will get it); a job that is gone without a result is published again with a fresh id.
 import { posix } from "node:path";
-import { DeliverPolicy, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { DeliverPolicy, jetstreamManager, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { nanoid } from "nanoid";
 import { EVENTS_STREAM, JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
@@ -16,12 +20,19 @@ import type { MigrateConfig } from "./config.js";
 import { bytes, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
 
+/** How long the replay of earlier events may take before undecided jobs are published again anyway. */
+const REPLAY_LIMIT_MS = 15_000;
+
 export class Scheduler {
   private readonly inFlight = new Set<string>();
   private queue: DbState[] = [];
   private stopped = false;
   private settle: (() => void) | undefined;
   private jsm: JetStreamManager | undefined;
+  /** Until the events published before this coordinator started are read, claimed lines are not printed again. */
+  private replaying = true;
+  /** When the newest event of each database's current job was published: the watchdog's input. */
+  private readonly lastEventAt = new Map<string, number>();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -35,31 +46,64 @@ export class Scheduler {
 
   async run(signal: AbortSignal): Promise<void> {
     const runId = this.state.runId;
+    const record = this.state.record;
     this.jsm = await jetstreamManager(this.nc);
-    // Jobs an earlier coordinator of this run left unclaimed are replaced by fresh ones below.
-    await this.jsm.streams.purge(JOBS_STREAM, { filter: subjects.jobsOfRun(runId) });
 
+    // Every unfinished database: queue it, adopt its live job, or publish its next step.
+    const adopted = new Set<string>();
+    const undecided: { db: DbState; jobId: string }[] = [];
+    const next: { db: DbState; kind: JobKind }[] = [];
+    for (const db of record.databases) {
+      if (db.phase === "done" || db.phase === "failed") continue;
+      if (db.phase === "planned") {
+        this.queue.push(db);
+        continue;
+      }
+      this.inFlight.add(db.key);
+      const kind = nextJobFor(db.phase)!;
+      if (db.phase !== JOB_PHASES[kind].running || !db.jobId) {
+        next.push({ db, kind });
+        continue;
+      }
+      const subject = subjects.job(kind, runId, db.jobId);
+      const live = await this.jsm.streams.getMessage(JOBS_STREAM, { last_by_subj: subject }).catch(() => null);
+      if (live) {
+        adopted.add(subject);
+        db.jobSeq = live.seq;
+        this.out.line(`${kind} ${JSON.stringify(db.name)}: adopting its job from the earlier session (${db.jobId})`);
+      } else undecided.push({ db, jobId: db.jobId });
+    }
+    // Whatever else of this run is still queued belongs to nobody now.
+    const info = await this.jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.jobsOfRun(runId) });
+    for (const subject of Object.keys(info.state.subjects ?? {})) {
+      if (!adopted.has(subject)) await this.jsm.streams.purge(JOBS_STREAM, { filter: subject });
+    }
+    // Steps whose previous job finished and was recorded: published before the events are read again, so that
+    // the fresh job id makes the replayed result of the previous job stale.
+    for (const { db, kind } of next) await this.publish(db, kind, true);
+
+    const from = record.eventsSeq ?? 0;
     const consumer = await this.js.consumers.get(EVENTS_STREAM, {
       filter_subjects: subjects.eventsOfRun(runId),
-      deliver_policy: DeliverPolicy.New,
+      ...(from > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from + 1 } : { deliver_policy: DeliverPolicy.All }),
     });
     const events = await consumer.consume();
     const advisories = this.nc.subscribe(subjects.maxDeliveriesAdvisory);
     const done = new Promise<void>((resolve) => (this.settle = resolve));
+    let caughtUp!: () => void;
+    const replayed = new Promise<void>((resolve) => (caughtUp = resolve));
     const onAbort = () => {
       this.stopped = true;
+      caughtUp();
       this.settle?.();
     };
     signal.addEventListener("abort", onAbort, { once: true });
 
+    let replayTo: number | undefined;
     void (async () => {
       for await (const m of events) {
-        try {
-          const e = decodeEvent(m.data, m.subject);
-          if (e.type === "job") await this.onJobEvent(e);
-        } catch (err) {
-          this.log.warn({ subject: m.subject, err: errorMessage(err) }, "event ignored");
-        }
+        await this.onEventMessage(m);
+        if (m.info.pending === 0 || (replayTo !== undefined && m.seq >= replayTo)) caughtUp();
       }
     })();
     void (async () => {
@@ -71,26 +115,64 @@ export class Scheduler {
         }
       }
     })();
+    const watchdog = setInterval(() => void this.watch(), Math.max(1000, Math.floor(this.cfg.ackWaitMs / 4)));
 
     try {
-      for (const db of this.state.record.databases) {
-        if (db.phase === "done" || db.phase === "failed") continue;
-        if (db.phase === "planned") this.queue.push(db);
-        else {
-          // Interrupted mid-way by an earlier coordinator: redo its current step cleanly.
-          this.inFlight.add(db.key);
-          const kind = nextJobFor(db.phase)!;
-          await this.publish(db, kind, true);
-        }
+      // Caught up when nothing of the run is left to deliver and what was delivered has been handled.
+      const ci = await consumer.info().catch(() => undefined);
+      if (!ci || ci.num_pending === 0) {
+        const upTo = ci?.delivered.stream_seq ?? 0;
+        if (upTo <= (record.eventsSeq ?? 0)) caughtUp();
+        else replayTo = upTo;
+      }
+      let limit: NodeJS.Timeout | undefined;
+      await Promise.race([replayed, new Promise((r) => (limit = setTimeout(r, REPLAY_LIMIT_MS)))]);
+      clearTimeout(limit);
+      this.replaying = false;
+
+      for (const { db, jobId } of undecided) {
+        if (db.jobId !== jobId || this.stopped) continue; // the replayed events settled it
+        const kind = nextJobFor(db.phase)!;
+        this.out.line(`${kind} ${JSON.stringify(db.name)}: its job from the earlier session is gone without a result; doing it again`);
+        await this.publish(db, kind, true);
       }
       this.queue.sort((a, b) => b.sizeBytes - a.sizeBytes);
       await this.admit();
       this.checkFinished();
       await done;
     } finally {
+      clearInterval(watchdog);
       signal.removeEventListener("abort", onAbort);
       await events.close().catch(() => undefined);
       advisories.unsubscribe();
+    }
+  }
+
+  private async onEventMessage(m: JsMsg): Promise<void> {
+    try {
+      const e = decodeEvent(m.data, m.subject);
+      if (e.type === "job") await this.onJobEvent(e);
+    } catch (err) {
+      this.log.warn({ subject: m.subject, err: errorMessage(err) }, "event ignored");
+    }
+    // Saved with the next write of the record: a resume reads again from here, and handling twice is harmless.
+    this.state.record.eventsSeq = m.seq;
+  }
+
+  /**
+   * A job on its last delivery whose worker has gone silent for longer than the ack wait will never be
+   * delivered again. JetStream says so with an advisory, but an advisory is not stored: one sent while this
+   * coordinator was not connected is gone. The silence itself is the evidence here.
+   */
+  private async watch(): Promise<void> {
+    const limit = this.cfg.ackWaitMs + 10_000;
+    for (const db of this.state.record.databases) {
+      if (!this.inFlight.has(db.key) || !db.jobId) continue;
+      const kind = nextJobFor(db.phase);
+      const seen = this.lastEventAt.get(db.key);
+      if (!kind || seen === undefined || (db.attempts[kind] ?? 0) < this.cfg.maxDeliver || Date.now() - seen < limit) continue;
+      if (db.jobSeq !== undefined) await this.jsm?.streams.deleteMessage(JOBS_STREAM, db.jobSeq).catch(() => undefined);
+      await this.fail(db, `its ${kind} job went silent on its last delivery (${db.attempts[kind]} of ${this.cfg.maxDeliver}): the worker died or lost its connection`);
     }
   }
 
@@ -138,11 +220,16 @@ export class Scheduler {
     } else {
       job = { v: CONTRACT_VERSION, kind, runId, jobId, db: ref, dumpPath: db.dumpPath!, target: this.conn(this.cfg.target) };
     }
+    // The intent is saved first: a coordinator that dies right after publishing finds the job by its id.
     db.jobId = jobId;
-    const ack = await this.withRetry(`publish ${kind} job`, () => this.js.publish(subjects.job(kind, runId), encode(job), { msgID: jobId }));
-    db.jobSeq = ack.seq;
+    db.jobSeq = undefined;
     db.attempts[kind] = 0;
-    await this.setPhase(db, JOB_PHASES[kind].running);
+    db.phase = JOB_PHASES[kind].running;
+    this.lastEventAt.delete(db.key);
+    await this.state.save();
+    const ack = await this.withRetry(`publish ${kind} job`, () => this.js.publish(subjects.job(kind, runId, jobId), encode(job), { msgID: jobId }));
+    db.jobSeq = ack.seq;
+    await this.setPhase(db, db.phase);
   }
 
   private async setPhase(db: DbState, phase: DbPhase, error?: string): Promise<void> {
@@ -162,16 +249,18 @@ export class Scheduler {
     if (!db || db.jobId !== e.jobId) return; // stale: from a job this coordinator no longer waits for
     const name = JSON.stringify(db.name);
     const log = this.log.child({ db: db.name, job: e.jobId, worker: e.worker });
+    this.lastEventAt.set(db.key, Date.parse(e.at));
     switch (e.status) {
       case "claimed":
-        db.attempts[e.kind] = e.attempt;
+        db.attempts[e.kind] = Math.max(db.attempts[e.kind] ?? 0, e.attempt);
         db.workers[e.kind] = e.worker;
-        this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
+        if (!this.replaying) this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
         return;
       case "progress":
         return;
       case "failed": {
         const error = e.error!;
+        if (error.stderrTail) db.stderrTail = error.stderrTail;
         log.warn({ attempt: e.attempt, final: error.final, stderrTail: error.stderrTail }, `${e.kind} ${name} failed: ${error.message}`);
         if (!error.final) {
           this.out.warn(`${e.kind} ${name} failed on attempt ${e.attempt} of ${e.maxAttempts}, will retry: ${error.message}`);

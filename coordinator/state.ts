@@ -40,13 +40,16 @@ export interface DbState {
   attempts: Partial<Record<JobKind, number>>;
   workers: Partial<Record<JobKind, string>>;
   error?: string | undefined;
+  /** The tail of the failing tool's stderr, from the newest failed attempt. */
+  stderrTail?: string | undefined;
 }
 
 export interface RunRecord {
   v: 1;
   runId: string;
   pairKey: string;
-  status: "running" | "interrupted" | "failed" | "finished";
+  /** abandoned: a later `--restart` cleaned up after it and started over. */
+  status: "running" | "interrupted" | "failed" | "finished" | "abandoned";
   startedAt: string;
   updatedAt: string;
   resumedAt: string[];
@@ -57,6 +60,8 @@ export interface RunRecord {
   globals: { done: boolean; applied: number; removed: string[]; alreadyExisted: string[]; failed: { statement: string; error: string }[] };
   skipped: { name: string; reason: string }[];
   databases: DbState[];
+  /** The last EVENTS stream sequence the coordinator handled: a resume reads the run's events again from there. */
+  eventsSeq?: number;
 }
 
 const newId = customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 8);
@@ -81,13 +86,33 @@ export class RunState {
 
   /** The newest unfinished run between these two servers, if any. */
   static async findUnfinished(home: string, pairKey: string, log: Logger): Promise<RunState | undefined> {
+    return (await RunState.all(home, log)).find((s) => s.record.pairKey === pairKey && !ended(s.record));
+  }
+
+  /** Every run recorded under this home, newest first. */
+  static async all(home: string, log: Logger): Promise<RunState[]> {
     const root = RunState.stateRoot(home);
     const ids = await readdir(root).catch(() => [] as string[]);
+    const states: RunState[] = [];
     for (const id of ids.sort().reverse()) {
       const record = await readRecord(join(root, id, "run.json"));
-      if (record && record.pairKey === pairKey && record.status !== "finished") return new RunState(record, join(root, id), log);
+      if (record) states.push(new RunState(record, join(root, id), log));
     }
-    return undefined;
+    return states;
+  }
+
+  /**
+   * The unfinished run between these servers as the KV knows it: how a coordinator on another host (or with
+   * another home) resumes a run whose local files it does not have. The record becomes local from here on.
+   */
+  static async fromKv(kv: KV, home: string, pairKey: string, log: Logger): Promise<RunState | undefined> {
+    const pair = await kv.get(`pair.${pairKey}`).catch(() => null);
+    if (!pair || pair.operation !== "PUT") return undefined;
+    const entry = await kv.get(`run.${pair.string()}`).catch(() => null);
+    if (!entry || entry.operation !== "PUT") return undefined;
+    const record = JSON.parse(entry.string()) as RunRecord;
+    if (record.pairKey !== pairKey || ended(record)) return undefined;
+    return RunState.create(home, record, log);
   }
 
   static async create(home: string, record: RunRecord, log: Logger): Promise<RunState> {
@@ -127,6 +152,10 @@ export class RunState {
       await this.kv.put(`run.${this.runId}`, text).catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "KV run record not updated"));
     }
   }
+}
+
+function ended(r: RunRecord): boolean {
+  return r.status === "finished" || r.status === "abandoned";
 }
 
 async function readRecord(path: string): Promise<RunRecord | undefined> {

@@ -47,7 +47,7 @@ async function main(argv: string[]): Promise<number> {
     );
     const shutdown = async (signal: string) => {
       log.info({ signal }, "stopping: no new jobs, running tools stopped, their jobs handed back");
-      const forced = setTimeout(() => process.exit(1), 8000);
+      const forced = setTimeout(() => process.exit(1), 9000);
       forced.unref();
       await worker.stop();
       await nc.drain().catch(() => undefined);

@@ -6,8 +6,9 @@ import { CONTRACT_VERSION, decodeManifest, type Manifest } from "../shared/contr
 import { connect } from "../shared/pg/connect.js";
 import { countRows, largeObjectCount, listTables, sequenceValues } from "../shared/pg/catalog.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
+import { ToolError } from "../shared/errors.js";
 import { runTool } from "../shared/tools.js";
-import { serverFor, type Handler } from "./context.js";
+import { PermanentJobError, serverFor, type Handler } from "./context.js";
 import { directorySize, ensurePrivateDir, removeTree, writeFileAtomic } from "./files.js";
 
 export const MANIFEST_FILE = "manifest.json";
@@ -45,7 +46,7 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
     })();
     // Settle both before deciding: a failed count must not leave pg_dump running unobserved.
     const [dumped, counted] = await Promise.allSettled([dumping, counting]);
-    if (dumped.status === "rejected") throw dumped.reason;
+    if (dumped.status === "rejected") throw await volumeFull(dumped.reason, ctx.dumpRoot, attemptDir, job.db.name);
     if (counted.status === "rejected") throw counted.reason;
     await client.query("COMMIT");
 
@@ -61,7 +62,9 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
       bytes,
       ...counted.value,
     };
-    await writeFileAtomic(join(attemptDir, MANIFEST_FILE), JSON.stringify(manifest));
+    await writeFileAtomic(join(attemptDir, MANIFEST_FILE), JSON.stringify(manifest)).catch(async (err: unknown) => {
+      throw await volumeFull(err, ctx.dumpRoot, attemptDir, job.db.name);
+    });
     return {
       kind: "dump",
       attemptPath: relative(ctx.dumpRoot, attemptDir),
@@ -74,6 +77,20 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
     await client.end().catch(() => undefined);
   }
 };
+
+/**
+ * A full dump volume is not something a retry mends while the other dumps keep writing to it: the job fails at
+ * once with a sentence naming the volume, and the partial attempt is removed to give the space back.
+ */
+async function volumeFull(err: unknown, dumpRoot: string, attemptDir: string, db: string): Promise<unknown> {
+  const text = err instanceof ToolError ? err.stderrTail : (err as NodeJS.ErrnoException)?.code === "ENOSPC" ? "No space left on device" : "";
+  if (!/No space left on device|Disk quota exceeded/i.test(text)) return err;
+  await removeTree(attemptDir);
+  return new PermanentJobError(
+    `the dump volume ${dumpRoot} (--dump-root) is full: no space left while dumping ${JSON.stringify(db)}; free space there or use a larger volume, then run the same command again`,
+    { cause: err },
+  );
+}
 
 /** A redelivered dump starts clean: earlier attempts without a manifest are partial and removed. */
 async function removeIncompleteAttempts(jobDir: string): Promise<void> {

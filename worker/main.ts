@@ -1,11 +1,11 @@
 // The worker loop: decode → handle → settle. Every message is settled exactly once: ack on success,
 // nak(delay) when a retry may help, term when it never will; working() on a timer while a tool runs.
 import { hostname } from "node:os";
-import { jetstream, type Consumer, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
+import { DeliverPolicy, jetstream, type Consumer, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { consumerName, JOBS_STREAM, subjects, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
-import { CONTRACT_VERSION, decodeJob, encode, type Job, type JobEvent, type JobResult } from "../shared/contracts/messages.js";
+import { consumerName, EVENTS_STREAM, JOBS_STREAM, subjects, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { CONTRACT_VERSION, decodeEvent, decodeJob, encode, type Job, type JobEvent, type JobResult } from "../shared/contracts/messages.js";
 import { JOB_KINDS, type JobKind } from "../shared/contracts/phases.js";
 import { ContractError, errorMessage, ToolError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
@@ -23,10 +23,12 @@ export interface WorkerOptions {
 
 const HEARTBEAT_MS = 5_000;
 const PRESENCE_EVERY_MS = 5_000;
+/** A result is worth waiting for: publishing it is retried this long (a broker restart) before the job is given back. */
+const RESULT_PUBLISH_MS = 120_000;
 
 export class Worker {
   private readonly stopping = new AbortController();
-  private readonly inFlight = new Map<string, { msg: JsMsg; abort: AbortController }>();
+  private readonly inFlight = new Map<string, { msg: JsMsg; abort: AbortController; settled: Promise<void> }>();
   private readonly js: JetStreamClient;
   private presence: KV | undefined;
   private presenceTimer: NodeJS.Timeout | undefined;
@@ -46,15 +48,24 @@ export class Worker {
     await Promise.all(JOB_KINDS.map((kind) => this.loop(kind)));
   }
 
-  /** Stop pulling, stop the running tools, hand their jobs back for immediate redelivery. */
-  async stop(): Promise<void> {
+  /**
+   * Stop pulling, stop the running tools, hand their jobs back for immediate redelivery. Waits (up to graceMs)
+   * for the tools to exit: SIGTERM lets pg_dump and pg_restore end their own parallel workers, which a SIGKILL
+   * of the leader would leave to finish their current table alone.
+   */
+  async stop(graceMs = 6_000): Promise<void> {
     if (this.stopping.signal.aborted) return;
     this.stopping.abort();
-    for (const { msg, abort } of this.inFlight.values()) {
+    const settling: Promise<void>[] = [];
+    for (const { msg, abort, settled } of this.inFlight.values()) {
       abort.abort();
       msg.nak();
+      settling.push(settled);
     }
     clearInterval(this.presenceTimer);
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(settling), new Promise((r) => (grace = setTimeout(r, graceMs)))]);
+    clearTimeout(grace);
     await this.presence?.delete(this.ctx.id).catch(() => undefined);
   }
 
@@ -62,7 +73,11 @@ export class Worker {
     const kvm = new Kvm(this.nc);
     for (;;) {
       try {
-        this.presence = await kvm.create(WORKERS_BUCKET, { ttl: WORKER_TTL_MS, history: 1 });
+        // Open what the coordinator created (with its replicas); create it only when no coordinator has yet.
+        this.presence = await kvm.open(WORKERS_BUCKET).then(
+          async (kv) => (await kv.status(), kv),
+          () => kvm.create(WORKERS_BUCKET, { ttl: WORKER_TTL_MS, history: 1 }),
+        );
         break;
       } catch (err) {
         if (this.stopping.signal.aborted) return;
@@ -82,18 +97,22 @@ export class Worker {
   private async loop(kind: JobKind): Promise<void> {
     let consumer: Consumer | undefined;
     let maxAttempts = 1;
+    let heartbeatMs = HEARTBEAT_MS;
     while (!this.stopping.signal.aborted) {
       try {
         if (!consumer) {
           consumer = await this.js.consumers.get(JOBS_STREAM, consumerName(kind));
-          maxAttempts = (await consumer.info()).config.max_deliver ?? 1;
+          const { config } = await consumer.info();
+          maxAttempts = config.max_deliver ?? 1;
+          // Well inside the ack wait, so that a live worker never loses its job to a redelivery.
+          heartbeatMs = Math.max(500, Math.min(HEARTBEAT_MS, Math.floor((config.ack_wait ?? 30e9) / 1e6 / 3)));
         }
         const msg = await consumer.next({ expires: 5_000 });
         if (msg && this.stopping.signal.aborted) {
           msg.nak();
           break;
         }
-        if (msg) await this.handle(kind, msg, maxAttempts);
+        if (msg) await this.handle(kind, msg, maxAttempts, heartbeatMs);
       } catch (err) {
         // The stream may not exist yet (no coordinator has run) or the broker is restarting: wait and retry.
         consumer = undefined;
@@ -105,7 +124,25 @@ export class Worker {
     }
   }
 
-  private async handle(kind: JobKind, msg: JsMsg, maxAttempts: number): Promise<void> {
+  /** Whether a "done" event of this very job is already in the EVENTS stream. */
+  private async resultExists(job: Job): Promise<boolean> {
+    const consumer = await this.js.consumers.get(EVENTS_STREAM, { filter_subjects: subjects.event(job.runId, job.kind, "done"), deliver_policy: DeliverPolicy.All });
+    const pending = (await consumer.info()).num_pending;
+    if (pending === 0) return false;
+    const batch = await consumer.fetch({ max_messages: pending, expires: 5_000 });
+    for await (const m of batch) {
+      try {
+        const e = decodeEvent(m.data, m.subject);
+        if (e.type === "job" && e.jobId === job.jobId) return true;
+      } catch {
+        // a malformed event proves nothing either way
+      }
+      if (m.info.pending === 0) break;
+    }
+    return false;
+  }
+
+  private async handle(kind: JobKind, msg: JsMsg, maxAttempts: number, heartbeatMs: number): Promise<void> {
     let job: Job;
     try {
       job = decodeJob(msg.data, msg.subject);
@@ -118,14 +155,29 @@ export class Worker {
     const attempt = msg.info.deliveryCount;
     const log = this.log.child({ runId: job.runId, db: job.db.name, job: job.jobId, kind });
     const abort = new AbortController();
-    this.inFlight.set(job.jobId, { msg, abort });
-    const heartbeat = setInterval(() => msg.working(), HEARTBEAT_MS);
+    let settle!: () => void;
+    this.inFlight.set(job.jobId, { msg, abort, settled: new Promise<void>((resolve) => (settle = resolve)) });
     const started = Date.now();
     const base = { v: CONTRACT_VERSION, type: "job", runId: job.runId, jobId: job.jobId, kind, db: job.db, worker: this.ctx.id, attempt, maxAttempts } as const;
-    const emit = (status: JobEvent["status"], extra: Partial<JobEvent> = {}) =>
-      this.js.publish(subjects.event(job.runId, kind, status), encode({ ...base, status, at: new Date().toISOString(), ...extra }));
+    let lastEmit = 0;
+    let lastProgress: JobEvent["progress"] = { bytes: 0, totalBytes: null };
+    const emit = (status: JobEvent["status"], extra: Partial<JobEvent> = {}) => {
+      lastEmit = Date.now();
+      return this.js.publish(subjects.event(job.runId, kind, status), encode({ ...base, status, at: new Date().toISOString(), ...extra }));
+    };
+    // working() keeps the job ours; a progress event at the same pace tells the coordinator we are alive.
+    const heartbeat = setInterval(() => {
+      msg.working();
+      if (Date.now() - lastEmit >= heartbeatMs) void emit("progress", { progress: lastProgress }).catch(() => undefined);
+    }, heartbeatMs);
 
     try {
+      if (attempt > 1 && (await this.resultExists(job))) {
+        // An earlier delivery finished and published its result, but its ack was lost: nothing to do again.
+        log.info({ attempt }, `${kind} ${JSON.stringify(job.db.name)} was already done by an earlier delivery; acknowledged`);
+        msg.ack();
+        return;
+      }
       await emit("claimed");
       log.info({ attempt, maxAttempts }, `${kind} ${JSON.stringify(job.db.name)} claimed, attempt ${attempt} of ${maxAttempts}`);
       const result: JobResult = await (handlers[kind] as (j: Job, r: unknown, c: WorkerContext) => Promise<JobResult>)(
@@ -134,15 +186,18 @@ export class Worker {
           attempt,
           signal: abort.signal,
           log,
-          progress: (bytes: number, totalBytes: number | null) => void emit("progress", { progress: { bytes, totalBytes } }).catch(() => undefined),
+          progress: (bytes: number, totalBytes: number | null) => {
+            lastProgress = { bytes, totalBytes };
+            void emit("progress", { progress: lastProgress }).catch(() => undefined);
+          },
         },
         this.ctx,
       );
       const durationMs = Date.now() - started;
       // The result is stored in the EVENTS stream before the job is acked: a crash in between repeats the
       // job, it never loses its result.
-      await emit("done", { durationMs, result });
-      msg.ack();
+      await retrying(() => emit("done", { durationMs, result }), abort.signal);
+      await retrying(() => msg.ackAck(), abort.signal).catch((e: unknown) => log.warn({ err: errorMessage(e) }, "ack not confirmed; a redelivery will find the result"));
       this.jobsDone++;
       log.info({ durationMs, attempt }, `${kind} ${JSON.stringify(job.db.name)} done in ${(durationMs / 1000).toFixed(1)}s, attempt ${attempt} of ${maxAttempts}`);
     } catch (err) {
@@ -153,7 +208,7 @@ export class Worker {
       const permanent = err instanceof PermanentJobError || err instanceof ContractError;
       const final = permanent || attempt >= maxAttempts;
       const stderrTail = err instanceof ToolError ? err.stderrTail.slice(-4000) : "";
-      await emit("failed", { durationMs: Date.now() - started, error: { message: errorMessage(err), stderrTail, final } }).catch((e: unknown) =>
+      await retrying(() => emit("failed", { durationMs: Date.now() - started, error: { message: errorMessage(err), stderrTail, final } }), abort.signal).catch((e: unknown) =>
         log.error({ err: errorMessage(e) }, "could not publish the failure"),
       );
       if (final) msg.term(errorMessage(err).slice(0, 200));
@@ -162,6 +217,20 @@ export class Worker {
     } finally {
       clearInterval(heartbeat);
       this.inFlight.delete(job.jobId);
+      settle();
+    }
+  }
+}
+
+/** Retries a publish while the broker is away (a restart, a cluster node lost), up to RESULT_PUBLISH_MS. */
+async function retrying<T>(fn: () => Promise<T>, signal: AbortSignal): Promise<T> {
+  const deadline = Date.now() + RESULT_PUBLISH_MS;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (signal.aborted || Date.now() > deadline) throw err;
+      await sleep(1000);
     }
   }
 }

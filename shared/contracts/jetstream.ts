@@ -26,8 +26,9 @@ function token(value: string, what: string): string {
 export const subjects = {
   allJobs: "pgmigrate.jobs.>",
   jobsOfKind: (kind: JobKind) => `pgmigrate.jobs.${kind}.>`,
-  job: (kind: JobKind, runId: string) => `pgmigrate.jobs.${kind}.${token(runId, "run id")}`,
-  jobsOfRun: (runId: string) => `pgmigrate.jobs.*.${token(runId, "run id")}`,
+  /** One subject per job, so that a resuming coordinator can look a job up (last_by_subj) and adopt it. */
+  job: (kind: JobKind, runId: string, jobId: string) => `pgmigrate.jobs.${kind}.${token(runId, "run id")}.${token(jobId, "job id")}`,
+  jobsOfRun: (runId: string) => `pgmigrate.jobs.*.${token(runId, "run id")}.*`,
   allEvents: "pgmigrate.events.>",
   eventsOfRun: (runId: string) => `pgmigrate.events.${token(runId, "run id")}.>`,
   /** topic: run | db | dump | restore | verify | globals; status: what happened. */

@@ -16,7 +16,7 @@ export function createDatabaseSql(name: string, spec: CreateSpec): string {
   return parts.join(" ");
 }
 
-/** WITH (FORCE) ends sessions a killed restore may have left behind. */
-export function dropDatabaseSql(name: string): string {
-  return `DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`;
+/** WITH (FORCE) (PostgreSQL 13 and later) ends sessions a killed restore may have left behind. */
+export function dropDatabaseSql(name: string, force = true): string {
+  return `DROP DATABASE IF EXISTS ${ident(name)}${force ? " WITH (FORCE)" : ""}`;
 }

@@ -15,8 +15,9 @@ test("database keys are safe as subject tokens and paths, and distinct for disti
 });
 
 test("subjects refuse a token that is not safe", () => {
-  assert.equal(subjects.job("dump", "run-1"), "pgmigrate.jobs.dump.run-1");
-  assert.throws(() => subjects.job("dump", "a.b"), ContractError);
+  assert.equal(subjects.job("dump", "run-1", "dump-x_1"), "pgmigrate.jobs.dump.run-1.dump-x_1");
+  assert.throws(() => subjects.job("dump", "a.b", "j"), ContractError);
+  assert.throws(() => subjects.job("dump", "r", "j.*"), ContractError);
   assert.throws(() => subjects.event("r", "db", "x>"), ContractError);
 });
 

@@ -1,0 +1,157 @@
+// One run per target. Two coordinators changing one target's settings and databases at once would undo each
+// other's work, so the target is locked twice: a file under ~/.pg-migrate/locks (taken before anything starts,
+// even the embedded broker) and an entry in the runs KV (seen by coordinators on other hosts). Both name the run
+// that holds them. A lock whose holder died is stale and taken over: on this host the holder's pid is checked,
+// elsewhere the holder's heartbeat must have stopped for STALE_MS.
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import type { KV } from "@nats-io/kv";
+import { errorMessage, PreflightError } from "../shared/errors.js";
+import type { Logger } from "../shared/log.js";
+
+export interface LockHolder {
+  /** Unknown for the first moments of a run, before its record is found or created. */
+  runId: string | null;
+  pid: number;
+  host: string;
+  target: string;
+  startedAt: string;
+  /** Refreshed every REFRESH_MS while the holder lives. */
+  at: string;
+}
+
+const REFRESH_MS = 5_000;
+const STALE_MS = 30_000;
+
+/** The target's identity: its system identifier when readable, else its address. */
+export function targetLockKey(systemId: string | null, host: string, port: number): string {
+  return createHash("sha256").update(systemId ?? `${host}:${port}`).digest("hex").slice(0, 16);
+}
+
+/** Whether a pg-migrate process with this pid runs on this host (a reused pid belongs to something else). */
+export function pgMigrateAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") return false;
+  }
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "latin1").includes("pg-migrate");
+  } catch {
+    return true; // no /proc to ask: the pid is alive, assume it is ours
+  }
+}
+
+export function isStale(h: LockHolder, now = Date.now()): boolean {
+  if (h.host === hostname()) return !pgMigrateAlive(h.pid);
+  return now - Date.parse(h.at) > STALE_MS;
+}
+
+function refusal(h: LockHolder): PreflightError {
+  const who = h.runId ? `run ${h.runId}` : "another pg-migrate run";
+  return new PreflightError(
+    `the target ${h.target} is being migrated by ${who} (coordinator pid ${h.pid} on ${h.host}, since ${h.startedAt}): wait for it to end or stop it (Ctrl-C) first; a dead run's lock is taken over automatically`,
+  );
+}
+
+export class TargetLock {
+  private kv: { kv: KV; key: string; revision: number } | undefined;
+  private readonly timer: NodeJS.Timeout;
+  private released = false;
+
+  private constructor(
+    private readonly path: string,
+    private readonly holder: LockHolder,
+    private readonly log: Logger,
+  ) {
+    this.timer = setInterval(() => void this.refresh(), REFRESH_MS);
+    this.timer.unref();
+  }
+
+  /** Takes the file lock, or refuses with a sentence naming the live run that holds it. */
+  static async acquire(home: string, key: string, target: string, log: Logger): Promise<TargetLock> {
+    const dir = join(home, "locks");
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const path = join(dir, `target-${key}.json`);
+    const now = new Date().toISOString();
+    const holder: LockHolder = { runId: null, pid: process.pid, host: hostname(), target, startedAt: now, at: now };
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        const fd = await open(path, "wx", 0o600);
+        try {
+          await fd.writeFile(JSON.stringify(holder));
+        } finally {
+          await fd.close();
+        }
+        return new TargetLock(path, holder, log);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      }
+      const current = await readHolder(path);
+      if (current && !isStale(current)) throw refusal(current);
+      log.warn({ holder: current }, "taking over a stale target lock");
+      // Moved aside, not removed: of two coordinators taking over at once, only one rename finds the file.
+      await rename(path, `${path}.stale-${process.pid}`).then(
+        () => rm(`${path}.stale-${process.pid}`, { force: true }),
+        () => undefined,
+      );
+    }
+    throw new PreflightError(`could not take the target lock ${path}: remove it if no pg-migrate run is alive`);
+  }
+
+  /** Names the run in the lock once it is known. */
+  async setRun(runId: string): Promise<void> {
+    this.holder.runId = runId;
+    await this.refresh();
+  }
+
+  /** The same lock in the runs KV, compare-and-set, for coordinators that do not share this host's files. */
+  async holdInKv(kv: KV, key: string): Promise<void> {
+    const k = `lock.${key}`;
+    const value = () => JSON.stringify({ ...this.holder, at: new Date().toISOString() });
+    let revision: number;
+    try {
+      revision = await kv.create(k, value());
+    } catch {
+      const entry = await kv.get(k);
+      const current = entry && entry.operation === "PUT" ? (entry.json() as LockHolder) : undefined;
+      if (current && !isStale(current)) throw refusal(current);
+      if (current) this.log.warn({ holder: current }, "taking over a stale target lock in the KV");
+      revision = entry ? await kv.update(k, value(), entry.revision) : await kv.create(k, value());
+    }
+    this.kv = { kv, key: k, revision };
+  }
+
+  private async refresh(): Promise<void> {
+    if (this.released) return;
+    this.holder.at = new Date().toISOString();
+    const text = JSON.stringify(this.holder);
+    try {
+      await writeFile(`${this.path}.tmp`, text, { mode: 0o600 });
+      await rename(`${this.path}.tmp`, this.path);
+      if (this.kv) this.kv.revision = await this.kv.kv.update(this.kv.key, text, this.kv.revision);
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, "target lock not refreshed");
+    }
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    clearInterval(this.timer);
+    const current = await readHolder(this.path);
+    if (current && current.pid === this.holder.pid && current.host === this.holder.host) await rm(this.path, { force: true });
+    if (this.kv) await this.kv.kv.delete(this.kv.key, { previousSeq: this.kv.revision }).catch(() => undefined);
+  }
+}
+
+async function readHolder(path: string): Promise<LockHolder | undefined> {
+  try {
+    return JSON.parse(await readFile(path, "utf8")) as LockHolder;
+  } catch {
+    return undefined;
+  }
+}

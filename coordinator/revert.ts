@@ -1,0 +1,66 @@
+// `pg-migrate revert-settings`: for the day everything else fails. Finds every run record (this home's, and the
+// KV's with --nats-url) that changed this target's settings and did not put them back, and puts them back.
+// A live run on the target is refused by name: reverting under it would slow it down, not save it.
+import { join } from "node:path";
+import { Kvm } from "@nats-io/kv";
+import { RUNS_BUCKET } from "../shared/contracts/jetstream.js";
+import { PreflightError } from "../shared/errors.js";
+import { createLogger } from "../shared/log.js";
+import { connectNats } from "../shared/nats.js";
+import { appDir } from "../shared/paths.js";
+import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
+import { revertSettings } from "./fast-restore.js";
+import { TargetLock, targetLockKey } from "./lock.js";
+import type { Output } from "./output.js";
+import { inspect } from "./preflight.js";
+import { RunState, type RunRecord } from "./state.js";
+
+export async function revertByHand(target: ServerSpec, targetDb: string, natsUrl: string | undefined, out: Output): Promise<number> {
+  const home = appDir();
+  const log = createLogger({ level: "info", file: join(home, "logs", "revert-settings.log") });
+  const { info, client } = await inspect(target, targetDb);
+  await client.end().catch(() => undefined);
+  const lockKey = targetLockKey(info.systemId, target.host, target.port);
+  const lock = await TargetLock.acquire(home, lockKey, `${target.host}:${target.port}`, log);
+  const nc = natsUrl ? await connectNats(natsUrl, "pg-migrate-revert-settings") : undefined;
+  try {
+    const sameTarget = (r: RunRecord) =>
+      info.systemId !== null && r.target.systemId !== null ? r.target.systemId === info.systemId : r.target.host === target.host && r.target.port === target.port;
+    const pending = (r: RunRecord) => sameTarget(r) && r.fastRestore.applied && !r.fastRestore.reverted;
+
+    const states = (await RunState.all(home, log)).filter((s) => pending(s.record));
+    if (nc) {
+      const kv = await new Kvm(nc).open(RUNS_BUCKET);
+      await lock.holdInKv(kv, lockKey);
+      const local = new Set(states.map((s) => s.runId));
+      for await (const key of await kv.keys("run.*")) {
+        const entry = await kv.get(key);
+        if (!entry || entry.operation !== "PUT") continue;
+        const record = JSON.parse(entry.string()) as RunRecord;
+        if (!local.has(record.runId) && pending(record)) {
+          const state = await RunState.create(home, record, log);
+          state.attachKv(kv);
+          states.push(state);
+        }
+      }
+    }
+    if (!states.length) {
+      out.line(`nothing to revert: no run record under ${home}${nc ? " or in the KV" : ""} holds unreverted settings of ${describe(target)}`);
+      return 0;
+    }
+    const openTarget = () => connect(target, targetDb, "pg-migrate revert-settings");
+    for (const state of states) {
+      const fr = state.record.fastRestore;
+      const differing = await revertSettings(openTarget, fr.original);
+      if (differing.length) throw new PreflightError(`could not revert ${differing.join(", ")} on ${describe(target)} (run ${state.runId}): check the target's postgresql.auto.conf`);
+      fr.reverted = true;
+      await state.save();
+      out.line(`run ${state.runId}: reverted ${fr.original.map((s) => `${s.name}=${s.setting}`).join(", ")} and checkpointed`);
+      if (fr.mode === "full") out.line("fsync was off during that run: run `sync` on the target host (or restart it cleanly) before relying on the data");
+    }
+    return 0;
+  } finally {
+    await lock.release();
+    await nc?.drain().catch(() => undefined);
+  }
+}
