@@ -1,14 +1,17 @@
 // One run per target. Two coordinators changing one target's settings and databases at once would undo each
-// other's work, so the target is locked twice: a file under ~/.pg-migrate/locks (taken before anything starts,
-// even the embedded broker) and an entry in the runs KV (seen by coordinators on other hosts). Both name the run
-// that holds them. A lock whose holder died is stale and taken over: on this host the holder's pid is checked,
-// elsewhere the holder's heartbeat must have stopped for STALE_MS.
+// other's work, so the target is locked three times: a file under ~/.pg-migrate/locks (taken before anything
+// starts, even the embedded broker), an entry in the runs KV (seen by coordinators on other hosts that share the
+// broker), and a session advisory lock on the target itself (seen by every coordinator, whatever its home or
+// broker; the server drops it when the coordinator's session ends, so it can never go stale). All three name the
+// run that holds them. A file or KV lock whose holder died is stale and taken over: on this host the holder's
+// pid is checked, elsewhere the holder's heartbeat must have stopped for STALE_MS.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
+import type pg from "pg";
 import { errorMessage, PreflightError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 
@@ -154,4 +157,33 @@ async function readHolder(path: string): Promise<LockHolder | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/** The advisory lock's key on the target: two int4 halves, "pgmi" and 1. */
+const ADVISORY = [0x70676d69, 1] as const;
+
+/**
+ * Takes the session advisory lock on the target through the coordinator's own connection (held for the whole
+ * run), and names the run in that session's application_name so a refused coordinator can say who holds it.
+ */
+export async function holdOnTarget(client: pg.Client, target: string): Promise<void> {
+  const { rows } = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1, $2) AS ok", [...ADVISORY]);
+  if (rows[0]?.ok) return;
+  const { rows: holders } = await client.query<{ app: string | null; addr: string | null; since: Date | null; pid: number }>(
+    `SELECT a.application_name AS app, a.client_addr::text AS addr, a.backend_start AS since, a.pid
+       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+    [...ADVISORY],
+  );
+  const h = holders[0];
+  const who = h?.app?.startsWith("pg-migrate run ") ? `run ${h.app.slice("pg-migrate run ".length)}` : "another pg-migrate run";
+  throw new PreflightError(
+    `the target ${target} is being migrated by ${who} (its coordinator's session ${h ? `pid ${h.pid} from ${h.addr ?? "a local socket"}, since ${h.since?.toISOString() ?? "?"}` : "holds the target's pg-migrate lock"}): wait for it to end or stop it (Ctrl-C) first`,
+  );
+}
+
+/** Names the run in the session that holds the target's advisory lock. */
+export async function nameRunOnTarget(client: pg.Client, runId: string): Promise<void> {
+  await client.query("SELECT set_config('application_name', $1, false)", [`pg-migrate run ${runId}`]);
 }

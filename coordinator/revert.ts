@@ -10,7 +10,7 @@ import { connectNats } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
 import { revertSettings } from "./fast-restore.js";
-import { TargetLock, targetLockKey } from "./lock.js";
+import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import type { Output } from "./output.js";
 import { inspect } from "./preflight.js";
 import { RunState, type RunRecord } from "./state.js";
@@ -19,11 +19,13 @@ export async function revertByHand(target: ServerSpec, targetDb: string, natsUrl
   const home = appDir();
   const log = createLogger({ level: "info", file: join(home, "logs", "revert-settings.log") });
   const { info, client } = await inspect(target, targetDb);
-  await client.end().catch(() => undefined);
-  const lockKey = targetLockKey(info.systemId, target.host, target.port);
-  const lock = await TargetLock.acquire(home, lockKey, `${target.host}:${target.port}`, log);
-  const nc = natsUrl ? await connectNats(natsUrl, "pg-migrate-revert-settings") : undefined;
+  let lock: TargetLock | undefined;
+  let nc: Awaited<ReturnType<typeof connectNats>> | undefined;
   try {
+    const lockKey = targetLockKey(info.systemId, target.host, target.port);
+    lock = await TargetLock.acquire(home, lockKey, `${target.host}:${target.port}`, log);
+    await holdOnTarget(client, `${target.host}:${target.port}`);
+    if (natsUrl) nc = await connectNats(natsUrl, "pg-migrate-revert-settings");
     const sameTarget = (r: RunRecord) =>
       info.systemId !== null && r.target.systemId !== null ? r.target.systemId === info.systemId : r.target.host === target.host && r.target.port === target.port;
     const pending = (r: RunRecord) => sameTarget(r) && r.fastRestore.applied && !r.fastRestore.reverted;
@@ -60,7 +62,8 @@ export async function revertByHand(target: ServerSpec, targetDb: string, natsUrl
     }
     return 0;
   } finally {
-    await lock.release();
+    await lock?.release();
     await nc?.drain().catch(() => undefined);
+    await client.end().catch(() => undefined);
   }
 }

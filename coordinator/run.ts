@@ -8,7 +8,7 @@ import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jet
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type pg from "pg";
-import { ensureJetStream, JOBS_STREAM, RUNS_BUCKET, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { ensureJetStream, JOBS_STREAM, openOrCreateKv, RUNS_BUCKET, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { CONTRACT_VERSION, encode } from "../shared/contracts/messages.js";
 import { subjects } from "../shared/contracts/jetstream.js";
 import { dbKey } from "../shared/dbkey.js";
@@ -25,7 +25,7 @@ import { discoverDatabases, existingDatabases, MAINTENANCE_DB, userObjectCount }
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
-import { TargetLock, targetLockKey } from "./lock.js";
+import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
 import { checkDumpVolume, checkServers, inspect, pairKey } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
@@ -53,6 +53,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     // One run per target, decided before anything starts (the embedded broker's store is per pair of servers).
     const lockKey = targetLockKey(tgt.info.systemId, cfg.target.host, cfg.target.port);
     lock = await TargetLock.acquire(home, lockKey, `${cfg.target.host}:${cfg.target.port}`, bootLog);
+    await holdOnTarget(tgt.client, `${cfg.target.host}:${cfg.target.port}`);
 
     // Discovery.
     const all = await discoverDatabases(src.client, src.info.versionNum);
@@ -81,8 +82,6 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     let secret: string | undefined;
     if (!cfg.natsUrl) {
       embedded = await startEmbeddedNats(join(home, "nats", pk), join(home, "logs", `nats-${pk}.log`), bootLog);
-      secret = generateSecret();
-      key = keyFrom(secret);
     } else {
       key = sharedKeyFromEnv();
       if (!key) out.warn("no PGMIGRATE_SECRET: jobs carry no passwords, so workers need their own (PGMIGRATE_FROM_PASS / PGMIGRATE_TO_PASS or ~/.pgpass)");
@@ -93,8 +92,8 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       const jsm = await jetstreamManager(nc);
       await ensureJetStream(jsm, { replicas: cfg.natsReplicas, ackWaitMs: cfg.ackWaitMs, maxDeliver: cfg.maxDeliver });
       const kvm = new Kvm(nc);
-      const runsKv = await kvm.create(RUNS_BUCKET, { history: 1, replicas: cfg.natsReplicas });
-      const workersKv = await kvm.create(WORKERS_BUCKET, { ttl: WORKER_TTL_MS, history: 1, replicas: cfg.natsReplicas });
+      const runsKv = await openOrCreateKv(kvm, RUNS_BUCKET, { history: 1, replicas: cfg.natsReplicas });
+      const workersKv = await openOrCreateKv(kvm, WORKERS_BUCKET, { ttl: WORKER_TTL_MS, history: 1, replicas: cfg.natsReplicas });
       await lock.holdInKv(runsKv, lockKey);
 
       // An unfinished run between these servers: this home's record, else the one in the KV.
@@ -163,8 +162,14 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
           bootLog,
         );
       }
+      if (embedded) {
+        // The run's own key, kept beside its local record: jobs adopted on resume were sealed with it.
+        secret = await state.embeddedSecret(generateSecret);
+        key = keyFrom(secret);
+      }
       state.attachKv(runsKv);
       await lock.setRun(state.runId);
+      await nameRunOnTarget(tgt.client, state.runId);
       await runsKv.put(`pair.${pk}`, state.runId);
       await state.save();
       const log = createLogger({ level: "info", file: join(home, "logs", `${state.runId}.log`), base: { runId: state.runId } });
@@ -227,6 +232,7 @@ async function abandon(
   await d.jsm.streams.purge(JOBS_STREAM, { filter: subjects.jobsOfRun(previous.runId) }).catch(() => undefined);
   previous.record.status = "abandoned";
   await previous.save();
+  await previous.forgetEmbeddedSecret();
   d.out.line(`run ${previous.runId} abandoned (its dumps and queued jobs removed); starting a new run`);
 }
 
@@ -326,6 +332,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
   const failed = record.databases.filter((x) => x.phase !== "done");
   record.status = failed.length ? "failed" : "finished";
   await state.save();
+  if (!failed.length) await state.forgetEmbeddedSecret();
   await emitRun(record.status === "finished" ? "finished" : "failed");
   const reportPath = await writeReport(appDir(), record, cfg.dumpRoot);
   process.stdout.write(summaryTable(record) + "\n");

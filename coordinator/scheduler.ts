@@ -6,7 +6,7 @@
 // published while no coordinator was alive is not lost; a job still in the JOBS stream is adopted (a worker has
 // it or will get it); a job that is gone without a result is published again with a fresh id.
 import { posix } from "node:path";
-import { DeliverPolicy, jetstreamManager, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
+import { DeliverPolicy, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { nanoid } from "nanoid";
 import { EVENTS_STREAM, JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
@@ -22,6 +22,8 @@ import type { DbState, RunState } from "./state.js";
 
 /** How long the replay of earlier events may take before undecided jobs are published again anyway. */
 const REPLAY_LIMIT_MS = 15_000;
+/** Pulls expire every 4 s and heartbeat at half that: this long without either means the consumer is lost. */
+const EVENTS_SILENCE_MS = 12_000;
 
 export class Scheduler {
   private readonly inFlight = new Set<string>();
@@ -33,6 +35,7 @@ export class Scheduler {
   private replaying = true;
   /** When the newest event of each database's current job was published: the watchdog's input. */
   private readonly lastEventAt = new Map<string, number>();
+  private events: ConsumerMessages | undefined;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -82,13 +85,6 @@ export class Scheduler {
     // the fresh job id makes the replayed result of the previous job stale.
     for (const { db, kind } of next) await this.publish(db, kind, true);
 
-    const from = record.eventsSeq ?? 0;
-    const consumer = await this.js.consumers.get(EVENTS_STREAM, {
-      filter_subjects: subjects.eventsOfRun(runId),
-      ...(from > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from + 1 } : { deliver_policy: DeliverPolicy.All }),
-    });
-    const events = await consumer.consume();
-    const advisories = this.nc.subscribe(subjects.maxDeliveriesAdvisory);
     const done = new Promise<void>((resolve) => (this.settle = resolve));
     let caughtUp!: () => void;
     const replayed = new Promise<void>((resolve) => (caughtUp = resolve));
@@ -96,16 +92,12 @@ export class Scheduler {
       this.stopped = true;
       caughtUp();
       this.settle?.();
+      void this.events?.close().catch(() => undefined);
     };
     signal.addEventListener("abort", onAbort, { once: true });
 
-    let replayTo: number | undefined;
-    void (async () => {
-      for await (const m of events) {
-        await this.onEventMessage(m);
-        if (m.info.pending === 0 || (replayTo !== undefined && m.seq >= replayTo)) caughtUp();
-      }
-    })();
+    const advisories = this.nc.subscribe(subjects.maxDeliveriesAdvisory);
+    const reading = this.readEvents(caughtUp);
     void (async () => {
       for await (const m of advisories) {
         try {
@@ -118,13 +110,6 @@ export class Scheduler {
     const watchdog = setInterval(() => void this.watch(), Math.max(1000, Math.floor(this.cfg.ackWaitMs / 4)));
 
     try {
-      // Caught up when nothing of the run is left to deliver and what was delivered has been handled.
-      const ci = await consumer.info().catch(() => undefined);
-      if (!ci || ci.num_pending === 0) {
-        const upTo = ci?.delivered.stream_seq ?? 0;
-        if (upTo <= (record.eventsSeq ?? 0)) caughtUp();
-        else replayTo = upTo;
-      }
       let limit: NodeJS.Timeout | undefined;
       await Promise.race([replayed, new Promise((r) => (limit = setTimeout(r, REPLAY_LIMIT_MS)))]);
       clearTimeout(limit);
@@ -141,10 +126,66 @@ export class Scheduler {
       this.checkFinished();
       await done;
     } finally {
+      this.stopped = true;
       clearInterval(watchdog);
       signal.removeEventListener("abort", onAbort);
-      await events.close().catch(() => undefined);
+      await this.events?.close().catch(() => undefined);
+      await reading;
       advisories.unsubscribe();
+    }
+  }
+
+  /**
+   * Reads the run's events from just after the last one handled, for as long as the run goes on. The consumer is
+   * an ephemeral one on the broker: when a broker restart or a lost cluster node ends it, a new one starts where
+   * the handled events end, so nothing is skipped and nothing is lost.
+   */
+  private async readEvents(caughtUp: () => void): Promise<void> {
+    const record = this.state.record;
+    while (!this.stopped) {
+      try {
+        const from = record.eventsSeq ?? 0;
+        const consumer = await this.js.consumers.get(EVENTS_STREAM, {
+          filter_subjects: subjects.eventsOfRun(this.state.runId),
+          ...(from > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from + 1 } : { deliver_policy: DeliverPolicy.All }),
+        });
+        // Short pulls: a lost consumer is noticed through missed heartbeats, half the pull's expiry.
+        this.events = await consumer.consume({ expires: 4_000 });
+        // Caught up when nothing of the run is left to deliver and what was delivered has been handled.
+        const ci = await consumer.info().catch(() => undefined);
+        let replayTo: number | undefined;
+        if (!ci || ci.num_pending === 0) {
+          const upTo = ci?.delivered.stream_seq ?? 0;
+          if (upTo <= (record.eventsSeq ?? 0)) caughtUp();
+          else replayTo = upTo;
+        }
+        // A consumer that neither delivers nor heartbeats for a while is gone for good (seen when a cluster node
+        // holding it died): closed here, so that the loop starts a new one.
+        const events = this.events;
+        let lastSign = Date.now();
+        void (async () => {
+          for await (const n of events.status()) if (n.type !== "heartbeats_missed" && n.type !== "no_responders") lastSign = Date.now();
+        })().catch(() => undefined);
+        const silence = setInterval(() => {
+          if (Date.now() - lastSign > EVENTS_SILENCE_MS) {
+            this.log.warn("the events consumer went silent; starting a new one");
+            void events.close().catch(() => undefined);
+          }
+        }, 1000);
+        try {
+          for await (const m of events) {
+            lastSign = Date.now();
+            await this.onEventMessage(m);
+            if (m.info.pending === 0 || (replayTo !== undefined && m.seq >= replayTo)) caughtUp();
+            if (this.stopped) break;
+          }
+        } finally {
+          clearInterval(silence);
+        }
+      } catch (err) {
+        this.log.warn({ err: errorMessage(err) }, "reading the run's events failed; starting again from the last handled one");
+      }
+      if (!this.stopped) await new Promise((r) => setTimeout(r, 1000));
     }
   }
 

@@ -1,6 +1,6 @@
 // The run record: the coordinator's memory across crashes. Kept as a local file under ~/.pg-migrate/state
 // (written whole, then renamed) and mirrored to the JetStream KV so a coordinator on another host can resume.
-import { mkdir, readdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
 import { customAlphabet } from "nanoid";
@@ -125,6 +125,24 @@ export class RunState {
 
   get runId(): string {
     return this.record.runId;
+  }
+
+  /**
+   * The key that seals the passwords in this run's jobs in embedded mode, in a 0600 file beside the local record
+   * (never in the KV, never in the record): a resumed session must open the jobs the earlier one queued.
+   */
+  async embeddedSecret(generate: () => string): Promise<string> {
+    const path = join(this.dir, "embedded.key");
+    const existing = await readFile(path, "utf8").catch(() => undefined);
+    if (existing?.trim()) return existing.trim();
+    const secret = generate();
+    await writeFile(path, secret, { mode: 0o600, flag: "w" });
+    return secret;
+  }
+
+  /** Once the run has ended there is nothing left to open with it. */
+  async forgetEmbeddedSecret(): Promise<void> {
+    await rm(join(this.dir, "embedded.key"), { force: true });
   }
 
   attachKv(kv: KV): void {

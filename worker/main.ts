@@ -4,7 +4,7 @@ import { hostname } from "node:os";
 import { DeliverPolicy, jetstream, type Consumer, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { consumerName, EVENTS_STREAM, JOBS_STREAM, subjects, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { consumerName, EVENTS_STREAM, JOBS_STREAM, subjects, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { CONTRACT_VERSION, decodeEvent, decodeJob, encode, type Job, type JobEvent, type JobResult } from "../shared/contracts/messages.js";
 import { JOB_KINDS, type JobKind } from "../shared/contracts/phases.js";
 import { ContractError, errorMessage, ToolError } from "../shared/errors.js";
@@ -73,15 +73,14 @@ export class Worker {
     const kvm = new Kvm(this.nc);
     for (;;) {
       try {
-        // Open what the coordinator created (with its replicas); create it only when no coordinator has yet.
-        this.presence = await kvm.open(WORKERS_BUCKET).then(
-          async (kv) => (await kv.status(), kv),
-          () => kvm.create(WORKERS_BUCKET, { ttl: WORKER_TTL_MS, history: 1 }),
-        );
+        // The coordinator creates the bucket, with the replicas it was told to use; a worker only opens it.
+        const kv = await kvm.open(WORKERS_BUCKET);
+        await kv.status();
+        this.presence = kv;
         break;
       } catch (err) {
         if (this.stopping.signal.aborted) return;
-        this.log.warn({ err: errorMessage(err) }, "cannot open the worker presence bucket yet; retrying");
+        this.log.debug({ err: errorMessage(err) }, "no coordinator has created the worker presence bucket yet; waiting");
         await sleep(1000);
       }
     }

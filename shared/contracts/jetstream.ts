@@ -2,6 +2,7 @@
 // Database names never appear in a subject: runs and jobs are addressed by ids we generate.
 import { AckPolicy, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import type { JetStreamManager } from "@nats-io/jetstream";
+import type { KV, KvOptions, Kvm } from "@nats-io/kv";
 import { JOB_KINDS, type JobKind } from "./phases.js";
 import { ContractError } from "../errors.js";
 
@@ -103,4 +104,15 @@ async function upsertStream(jsm: JetStreamManager, config: StreamConfigInput): P
 
 function isNotFound(err: unknown): boolean {
   return err instanceof Error && /not found/i.test(err.message);
+}
+
+/** A bucket as it already is (whatever replicas an earlier run gave it), or created with these options. */
+export async function openOrCreateKv(kvm: Kvm, name: string, opts: Partial<KvOptions>): Promise<KV> {
+  try {
+    const kv = await kvm.open(name);
+    await kv.status();
+    return kv;
+  } catch {
+    return kvm.create(name, opts);
+  }
 }

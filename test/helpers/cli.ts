@@ -1,4 +1,7 @@
 // Runs the real CLI as a child process, exactly as a user would.
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import pg from "pg";
@@ -73,4 +76,27 @@ export async function sequencesOf(c: LocalCluster, db: string): Promise<Record<s
 
 export function errorLines(stderr: string): string[] {
   return stderr.split("\n").filter((l) => l.startsWith("pg-migrate: error:"));
+}
+
+export interface Report {
+  status: string;
+  totals: { databases: number; verified: number; failed: number };
+  databases: {
+    name: string;
+    phase: string;
+    verified: boolean;
+    error?: string;
+    stderrTail?: string;
+    attempts: Record<string, number>;
+    workers: Record<string, string>;
+    tableCounts: { source: number | null; target: number | null }[];
+  }[];
+}
+
+/** The JSON report whose path the run printed; it must lie under this HOME. */
+export async function readReport(home: string, stderr: string): Promise<Report> {
+  const path = /report: (.*\.json)/.exec(stderr)?.[1];
+  assert.ok(path, `no report path in:\n${stderr}`);
+  assert.ok(path.startsWith(join(home, ".pg-migrate", "reports")), path);
+  return JSON.parse(await readFile(path, "utf8")) as Report;
 }

@@ -1,29 +1,15 @@
 // End to end: the CLI run as a child process, embedded mode with 2 workers, on Pagila, Chinook, an awkwardly
 // named database and a database of the objects plain copies miss. Then the same migration in distributed mode.
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
 import pg from "pg";
 import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
-import { BIN, cliEnv, databasesOf, query, runCli, sequencesOf, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
+import { BIN, cliEnv, databasesOf, query, readReport, runCli, sequencesOf, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 import { APP_LOGIN_PASSWORD, loadCoreFixture } from "../helpers/fixtures.js";
-
-interface Report {
-  status: string;
-  totals: { databases: number; verified: number; failed: number };
-  databases: { name: string; phase: string; verified: boolean; workers: Record<string, string>; tableCounts: { source: number | null; target: number | null }[] }[];
-}
-
-async function readReport(home: string, stderr: string): Promise<Report> {
-  const path = /report: (.*\.json)/.exec(stderr)?.[1];
-  assert.ok(path, `no report path in:\n${stderr}`);
-  assert.ok(path.startsWith(join(home, ".pg-migrate", "reports")), path);
-  return JSON.parse(await readFile(path, "utf8")) as Report;
-}
 
 test("embedded mode migrates every database, role and row, and puts the target's settings back", { timeout: 600_000 }, async () => {
   await withTestEnv(async ({ source, target, home }) => {

@@ -1,5 +1,5 @@
-// Ctrl-C mid-run puts the target's settings back and exits 130; the same command again resumes and does not
-// redo the databases finished before the interruption.
+// Ctrl-C mid-run puts the target's settings back, stops the local workers and their tools, and exits 130; the
+// same command again resumes and does not redo the databases finished before the interruption.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { execa } from "execa";
@@ -7,6 +7,7 @@ import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, databasesOf, runCli, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
+import { assertNoLeftovers } from "../helpers/procs.js";
 
 test("SIGINT reverts the target; running the same command again resumes", { timeout: 600_000 }, async () => {
   await withTestEnv(
@@ -31,6 +32,7 @@ test("SIGINT reverts the target; running the same command again resumes", { time
       assert.equal(r1.exitCode, 130, String(r1.stderr));
       assert.match(String(r1.stderr), /run the same command again to resume/);
       assert.deepEqual(await settingsOf(target), before, "settings reverted on SIGINT");
+      await assertNoLeftovers(home, [source.port, target.port]);
       const finished = [...String(r1.stderr).matchAll(/verify "([^"]+)" done/g)].map((m) => m[1]!);
       assert.ok(finished.includes(doneBeforeKill));
 
@@ -41,6 +43,7 @@ test("SIGINT reverts the target; running the same command again resumes", { time
       assert.deepEqual(await databasesOf(target), [...demoDatabases].sort());
       for (const db of demoDatabases) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
       assert.deepEqual(await settingsOf(target), before);
+      await assertNoLeftovers(home, [source.port, target.port]);
     },
     { nats: false },
   );

@@ -1,0 +1,154 @@
+// Faults on the worker side and in the broker: a worker SIGKILLed while its pg_dump or pg_restore runs, the
+// nats-server restarted mid-run, a node of a 3-node NATS cluster killed mid-run. Each run must still end
+// complete and verified, with nothing left running and the target's settings as before.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { test } from "node:test";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { execa } from "execa";
+import { freePort, psqlExec, startNats, type LocalNats } from "../../demo/cluster.js";
+import { demoDatabases, demoSql } from "../../demo/generate.js";
+import { BIN, cliEnv, readReport, serverArgs, settingsOf } from "../helpers/cli.js";
+import { withTestEnv } from "../helpers/env.js";
+import { assertEndState, workerOf } from "../helpers/faults.js";
+import { startCli } from "../helpers/live.js";
+import { alive, toolsOn, waitFor } from "../helpers/procs.js";
+
+const SHOP = "--dbname=dbname='shop'";
+
+for (const tool of ["pg_dump", "pg_restore"] as const) {
+  test(`SIGKILL a worker while it runs ${tool}: the job is redelivered and the run completes`, { timeout: 600_000 }, async () => {
+    await withTestEnv(
+      async (env) => {
+        const { source, target, home } = env;
+        await psqlExec(source, "postgres", demoSql({ scale: 3 }));
+        const before = await settingsOf(target);
+        const run = startCli(
+          [...serverArgs(source, target), "--workers", "2", "-m", "2", "--ack-wait", "4", "--retry-delay", "1", "--fast-restore", "full"],
+          cliEnv(home, source, target),
+        );
+        const port = tool === "pg_dump" ? source.port : target.port;
+        // The leader, not one of its parallel workers: its parent is the pg-migrate worker.
+        const proc = await waitFor(`${tool} of shop`, () =>
+          toolsOn(port, tool).find((p) => p.argv.includes(SHOP) && !toolsOn(port, tool).some((q) => q.pid === p.ppid)),
+        );
+        process.kill(proc.pid, "SIGSTOP"); // holds it mid-run while we find and kill its worker
+        const worker = workerOf(proc);
+        process.kill(worker.pid, "SIGKILL");
+        await waitFor(`${tool} to end with its worker`, () => !alive(proc.pid), 5_000, 50);
+
+        const r = await run.result;
+        assert.equal(r.exitCode, 0, r.stderr);
+        const kind = tool === "pg_dump" ? "dump" : "restore";
+        const first = new RegExp(`${kind} "shop" started on (\\S+) \\(attempt 1 `).exec(r.stderr)?.[1];
+        assert.ok(first, r.stderr);
+        const report = await readReport(home, r.stderr);
+        const shop = report.databases.find((d) => d.name === "shop")!;
+        assert.ok((shop.attempts[kind] ?? 0) >= 2, `${kind} of shop delivered again: ${JSON.stringify(shop.attempts)}`);
+        assert.notEqual(shop.workers[kind], first, "another worker finished the job");
+        assert.ok(shop.verified);
+        await assertEndState(env, before, demoDatabases);
+      },
+      { nats: false },
+    );
+  });
+}
+
+test("restarting nats-server (same store) mid-run: the run completes", { timeout: 600_000 }, async () => {
+  await withTestEnv(async (env) => {
+    const { source, target, home, nats } = env;
+    await psqlExec(source, "postgres", demoSql({ scale: 3 }));
+    const before = await settingsOf(target);
+    const dumpRoot = join(home, "dumps");
+    const secret = "nats-restart-test-secret";
+    const workers = startWorkers(nats.url, dumpRoot, home, secret, 2);
+    try {
+      const run = startCli(
+        [...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "2", "--ack-wait", "6", "--retry-delay", "1"],
+        cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
+      );
+      await run.waitFor(/dump "[^"]+" done/);
+      await nats.restart();
+      const r = await run.result;
+      assert.equal(r.exitCode, 0, r.stderr);
+    } finally {
+      await stopWorkers(workers);
+    }
+    await assertEndState(env, before, demoDatabases);
+  });
+});
+
+test("a 3-node NATS cluster with --nats-replicas 3 loses a node mid-run: the run completes", { timeout: 600_000 }, async () => {
+  await withTestEnv(
+    async (env) => {
+      const { source, target, home } = env;
+      const nodes = await startNatsCluster(3);
+      try {
+        await psqlExec(source, "postgres", demoSql({ scale: 3 }));
+        const before = await settingsOf(target);
+        const urls = nodes.map((n) => n.url).join(",");
+        const dumpRoot = join(home, "dumps");
+        const secret = "nats-cluster-test-secret";
+        const workers = startWorkers(urls, dumpRoot, home, secret, 2);
+        try {
+          const run = startCli(
+            [...serverArgs(source, target), "--nats-url", urls, "--nats-replicas", "3", "--dump-root", dumpRoot, "-m", "2", "--ack-wait", "6", "--retry-delay", "1"],
+            cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
+          );
+          await run.waitFor(/dump "[^"]+" done/);
+          nodes[0]!.kill("SIGKILL");
+          const r = await run.result;
+          assert.equal(r.exitCode, 0, r.stderr);
+        } finally {
+          await stopWorkers(workers);
+        }
+        await assertEndState(env, before, demoDatabases);
+      } finally {
+        await Promise.all(nodes.map((n) => n.stop()));
+      }
+    },
+    { nats: false },
+  );
+});
+
+function startWorkers(natsUrl: string, dumpRoot: string, home: string, secret: string, n: number) {
+  return Array.from({ length: n }, (_, i) =>
+    execa(process.execPath, [BIN, "worker", "--nats-url", natsUrl, "--dump-root", dumpRoot, "--id", `w${i + 1}`, "--retry-delay", "1"], {
+      env: { HOME: home, PGMIGRATE_SECRET: secret },
+      reject: false,
+    }),
+  );
+}
+
+/** SIGTERM: each worker must stop its tool, hand its job back and exit 0 within a few seconds. */
+async function stopWorkers(workers: ReturnType<typeof startWorkers>): Promise<void> {
+  const started = Date.now();
+  for (const w of workers) w.kill("SIGTERM");
+  const ended = await Promise.all(workers);
+  for (const e of ended) assert.equal(e.exitCode, 0, `worker exit ${e.exitCode} ${e.signal ?? ""}\n${e.stderr}`);
+  assert.ok(Date.now() - started < 10_000, `workers stopped in ${Date.now() - started} ms`);
+}
+
+/** Three JetStream nodes routed to each other on loopback; resolves once JetStream answers through them. */
+async function startNatsCluster(size: number): Promise<LocalNats[]> {
+  const routePorts = await Promise.all(Array.from({ length: size }, () => freePort()));
+  const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`);
+  const started = await Promise.allSettled(
+    routePorts.map((p, i) =>
+      startNats({ args: ["-n", `pgm-node-${i}`, "--cluster_name", "pgm-test", "--cluster", routes[i]!, "--routes", routes.filter((_, j) => j !== i).join(",")] }),
+    ),
+  );
+  const nodes = started.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
+  if (nodes.length < size) {
+    await Promise.all(nodes.map((n) => n.stop()));
+    throw (started.find((s) => s.status === "rejected") as PromiseRejectedResult).reason;
+  }
+  const nc = await connect({ servers: nodes.map((n) => n.url) });
+  try {
+    await waitFor("the NATS cluster's JetStream", () => jetstreamManager(nc, { timeout: 2_000 }).then(() => true, () => false), 30_000, 250);
+  } finally {
+    await nc.close();
+  }
+  return nodes;
+}
