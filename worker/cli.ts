@@ -45,7 +45,10 @@ async function main(argv: string[]): Promise<number> {
       { retryDelayMs: o.retryDelay * 1000 },
       log,
     );
+    let stopping = false;
     const shutdown = async (signal: string) => {
+      if (stopping) return; // already on its way out, within the forced-exit deadline below
+      stopping = true;
       log.info({ signal }, "stopping: no new jobs, running tools stopped, their jobs handed back");
       const forced = setTimeout(() => process.exit(1), 9000);
       forced.unref();
@@ -53,8 +56,8 @@ async function main(argv: string[]): Promise<number> {
       await nc.drain().catch(() => undefined);
       process.exit(0);
     };
-    process.once("SIGTERM", () => void shutdown("SIGTERM"));
-    process.once("SIGINT", () => void shutdown("SIGINT"));
+    process.on("SIGTERM", () => void shutdown("SIGTERM"));
+    process.on("SIGINT", () => void shutdown("SIGINT"));
     await worker.run();
     return 0;
   } catch (err) {

@@ -3,7 +3,7 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { CONTRACT_VERSION, decodeManifest, type Manifest } from "../shared/contracts/messages.js";
-import { connect } from "../shared/pg/connect.js";
+import { connect, endOnAbort } from "../shared/pg/connect.js";
 import { countRows, largeObjectCount, listTables, sequenceValues } from "../shared/pg/catalog.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import { ToolError } from "../shared/errors.js";
@@ -22,6 +22,7 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
 
   const server = serverFor("source", job.source, ctx);
   const client = await connect(server, job.db.name, "pg-migrate dump");
+  const unblock = endOnAbort(client, run.signal);
   const progress = setInterval(() => {
     void directorySize(attemptDir).then((bytes) => run.progress(bytes, null));
   }, PROGRESS_EVERY_MS);
@@ -74,6 +75,7 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
     };
   } finally {
     clearInterval(progress);
+    unblock();
     await client.end().catch(() => undefined);
   }
 };

@@ -23,7 +23,7 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
     await withClient(server, job.maintenanceDb, async (c) => {
       await c.query(dropDatabaseSql(job.db.name));
       await c.query(createDatabaseSql(job.db.name, job.create));
-    });
+    }, run.signal);
     run.log.info({ attempt: run.attempt }, "recreated the database before restoring again");
   }
 
@@ -41,7 +41,7 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
   const restoreMs = Date.now() - started;
 
   const analyzeStarted = Date.now();
-  await withClient(server, job.db.name, (c) => c.query("ANALYZE"));
+  await withClient(server, job.db.name, (c) => c.query("ANALYZE"), run.signal);
   return { kind: "restore", restoreMs, analyzeMs: Date.now() - analyzeStarted };
 };
 

@@ -12,7 +12,7 @@ export const VERIFY_FILE = "verify.json";
 /** Mismatches beyond this many are counted in the detail file, not carried in the event. */
 const MISMATCHES_IN_EVENT = 100;
 
-export const verify: Handler<"verify"> = async (job, _run, ctx) => {
+export const verify: Handler<"verify"> = async (job, run, ctx) => {
   const dir = join(ctx.dumpRoot, job.dumpPath);
   const manifest = await readManifest(dir);
   const server = serverFor("target", job.target, ctx);
@@ -20,7 +20,7 @@ export const verify: Handler<"verify"> = async (job, _run, ctx) => {
     tables: await countRows(c, await listTables(c)),
     sequences: await sequenceValues(c),
     largeObjects: await largeObjectCount(c),
-  }));
+  }), run.signal);
 
   const { tables, mismatches } = compare(manifest, target);
   const detailPath = join(dir, VERIFY_FILE);

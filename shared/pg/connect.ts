@@ -42,13 +42,25 @@ export async function connect(s: ServerSpec, database: string, appName = "pg-mig
   return client;
 }
 
-export async function withClient<T>(s: ServerSpec, database: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+/** A client for fn's duration; when signal aborts, the connection is closed, which fails a query still running. */
+export async function withClient<T>(s: ServerSpec, database: string, fn: (c: pg.Client) => Promise<T>, signal?: AbortSignal): Promise<T> {
   const client = await connect(s, database);
+  const unblock = endOnAbort(client, signal);
   try {
     return await fn(client);
   } finally {
+    unblock();
     await client.end().catch(() => undefined);
   }
+}
+
+/** Closes the client when signal aborts (a query waiting on a lock must not keep a stopping worker alive). */
+export function endOnAbort(client: pg.Client, signal: AbortSignal | undefined): () => void {
+  if (!signal) return () => undefined;
+  const end = () => void client.end().catch(() => undefined);
+  if (signal.aborted) end();
+  signal.addEventListener("abort", end, { once: true });
+  return () => signal.removeEventListener("abort", end);
 }
 
 function sslOption(mode: string | undefined): pg.ClientConfig["ssl"] {

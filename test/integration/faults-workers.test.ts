@@ -7,6 +7,7 @@ import { test } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { execa } from "execa";
+import pg from "pg";
 import { freePort, psqlExec, startNats, type LocalNats } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, readReport, serverArgs, settingsOf } from "../helpers/cli.js";
@@ -110,6 +111,47 @@ test("a 3-node NATS cluster with --nats-replicas 3 loses a node mid-run: the run
     },
     { nats: false },
   );
+});
+
+test("SIGTERM on a worker while its pg_dump runs: tool stopped, job handed back at once, worker gone within seconds", { timeout: 600_000 }, async () => {
+  await withTestEnv(async (env) => {
+    const { source, target, home, nats } = env;
+    await psqlExec(source, "postgres", demoSql());
+    const before = await settingsOf(target);
+    const dumpRoot = join(home, "dumps");
+    const secret = "worker-sigterm-test-secret";
+    const workers = startWorkers(nats.url, dumpRoot, home, secret, 2);
+    // A lock on one of shop's tables keeps its pg_dump waiting for as long as the test needs.
+    const blocker = new pg.Client({ host: source.host, port: source.port, user: source.user, password: source.password, database: "shop" });
+    await blocker.connect();
+    await blocker.query("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE");
+    try {
+      // The default ack wait (60 s): only a nak gets the job to the other worker in time.
+      const run = startCli(
+        [...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "2"],
+        cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
+      );
+      const dump = await waitFor("pg_dump of shop", () => toolsOn(source.port, "pg_dump").find((p) => p.argv.includes(SHOP)));
+      const worker = workerOf(dump);
+      const stopped = Date.now();
+      process.kill(worker.pid, "SIGTERM");
+      const which = workers.find((w) => w.pid === worker.pid);
+      assert.ok(which, `pg_dump's parent ${worker.pid} is one of the test's workers (${workers.map((w) => w.pid).join(", ")})`);
+      const ended = await which;
+      assert.equal(ended.exitCode, 0, String(ended.stderr));
+      assert.ok(Date.now() - stopped < 8_000, `the worker exited ${Date.now() - stopped} ms after SIGTERM`);
+      await waitFor("its pg_dump to be gone", () => !alive(dump.pid), 3_000, 50);
+      await blocker.query("COMMIT");
+      await run.waitFor(/dump "shop" started on \S+ \(attempt 2 /, 1, 20_000);
+      assert.ok(Date.now() - stopped < 30_000, "redelivered long before the 60 s ack wait");
+      const r = await run.result;
+      assert.equal(r.exitCode, 0, r.stderr);
+    } finally {
+      await blocker.end().catch(() => undefined);
+      await stopWorkers(workers.filter((w) => w.exitCode === null));
+    }
+    await assertEndState(env, before, demoDatabases);
+  });
 });
 
 function startWorkers(natsUrl: string, dumpRoot: string, home: string, secret: string, n: number) {
