@@ -7,7 +7,7 @@
 // pid is checked, elsewhere the holder's heartbeat must have stopped for STALE_MS.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { link, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
@@ -81,28 +81,40 @@ export class TargetLock {
     const path = join(dir, `target-${key}.json`);
     const now = new Date().toISOString();
     const holder: LockHolder = { runId: null, pid: process.pid, host: hostname(), target, startedAt: now, at: now };
-    for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        const fd = await open(path, "wx", 0o600);
+    // Written whole into a private file, then linked into place: the lock never exists half-written.
+    const mine = `${path}.${process.pid}.new`;
+    await writeFile(mine, JSON.stringify(holder), { mode: 0o600 });
+    try {
+      for (let attempt = 0; attempt < 3; attempt++) {
         try {
-          await fd.writeFile(JSON.stringify(holder));
-        } finally {
-          await fd.close();
+          await link(mine, path);
+          return new TargetLock(path, holder, log);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
         }
-        return new TargetLock(path, holder, log);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+        const current = await readHolder(path);
+        if (!current || !isStale(current)) {
+          if (current) throw refusal(current);
+          continue; // unreadable for a moment: look again
+        }
+        log.warn({ holder: current }, "taking over a stale target lock");
+        // Moved aside and checked: if what was moved is not the stale holder we judged (someone took the lock
+        // over in between), it is put back and counts as live.
+        const aside = `${path}.stale-${process.pid}`;
+        if (await rename(path, aside).then(() => true, () => false)) {
+          const moved = await readHolder(aside);
+          if (moved && !sameHolder(moved, current)) {
+            await link(aside, path).catch(() => undefined);
+            await rm(aside, { force: true });
+            throw refusal(moved);
+          }
+          await rm(aside, { force: true });
+        }
       }
-      const current = await readHolder(path);
-      if (current && !isStale(current)) throw refusal(current);
-      log.warn({ holder: current }, "taking over a stale target lock");
-      // Moved aside, not removed: of two coordinators taking over at once, only one rename finds the file.
-      await rename(path, `${path}.stale-${process.pid}`).then(
-        () => rm(`${path}.stale-${process.pid}`, { force: true }),
-        () => undefined,
-      );
+      throw new PreflightError(`could not take the target lock ${path}: remove it if no pg-migrate run is alive`);
+    } finally {
+      await rm(mine, { force: true });
     }
-    throw new PreflightError(`could not take the target lock ${path}: remove it if no pg-migrate run is alive`);
   }
 
   /** Names the run in the lock once it is known. */
@@ -121,7 +133,8 @@ export class TargetLock {
     } catch {
       const entry = await kv.get(k);
       const current = entry && entry.operation === "PUT" ? (entry.json() as LockHolder) : undefined;
-      if (current && !isStale(current)) throw refusal(current);
+      // Another host's heartbeat is judged by the broker's clock (when the entry was written), not the holder's.
+      if (current && !isStale({ ...current, at: entry!.created.toISOString() })) throw refusal(current);
       if (current) this.log.warn({ holder: current }, "taking over a stale target lock in the KV");
       revision = entry ? await kv.update(k, value(), entry.revision) : await kv.create(k, value());
     }
@@ -138,6 +151,11 @@ export class TargetLock {
       if (this.kv) this.kv.revision = await this.kv.kv.update(this.kv.key, text, this.kv.revision);
     } catch (err) {
       this.log.warn({ err: errorMessage(err) }, "target lock not refreshed");
+      // An update whose reply was lost leaves us a revision behind: take the entry's if it is still ours.
+      const entry = await this.kv?.kv.get(this.kv.key).catch(() => null);
+      const current = entry && entry.operation === "PUT" ? (entry.json() as LockHolder) : undefined;
+      if (this.kv && entry && current && sameHolder(current, this.holder)) this.kv.revision = entry.revision;
+      else if (this.kv && current) this.log.error({ holder: current }, "the target lock in the KV is now held by another run");
     }
   }
 
@@ -149,6 +167,10 @@ export class TargetLock {
     if (current && current.pid === this.holder.pid && current.host === this.holder.host) await rm(this.path, { force: true });
     if (this.kv) await this.kv.kv.delete(this.kv.key, { previousSeq: this.kv.revision }).catch(() => undefined);
   }
+}
+
+function sameHolder(a: LockHolder, b: LockHolder): boolean {
+  return a.pid === b.pid && a.host === b.host && a.startedAt === b.startedAt;
 }
 
 async function readHolder(path: string): Promise<LockHolder | undefined> {
@@ -167,15 +189,19 @@ const ADVISORY = [0x70676d69, 1] as const;
  * run), and names the run in that session's application_name so a refused coordinator can say who holds it.
  */
 export async function holdOnTarget(client: pg.Client, target: string): Promise<void> {
+  // Advisory locks are per database and coordinators may connect to different ones (--to-db): take ours, then
+  // look for the same lock held by another session in any database of the cluster.
   const { rows } = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1, $2) AS ok", [...ADVISORY]);
-  if (rows[0]?.ok) return;
   const { rows: holders } = await client.query<{ app: string | null; addr: string | null; since: Date | null; pid: number }>(
     `SELECT a.application_name AS app, a.client_addr::text AS addr, a.backend_start AS since, a.pid
        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
       WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
-        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+        AND l.pid <> pg_backend_pid()
+      ORDER BY a.backend_start`,
     [...ADVISORY],
   );
+  if (rows[0]?.ok && !holders.length) return;
+  if (rows[0]?.ok) await client.query("SELECT pg_advisory_unlock($1, $2)", [...ADVISORY]);
   const h = holders[0];
   const who = h?.app?.startsWith("pg-migrate run ") ? `run ${h.app.slice("pg-migrate run ".length)}` : "another pg-migrate run";
   throw new PreflightError(

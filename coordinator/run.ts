@@ -98,6 +98,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
 
       // An unfinished run between these servers: this home's record, else the one in the KV.
       let previous = (await RunState.findUnfinished(home, pk, bootLog)) ?? (await RunState.fromKv(runsKv, home, pk, bootLog));
+      let abandoned: RunState | undefined;
 
       // The target must not already hold any database we would create, unless that run created it.
       const onTarget = await existingDatabases(tgt.client);
@@ -120,7 +121,9 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
           out.line(`reverted the fast-restore settings run ${previous.runId} had left on the target`);
         }
         if (cfg.restart) {
-          await abandon(previous, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
+          // Asked now, before anything changes; done once workers are known to be there.
+          await confirmRestart(previous, cfg);
+          abandoned = previous;
           previous = undefined;
         } else out.line(`resuming run ${previous.runId} (started ${previous.record.startedAt}); --restart starts over`);
       }
@@ -189,6 +192,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         );
       }
       out.line(`${present} worker(s) ready`);
+      if (abandoned) await abandon(abandoned, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
 
       return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser });
     } finally {
@@ -203,9 +207,21 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
   }
 }
 
+/** --restart drops what the earlier run created: the user says yes (or --yes) before anything changes. */
+async function confirmRestart(previous: RunState, cfg: MigrateConfig): Promise<void> {
+  const created = previous.record.databases.filter((x) => x.created).map((x) => x.name);
+  if (!created.length || cfg.yes) return;
+  const question = `--restart drops the ${created.length} database(s) run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
+  if (!process.stdin.isTTY) throw new ConfigError(`${question}: add --yes to confirm`, "--yes");
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  const answer = await rl.question(`pg-migrate: ${question}. Continue? [y/N] `).finally(() => rl.close());
+  if (!/^y(es)?$/i.test(answer.trim())) throw new ConfigError("--restart not confirmed; nothing was changed", "--yes");
+}
+
 /**
- * --restart: what the earlier run created goes before the new run starts — its databases on the target (after
- * confirmation), its dumps and its queued jobs. Roles stay: they belong to the whole cluster, may predate the
+ * --restart: what the earlier run created goes before the new run starts — its queued jobs first (a restore of
+ * the old run must not recreate a database after it was dropped), then its databases on the target, one at a
+ * time and recorded as dropped, then its dumps. Roles stay: they belong to the whole cluster, may predate the
  * run, and the new run's globals step brings them to the source's definition again.
  */
 async function abandon(
@@ -213,23 +229,18 @@ async function abandon(
   cfg: MigrateConfig,
   d: { tgtClient: pg.Client; jsm: JetStreamManager; out: Output; targetMajor: number },
 ): Promise<void> {
-  const created = previous.record.databases.filter((x) => x.created).map((x) => x.name);
-  if (created.length) {
-    const list = created.map((n) => JSON.stringify(n)).join(", ");
-    const question = `--restart drops the ${created.length} database(s) run ${previous.runId} created on the target (${list})`;
-    if (!cfg.yes) {
-      if (!process.stdin.isTTY) throw new ConfigError(`${question}: add --yes to confirm`, "--yes");
-      const rl = createInterface({ input: process.stdin, output: process.stderr });
-      const answer = await rl.question(`pg-migrate: ${question}. Continue? [y/N] `).finally(() => rl.close());
-      if (!/^y(es)?$/i.test(answer.trim())) throw new ConfigError("--restart not confirmed; nothing was changed", "--yes");
-    }
-    for (const name of created) {
-      await d.tgtClient.query(dropDatabaseSql(name, d.targetMajor >= 13));
-    }
-    d.out.line(`dropped ${created.length} database(s) run ${previous.runId} had created: ${list}`);
+  await d.jsm.streams.purge(JOBS_STREAM, { filter: subjects.jobsOfRun(previous.runId) });
+  const dropped: string[] = [];
+  for (const db of previous.record.databases.filter((x) => x.created)) {
+    await d.tgtClient.query(dropDatabaseSql(db.name, d.targetMajor >= 13));
+    // Saved one by one: an interrupted --restart leaves a record that says exactly what is still there.
+    db.created = false;
+    db.phase = "planned";
+    await previous.save();
+    dropped.push(JSON.stringify(db.name));
   }
+  if (dropped.length) d.out.line(`dropped ${dropped.length} database(s) run ${previous.runId} had created: ${dropped.join(", ")}`);
   await rm(join(cfg.dumpRoot, previous.runId), { recursive: true, force: true });
-  await d.jsm.streams.purge(JOBS_STREAM, { filter: subjects.jobsOfRun(previous.runId) }).catch(() => undefined);
   previous.record.status = "abandoned";
   await previous.save();
   await previous.forgetEmbeddedSecret();

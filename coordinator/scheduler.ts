@@ -24,6 +24,8 @@ import type { DbState, RunState } from "./state.js";
 const REPLAY_LIMIT_MS = 15_000;
 /** Pulls expire every 4 s and heartbeat at half that: this long without either means the consumer is lost. */
 const EVENTS_SILENCE_MS = 12_000;
+/** Consumer notifications that are not a sign of a working consumer. */
+const TROUBLE = new Set(["heartbeats_missed", "no_responders", "consumer_not_found", "stream_not_found", "consumer_deleted", "reset"]);
 
 export class Scheduler {
   private readonly inFlight = new Set<string>();
@@ -36,6 +38,7 @@ export class Scheduler {
   /** When the newest event of each database's current job was published: the watchdog's input. */
   private readonly lastEventAt = new Map<string, number>();
   private events: ConsumerMessages | undefined;
+  private watching = false;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -73,6 +76,7 @@ export class Scheduler {
       if (live) {
         adopted.add(subject);
         db.jobSeq = live.seq;
+        this.lastEventAt.set(db.key, Date.now());
         this.out.line(`${kind} ${JSON.stringify(db.name)}: adopting its job from the earlier session (${db.jobId})`);
       } else undecided.push({ db, jobId: db.jobId });
     }
@@ -107,13 +111,16 @@ export class Scheduler {
         }
       }
     })();
-    const watchdog = setInterval(() => void this.watch(), Math.max(1000, Math.floor(this.cfg.ackWaitMs / 4)));
+    let watchdog: NodeJS.Timeout | undefined;
 
     try {
       let limit: NodeJS.Timeout | undefined;
       await Promise.race([replayed, new Promise((r) => (limit = setTimeout(r, REPLAY_LIMIT_MS)))]);
       clearTimeout(limit);
       this.replaying = false;
+      // Only now: silence is judged on events as they arrive, not on old ones read again.
+      for (const key of this.inFlight) this.lastEventAt.set(key, Math.max(this.lastEventAt.get(key) ?? 0, Date.now()));
+      watchdog = setInterval(() => void this.watch(), Math.max(1000, Math.floor(this.cfg.ackWaitMs / 4)));
 
       for (const { db, jobId } of undecided) {
         if (db.jobId !== jobId || this.stopped) continue; // the replayed events settled it
@@ -127,7 +134,7 @@ export class Scheduler {
       await done;
     } finally {
       this.stopped = true;
-      clearInterval(watchdog);
+      if (watchdog) clearInterval(watchdog);
       signal.removeEventListener("abort", onAbort);
       await this.events?.close().catch(() => undefined);
       await reading;
@@ -152,10 +159,11 @@ export class Scheduler {
         // Short pulls: a lost consumer is noticed through missed heartbeats, half the pull's expiry.
         this.events = await consumer.consume({ expires: 4_000 });
         // Caught up when nothing of the run is left to deliver and what was delivered has been handled.
+        // (Without the consumer's info, the pending count of the messages themselves decides, or the time limit.)
         const ci = await consumer.info().catch(() => undefined);
         let replayTo: number | undefined;
-        if (!ci || ci.num_pending === 0) {
-          const upTo = ci?.delivered.stream_seq ?? 0;
+        if (ci && ci.num_pending === 0) {
+          const upTo = ci.delivered.stream_seq;
           if (upTo <= (record.eventsSeq ?? 0)) caughtUp();
           else replayTo = upTo;
         }
@@ -164,7 +172,7 @@ export class Scheduler {
         const events = this.events;
         let lastSign = Date.now();
         void (async () => {
-          for await (const n of events.status()) if (n.type !== "heartbeats_missed" && n.type !== "no_responders") lastSign = Date.now();
+          for await (const n of events.status()) if (!TROUBLE.has(n.type)) lastSign = Date.now();
         })().catch(() => undefined);
         const silence = setInterval(() => {
           if (Date.now() - lastSign > EVENTS_SILENCE_MS) {
@@ -201,19 +209,37 @@ export class Scheduler {
   }
 
   /**
-   * A job on its last delivery whose worker has gone silent for longer than the ack wait will never be
-   * delivered again. JetStream says so with an advisory, but an advisory is not stored: one sent while this
-   * coordinator was not connected is gone. The silence itself is the evidence here.
+   * Silence is the evidence the broker cannot give us after the fact. A job on its last delivery whose worker
+   * has gone silent for longer than the ack wait will never be delivered again (JetStream says so with an
+   * advisory, but advisories are not stored: one sent while this coordinator was away is gone): its database
+   * fails. A job silent for that long that is no longer in the JOBS stream at all ended without a result anyone
+   * received (its result could not be published): it is done again with a fresh job.
    */
   private async watch(): Promise<void> {
-    const limit = this.cfg.ackWaitMs + 10_000;
-    for (const db of this.state.record.databases) {
-      if (!this.inFlight.has(db.key) || !db.jobId) continue;
-      const kind = nextJobFor(db.phase);
-      const seen = this.lastEventAt.get(db.key);
-      if (!kind || seen === undefined || (db.attempts[kind] ?? 0) < this.cfg.maxDeliver || Date.now() - seen < limit) continue;
-      if (db.jobSeq !== undefined) await this.jsm?.streams.deleteMessage(JOBS_STREAM, db.jobSeq).catch(() => undefined);
-      await this.fail(db, `its ${kind} job went silent on its last delivery (${db.attempts[kind]} of ${this.cfg.maxDeliver}): the worker died or lost its connection`);
+    if (this.watching) return;
+    this.watching = true;
+    try {
+      const limit = this.cfg.ackWaitMs + 10_000;
+      for (const db of this.state.record.databases) {
+        const jobId = db.jobId;
+        const kind = nextJobFor(db.phase);
+        const seen = this.lastEventAt.get(db.key);
+        if (!this.inFlight.has(db.key) || !jobId || !kind || db.phase !== JOB_PHASES[kind].running) continue;
+        if (seen === undefined || Date.now() - seen < limit) continue;
+        if ((db.attempts[kind] ?? 0) >= this.cfg.maxDeliver) {
+          if (db.jobSeq !== undefined) await this.jsm?.streams.deleteMessage(JOBS_STREAM, db.jobSeq).catch(() => undefined);
+          if (db.jobId !== jobId) continue; // a result arrived meanwhile
+          await this.fail(db, `its ${kind} job went silent on its last delivery (${db.attempts[kind]} of ${this.cfg.maxDeliver}): the worker died or lost its connection`);
+          continue;
+        }
+        const live = await this.jsm?.streams.getMessage(JOBS_STREAM, { last_by_subj: subjects.job(kind, this.state.runId, jobId) }).catch(() => undefined);
+        if (live === null && db.jobId === jobId && !this.stopped) {
+          this.out.warn(`${kind} ${JSON.stringify(db.name)}: its job ended without a result reaching the coordinator; doing it again`);
+          await this.publish(db, kind, true);
+        } else if (live) this.lastEventAt.set(db.key, Date.now()); // still queued (workers busy): look again later
+      }
+    } finally {
+      this.watching = false;
     }
   }
 
@@ -290,7 +316,7 @@ export class Scheduler {
     if (!db || db.jobId !== e.jobId) return; // stale: from a job this coordinator no longer waits for
     const name = JSON.stringify(db.name);
     const log = this.log.child({ db: db.name, job: e.jobId, worker: e.worker });
-    this.lastEventAt.set(db.key, Date.parse(e.at));
+    this.lastEventAt.set(db.key, Date.now());
     switch (e.status) {
       case "claimed":
         db.attempts[e.kind] = Math.max(db.attempts[e.kind] ?? 0, e.attempt);
@@ -349,7 +375,9 @@ export class Scheduler {
     if (a.stream !== JOBS_STREAM) return;
     const db = this.state.record.databases.find((d) => d.jobSeq === a.stream_seq && d.jobId);
     if (!db) return;
+    const jobId = db.jobId;
     await this.jsm?.streams.deleteMessage(JOBS_STREAM, a.stream_seq).catch(() => undefined);
+    if (db.jobId !== jobId) return; // a result arrived meanwhile
     await this.fail(db, `its job was delivered ${a.deliveries} times without finishing (workers died or stopped heartbeating)`);
   }
 

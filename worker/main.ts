@@ -123,8 +123,15 @@ export class Worker {
     }
   }
 
-  /** Whether a "done" event of this very job is already in the EVENTS stream. */
+  /** Whether a "done" event of this very job is already in the EVENTS stream (false when that cannot be read). */
   private async resultExists(job: Job): Promise<boolean> {
+    return this.findResult(job).catch((err: unknown) => {
+      this.log.warn({ job: job.jobId, err: errorMessage(err) }, "could not look for an earlier result; running the job");
+      return false;
+    });
+  }
+
+  private async findResult(job: Job): Promise<boolean> {
     const consumer = await this.js.consumers.get(EVENTS_STREAM, { filter_subjects: subjects.event(job.runId, job.kind, "done"), deliver_policy: DeliverPolicy.All });
     const pending = (await consumer.info()).num_pending;
     if (pending === 0) return false;
@@ -162,7 +169,9 @@ export class Worker {
     let lastProgress: JobEvent["progress"] = { bytes: 0, totalBytes: null };
     const emit = (status: JobEvent["status"], extra: Partial<JobEvent> = {}) => {
       lastEmit = Date.now();
-      return this.js.publish(subjects.event(job.runId, kind, status), encode({ ...base, status, at: new Date().toISOString(), ...extra }));
+      // A retried claimed/done/failed whose first publish did reach the stream is dropped there as a duplicate.
+      const once = status === "progress" ? {} : { msgID: `${job.jobId}.${attempt}.${status}` };
+      return this.js.publish(subjects.event(job.runId, kind, status), encode({ ...base, status, at: new Date().toISOString(), ...extra }), once);
     };
     // working() keeps the job ours; a progress event at the same pace tells the coordinator we are alive.
     const heartbeat = setInterval(() => {
@@ -196,7 +205,8 @@ export class Worker {
       // The result is stored in the EVENTS stream before the job is acked: a crash in between repeats the
       // job, it never loses its result.
       await retrying(() => emit("done", { durationMs, result }), abort.signal);
-      await retrying(() => msg.ackAck(), abort.signal).catch((e: unknown) => log.warn({ err: errorMessage(e) }, "ack not confirmed; a redelivery will find the result"));
+      // Acked once (a message can be acked only once); if the ack is lost, the redelivery finds the result above.
+      await msg.ackAck().catch((e: unknown) => log.warn({ err: errorMessage(e) }, "ack not confirmed; a redelivery will find the result"));
       this.jobsDone++;
       log.info({ durationMs, attempt }, `${kind} ${JSON.stringify(job.db.name)} done in ${(durationMs / 1000).toFixed(1)}s, attempt ${attempt} of ${maxAttempts}`);
     } catch (err) {

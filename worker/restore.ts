@@ -21,7 +21,8 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
 
   if (job.recreate || run.attempt > 1) {
     await withClient(server, job.maintenanceDb, async (c) => {
-      await c.query(dropDatabaseSql(job.db.name));
+      const { rows } = await c.query<{ n: number }>("SELECT current_setting('server_version_num')::int AS n");
+      await c.query(dropDatabaseSql(job.db.name, rows[0]!.n >= 130000));
       await c.query(createDatabaseSql(job.db.name, job.create));
     }, run.signal);
     run.log.info({ attempt: run.attempt }, "recreated the database before restoring again");

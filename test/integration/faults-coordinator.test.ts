@@ -204,6 +204,8 @@ test("a second coordinator against a target being migrated is refused by the run
         refused("same home", await runCli(args, cliEnv(home, source, target)));
         // Another home (another user, another host): no shared file, no shared broker; the target itself says no.
         refused("other home", await runCli(args, cliEnv(join(home, "elsewhere"), source, target)));
+        // ...also when it connects to another database of the target (advisory locks are per database).
+        refused("other --to-db", await runCli([...args, "--to-db", "template1"], cliEnv(join(home, "elsewhere-2"), source, target)));
         refused("revert-settings", await runCli(["revert-settings", "--to-host", target.host, "--to-port", String(target.port)], cliEnv(home, source, target)));
 
         await release();
