@@ -8,6 +8,7 @@ import { resolveDumpRoot } from "../shared/paths.js";
 import { DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER } from "../shared/contracts/jetstream.js";
 import { FAST_RESTORE_MODES, type FastRestoreMode, type MigrateConfig } from "./config.js";
 import { Output } from "./output.js";
+import { plan } from "./plan.js";
 import { revertByHand } from "./revert.js";
 import { EXIT, migrate } from "./run.js";
 
@@ -16,7 +17,7 @@ interface RawOptions {
   toHost: string; toPort: number; toUser: string; toPass: string; toDb: string;
   jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean;
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
-  keepDumps: boolean; restart: boolean; yes: boolean; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
+  keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number;
 }
 
@@ -66,12 +67,13 @@ export function buildProgram(): Command {
     .addOption(new Option("--keep-dumps", "keep the dumps after a fully verified run").default(false))
     .addOption(new Option("--restart", "start a new run instead of resuming an unfinished one, after dropping the databases the old run created").default(false))
     .addOption(new Option("-y, --yes", "confirm what --restart drops without asking").default(false))
+    .addOption(new Option("--dry-run", "print what a run would do and change nothing (the same as pg-migrate plan)").default(false))
     .addOption(new Option("--worker-wait <seconds>", "how long to wait for the first worker").default(60).argParser(positiveInt))
     .addOption(new Option("--ack-wait <seconds>", "seconds a silent worker keeps a job before it is redelivered").default(DEFAULT_ACK_WAIT_MS / 1000).argParser(positiveInt))
     .addOption(new Option("--max-deliver <n>", "deliveries of a job before its database fails").default(DEFAULT_MAX_DELIVER).argParser(positiveInt))
     .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is tried again").default(5).argParser(positiveInt))
     .addOption(new Option("--nats-replicas <n>", "replicas of the streams and buckets (3 on a NATS cluster)").default(1).argParser(positiveInt))
-    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS keep them off the command line.")
+    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS keep them off the command line.")
     .showHelpAfterError("(pg-migrate --help lists the options)")
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -107,9 +109,10 @@ export function toConfig(o: RawOptions): MigrateConfig {
 export async function main(argv: string[]): Promise<number> {
   const out = new Output();
   if (argv[0] === "revert-settings") return revertMain(argv.slice(1), out);
+  const planOnly = argv[0] === "plan";
   const program = buildProgram();
   try {
-    program.parse(argv, { from: "user" });
+    program.parse(planOnly ? argv.slice(1) : argv, { from: "user" });
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     throw err;
@@ -132,6 +135,7 @@ export async function main(argv: string[]): Promise<number> {
         out.warn(`--${flag === "fromPass" ? "from" : "to"}-pass puts the password in the process list; PGMIGRATE_${flag === "fromPass" ? "FROM" : "TO"}_PASS keeps it out`);
       }
     }
+    if (planOnly || program.opts<RawOptions>().dryRun) return await plan(cfg, out);
     return await migrate(cfg, out, abort.signal);
   } catch (err) {
     return report(err, out);

@@ -1,0 +1,134 @@
+// `pg-migrate plan` (also `--dry-run`): what a run would do, read from both servers, changing nothing on either
+// (no lock, no NATS, no dump directory created). It exits 3 when the preflight would refuse the run.
+import { statfs } from "node:fs/promises";
+import { dirname } from "node:path";
+import Table from "cli-table3";
+import type pg from "pg";
+import { PreflightError } from "../shared/errors.js";
+import { describe } from "../shared/pg/connect.js";
+import { resolveTools } from "../shared/tools.js";
+import type { MigrateConfig } from "./config.js";
+import { discoverDatabases, existingDatabases, MAINTENANCE_DB } from "./discovery.js";
+import { settingsFor } from "./fast-restore.js";
+import { bytes, type Output } from "./output.js";
+import { checkServers, inspect } from "./preflight.js";
+import { EXIT } from "./run.js";
+
+/**
+ * Connections one server sees at the peak of a run. Source: per database in flight, the worker's snapshot and
+ * counting session, pg_dump's leader and its --jobs workers; plus the coordinator. Target: per database in
+ * flight, pg_restore's leader and its --jobs workers and the worker's progress session; plus the coordinator.
+ */
+export function connectionEstimate(maxParallel: number, jobs: number): { source: number; target: number; formula: string } {
+  const perDatabase = jobs + 2;
+  return { source: maxParallel * perDatabase + 1, target: maxParallel * perDatabase + 1, formula: `max-parallel × (jobs + 2) + 1 = ${maxParallel} × (${jobs} + 2) + 1` };
+}
+
+export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
+  const tools = await resolveTools(cfg.pgBin);
+  const src = await inspect(cfg.source, cfg.sourceDb);
+  const tgt = await inspect(cfg.target, cfg.targetDb).catch(async (err: unknown) => {
+    await src.client.end().catch(() => undefined);
+    throw err;
+  });
+  try {
+    const refusals: string[] = [];
+    const warnings: string[] = [];
+    try {
+      warnings.push(...checkServers(src.info, tgt.info, tools));
+    } catch (err) {
+      if (!(err instanceof PreflightError)) throw err;
+      refusals.push(err.message);
+    }
+    const w = (line = "") => process.stdout.write(`${line}\n`);
+
+    const all = await discoverDatabases(src.client, src.info.versionNum);
+    const selected = all.filter((d) => d.name !== MAINTENANCE_DB);
+    const onTarget = await existingDatabases(tgt.client);
+    const total = selected.reduce((s, d) => s + d.sizeBytes, 0);
+    w(`plan: ${describe(cfg.source, cfg.sourceDb)} (PostgreSQL ${src.info.version}) → ${describe(cfg.target, cfg.targetDb)} (PostgreSQL ${tgt.info.version}), ${tools.version}`);
+    w();
+    w(`databases: ${selected.length}, ${bytes(total)} in all, migrated largest first, ${cfg.maxParallel} at a time`);
+    const dbs = new Table({ head: ["database", "size", "owner", "encoding", "on the target"], style: { head: [], border: [] } });
+    for (const d of selected) dbs.push([d.name, bytes(d.sizeBytes), d.create.owner, d.create.encoding, onTarget.has(d.name) ? "EXISTS: refused" : "-"]);
+    w(dbs.toString());
+    const clash = selected.filter((d) => onTarget.has(d.name));
+    if (clash.length) refusals.push(`the target already has database(s) ${clash.map((d) => JSON.stringify(d.name)).join(", ")}`);
+
+    const roles = await rolesOf(src.client);
+    const migrated = roles.filter((r) => r !== cfg.target.user);
+    w();
+    w(cfg.migrateGlobals
+      ? `roles: ${migrated.length} from the source${roles.length !== migrated.length ? ` (the migration user ${JSON.stringify(cfg.target.user)} is left as it is on the target)` : ""}: ${migrated.join(", ") || "-"}`
+      : "roles: not migrated (--no-migrate-globals)");
+
+    const wanted = settingsFor(cfg.fastRestore);
+    w();
+    if (!Object.keys(wanted).length) w("fast-restore: off, no target setting changes");
+    else if (!tgt.info.superuser) w(`fast-restore: ${cfg.fastRestore}, skipped: the target user is not a superuser`);
+    else {
+      const now = await settingsNow(tgt.client, Object.keys(wanted));
+      const t = new Table({ head: ["target setting", "now", "during the run"], style: { head: [], border: [] } });
+      for (const [name, value] of Object.entries(wanted)) t.push([name, now.get(name) ?? "?", value]);
+      w(`fast-restore: ${cfg.fastRestore}, reverted at the end (and by the next run if this one crashes)`);
+      w(t.toString());
+    }
+
+    const est = connectionEstimate(cfg.maxParallel, cfg.jobs);
+    const [srcMax, tgtMax] = await Promise.all([maxConnections(src.client), maxConnections(tgt.client)]);
+    w();
+    w(`connections at the peak (${est.formula}):`);
+    const conns = new Table({ head: ["server", "pg-migrate", "max_connections", "reserved for superusers", "left for others"], style: { head: [], border: [] } });
+    for (const [name, n, m] of [["source", est.source, srcMax], ["target", est.target, tgtMax]] as const) {
+      conns.push([name, n, m.max, m.reserved, m.max - m.reserved - n]);
+      if (n > m.max - m.reserved) refusals.push(`the ${name} allows ${m.max - m.reserved} connections and a run would open ${n}: lower --max-parallel or --jobs`);
+    }
+    w(conns.toString());
+
+    const free = await freeSpace(cfg.dumpRoot);
+    w();
+    w(`dump volume: ${cfg.dumpRoot}: ${free === undefined ? "cannot be read" : `${bytes(free)} free`} for dumps of a ${bytes(total)} source (compressed dumps without indexes are usually much smaller)`);
+    if (free !== undefined && free < Math.max(16 * 2 ** 20, total * 0.05)) refusals.push(`the dump volume ${cfg.dumpRoot} has too little free space`);
+    w(`workers: ${cfg.natsUrl ? `distributed, through ${cfg.natsUrl}` : `embedded, ${cfg.workers} local worker(s) and a local nats-server`}`);
+
+    for (const x of warnings) out.warn(x);
+    w();
+    if (refusals.length) {
+      w(`a run would be refused: ${refusals.join("; ")}`);
+      return EXIT.preflight;
+    }
+    w("nothing was changed; a run with these flags would start");
+    return EXIT.ok;
+  } finally {
+    await Promise.all([src.client.end().catch(() => undefined), tgt.client.end().catch(() => undefined)]);
+  }
+}
+
+async function rolesOf(client: pg.Client): Promise<string[]> {
+  const { rows } = await client.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1");
+  return rows.map((r) => r.rolname);
+}
+
+async function settingsNow(client: pg.Client, names: string[]): Promise<Map<string, string>> {
+  const { rows } = await client.query<{ name: string; value: string }>(
+    "SELECT name, setting || coalesce(unit, '') AS value FROM pg_settings WHERE name = ANY($1)",
+    [names],
+  );
+  return new Map(rows.map((r) => [r.name, r.value]));
+}
+
+async function maxConnections(client: pg.Client): Promise<{ max: number; reserved: number }> {
+  const { rows } = await client.query<{ max: string; reserved: string }>(
+    "SELECT current_setting('max_connections') AS max, current_setting('superuser_reserved_connections') AS reserved",
+  );
+  return { max: Number(rows[0]!.max), reserved: Number(rows[0]!.reserved) };
+}
+
+/** Free space where the dump root is or would be created, read without creating anything. */
+async function freeSpace(path: string): Promise<number | undefined> {
+  for (let p = path; ; p = dirname(p)) {
+    const fs = await statfs(p).catch(() => undefined);
+    if (fs) return fs.bavail * fs.bsize;
+    if (dirname(p) === p) return undefined;
+  }
+}
