@@ -27,6 +27,7 @@ import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast
 import { migrateGlobals } from "./globals.js";
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
+import { watchPresence, type PresenceWatch } from "./presence.js";
 import { checkDumpVolume, checkServers, inspect, pairKey } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
 import { Scheduler } from "./scheduler.js";
@@ -80,6 +81,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     let nc: NatsConnection | undefined;
     let key: SharedKey | undefined;
     let secret: string | undefined;
+    let presence: PresenceWatch | undefined;
     if (!cfg.natsUrl) {
       embedded = await startEmbeddedNats(join(home, "nats", pk), join(home, "logs", `nats-${pk}.log`), bootLog);
     } else {
@@ -194,8 +196,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       out.line(`${present} worker(s) ready`);
       if (abandoned) await abandon(abandoned, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
 
+      presence = watchPresence(workersKv, jetstream(nc), state.runId, log);
       return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser });
     } finally {
+      presence?.stop();
       await workers?.stop();
       await lock.release();
       await nc?.drain().catch(() => undefined);

@@ -274,7 +274,7 @@ export class Scheduler {
       job = {
         v: CONTRACT_VERSION, kind, runId, jobId, db: ref,
         dumpPath: posix.join(runId, db.key, jobId),
-        source: this.conn(this.cfg.source), jobs: this.cfg.jobs, compress: this.cfg.compress,
+        source: this.conn(this.cfg.source), jobs: this.cfg.jobs, compress: this.cfg.compress, estimatedBytes: db.sizeBytes,
       };
     } else if (kind === "restore") {
       job = {

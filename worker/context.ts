@@ -1,7 +1,7 @@
 // What a handler needs besides its job: the tools, the dump root, the credentials this worker holds.
 import type { ConnSpec, JobOf } from "../shared/contracts/messages.js";
 import type { JobKind } from "../shared/contracts/phases.js";
-import type { JobResult } from "../shared/contracts/messages.js";
+import type { JobResult, Progress } from "../shared/contracts/messages.js";
 import type { Logger } from "../shared/log.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 import { SECRET_ENV, unseal, type SharedKey } from "../shared/secrets.js";
@@ -20,7 +20,7 @@ export interface JobRun {
   attempt: number;
   signal: AbortSignal;
   log: Logger;
-  progress(bytes: number, totalBytes: number | null): void;
+  progress(p: Omit<Progress, "stage">): void;
 }
 
 export type Handler<K extends JobKind> = (job: JobOf<K>, run: JobRun, ctx: WorkerContext) => Promise<Extract<JobResult, { kind: K }>>;

@@ -24,7 +24,7 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
   const client = await connect(server, job.db.name, "pg-migrate dump");
   const unblock = endOnAbort(client, run.signal);
   const progress = setInterval(() => {
-    void directorySize(attemptDir).then((bytes) => run.progress(bytes, null));
+    void directorySize(attemptDir).then((bytes) => run.progress({ bytes, totalBytes: job.estimatedBytes ?? null }));
   }, PROGRESS_EVERY_MS);
   try {
     await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");

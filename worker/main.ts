@@ -5,7 +5,7 @@ import { DeliverPolicy, jetstream, type Consumer, type JetStreamClient, type JsM
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { consumerName, EVENTS_STREAM, JOBS_STREAM, subjects, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
-import { CONTRACT_VERSION, decodeEvent, decodeJob, encode, type Job, type JobEvent, type JobResult } from "../shared/contracts/messages.js";
+import { CONTRACT_VERSION, decodeEvent, decodeJob, encode, type Progress, type Job, type JobEvent, type JobResult } from "../shared/contracts/messages.js";
 import { JOB_KINDS, type JobKind } from "../shared/contracts/phases.js";
 import { ContractError, errorMessage, ToolError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
@@ -166,7 +166,7 @@ export class Worker {
     const started = Date.now();
     const base = { v: CONTRACT_VERSION, type: "job", runId: job.runId, jobId: job.jobId, kind, db: job.db, worker: this.ctx.id, attempt, maxAttempts } as const;
     let lastEmit = 0;
-    let lastProgress: JobEvent["progress"] = { bytes: 0, totalBytes: null };
+    let lastProgress: Progress = { bytes: 0, totalBytes: null };
     const emit = (status: JobEvent["status"], extra: Partial<JobEvent> = {}) => {
       lastEmit = Date.now();
       // A retried claimed/done/failed whose first publish did reach the stream is dropped there as a duplicate.
@@ -174,9 +174,11 @@ export class Worker {
       return this.js.publish(subjects.event(job.runId, kind, status), encode({ ...base, status, at: new Date().toISOString(), ...extra }), once);
     };
     // working() keeps the job ours; a progress event at the same pace tells the coordinator we are alive.
+    // Once the handler has returned, no progress may follow: "end" and "done" are the job's last events.
+    let finished = false;
     const heartbeat = setInterval(() => {
       msg.working();
-      if (Date.now() - lastEmit >= heartbeatMs) void emit("progress", { progress: lastProgress }).catch(() => undefined);
+      if (!finished && Date.now() - lastEmit >= heartbeatMs) void emit("progress", { progress: { ...lastProgress, stage: "running" } }).catch(() => undefined);
     }, heartbeatMs);
 
     try {
@@ -187,6 +189,7 @@ export class Worker {
         return;
       }
       await emit("claimed");
+      await emit("progress", { progress: { bytes: 0, totalBytes: null, stage: "start" } }).catch(() => undefined);
       log.info({ attempt, maxAttempts }, `${kind} ${JSON.stringify(job.db.name)} claimed, attempt ${attempt} of ${maxAttempts}`);
       const result: JobResult = await (handlers[kind] as (j: Job, r: unknown, c: WorkerContext) => Promise<JobResult>)(
         job,
@@ -194,14 +197,17 @@ export class Worker {
           attempt,
           signal: abort.signal,
           log,
-          progress: (bytes: number, totalBytes: number | null) => {
-            lastProgress = { bytes, totalBytes };
+          progress: (p: Omit<Progress, "stage">) => {
+            if (finished) return;
+            lastProgress = { ...p, stage: "running" };
             void emit("progress", { progress: lastProgress }).catch(() => undefined);
           },
         },
         this.ctx,
       );
       const durationMs = Date.now() - started;
+      finished = true;
+      await emit("progress", { progress: { ...lastProgress, stage: "end" } }).catch(() => undefined);
       // The result is stored in the EVENTS stream before the job is acked: a crash in between repeats the
       // job, it never loses its result.
       await retrying(() => emit("done", { durationMs, result }), abort.signal);
@@ -210,6 +216,7 @@ export class Worker {
       this.jobsDone++;
       log.info({ durationMs, attempt }, `${kind} ${JSON.stringify(job.db.name)} done in ${(durationMs / 1000).toFixed(1)}s, attempt ${attempt} of ${maxAttempts}`);
     } catch (err) {
+      finished = true;
       if (this.stopping.signal.aborted) {
         log.warn({ attempt }, `${kind} interrupted by shutdown; handed back for redelivery`);
         return; // stop() already nak'ed it

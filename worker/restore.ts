@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { connect, withClient } from "../shared/pg/connect.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
-import { literal } from "../shared/pg/quote.js";
+import type { Progress } from "../shared/contracts/messages.js";
 import { runTool } from "../shared/tools.js";
 import { PermanentJobError, serverFor, type Handler } from "./context.js";
 import { readManifest } from "./dump.js";
@@ -46,13 +46,16 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
   return { kind: "restore", restoreMs, analyzeMs: Date.now() - analyzeStarted };
 };
 
-/** The target database's size while pg_restore fills it: a rough but honest progress figure. */
+/**
+ * While pg_restore fills the database: its size on the target against the dump's size, and what the target
+ * itself reports on the COPYs and index builds running in it.
+ */
 function startSizeProgress(
   server: ReturnType<typeof serverFor>,
   maintenanceDb: string,
   database: string,
   dumpBytes: number,
-  report: (bytes: number, total: number | null) => void,
+  report: (p: Omit<Progress, "stage">) => void,
 ): { stop(): void } {
   let stopped = false;
   // Connect on the first tick only: a small database is restored before it comes.
@@ -61,8 +64,25 @@ function startSizeProgress(
     clientP ??= connect(server, maintenanceDb, "pg-migrate progress").catch(() => undefined);
     void clientP.then(async (c) => {
       if (!c || stopped) return;
-      const { rows } = await c.query<{ n: string }>(`SELECT pg_database_size(${literal(database)}) AS n`).catch(() => ({ rows: [] }));
-      if (rows[0]) report(Number(rows[0].n), dumpBytes);
+      const { rows } = await c
+        .query<{ size: string; copies: string; copied: string; indexes: string; done: string; total: string }>(
+          `SELECT pg_database_size($1) AS size,
+                  (SELECT count(*) FROM pg_stat_progress_copy WHERE datname = $1) AS copies,
+                  (SELECT coalesce(sum(bytes_processed), 0) FROM pg_stat_progress_copy WHERE datname = $1) AS copied,
+                  (SELECT count(*) FROM pg_stat_progress_create_index WHERE datname = $1) AS indexes,
+                  (SELECT coalesce(sum(blocks_done), 0) FROM pg_stat_progress_create_index WHERE datname = $1) AS done,
+                  (SELECT coalesce(sum(blocks_total), 0) FROM pg_stat_progress_create_index WHERE datname = $1) AS total`,
+          [database],
+        )
+        .catch(() => ({ rows: [] }));
+      const r = rows[0];
+      if (!r) return;
+      report({
+        bytes: Number(r.size),
+        totalBytes: dumpBytes,
+        copy: { tables: Number(r.copies), bytes: Number(r.copied) },
+        index: { building: Number(r.indexes), blocksDone: Number(r.done), blocksTotal: Number(r.total) },
+      });
     });
   }, PROGRESS_EVERY_MS);
   return {

@@ -46,6 +46,8 @@ const DumpJob = z.object({
   ...jobBase,
   kind: z.literal("dump"),
   source: ConnSpec,
+  /** The database's size on the source: what dump progress is measured against. */
+  estimatedBytes: z.number().optional(),
   jobs: z.number().int().positive(),
   compress: z.string(),
 });
@@ -132,6 +134,21 @@ export type JobResult = z.infer<typeof JobResult>;
 const VerifyDetail = z.object({ v: z.literal(CONTRACT_VERSION), tables: z.array(VerifyTable) });
 export type VerifyDetail = z.infer<typeof VerifyDetail>;
 
+/**
+ * How far a job is. dump: bytes pg_dump wrote so far, against the database's size on the source; restore: the
+ * target database's size, against the dump's size, with the COPYs and index builds the target reports
+ * (pg_stat_progress_copy, pg_stat_progress_create_index); verify: tables counted. stage "start" comes right after
+ * "claimed" and "end" right before "done", so every job reports progress at least twice.
+ */
+const Progress = z.object({
+  bytes: z.number(),
+  totalBytes: z.number().nullable(),
+  stage: z.enum(["start", "running", "end"]).optional(),
+  copy: z.object({ tables: z.number().int(), bytes: z.number() }).optional(),
+  index: z.object({ building: z.number().int(), blocksDone: z.number(), blocksTotal: z.number() }).optional(),
+});
+export type Progress = z.infer<typeof Progress>;
+
 const JobEvent = z.object({
   v: z.literal(CONTRACT_VERSION),
   type: z.literal("job"),
@@ -145,7 +162,7 @@ const JobEvent = z.object({
   maxAttempts: z.number().int(),
   at: z.string(),
   durationMs: z.number().optional(),
-  progress: z.object({ bytes: z.number(), totalBytes: z.number().nullable() }).optional(),
+  progress: Progress.optional(),
   result: JobResult.optional(),
   /** final: no delivery is left, the database has failed. */
   error: z.object({ message: z.string(), stderrTail: z.string(), final: z.boolean() }).optional(),
@@ -169,11 +186,23 @@ const RunEvent = z.object({
   verified: z.number().int().optional(),
   failed: z.number().int().optional(),
 });
-const Event = z.discriminatedUnion("type", [JobEvent, DbEvent, RunEvent]);
+/** A worker appeared in or vanished from the presence bucket while this run was live (seen by the coordinator). */
+const WorkerEvent = z.object({
+  v: z.literal(CONTRACT_VERSION),
+  type: z.literal("worker"),
+  runId: z.string(),
+  worker: z.string(),
+  status: z.enum(["joined", "left"]),
+  host: z.string().optional(),
+  pid: z.number().int().optional(),
+  at: z.string(),
+});
+const Event = z.discriminatedUnion("type", [JobEvent, DbEvent, RunEvent, WorkerEvent]);
 export type Event = z.infer<typeof Event>;
 export type JobEvent = z.infer<typeof JobEvent>;
 export type DbEvent = z.infer<typeof DbEvent>;
 export type RunEvent = z.infer<typeof RunEvent>;
+export type WorkerEvent = z.infer<typeof WorkerEvent>;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

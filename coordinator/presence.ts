@@ -1,0 +1,61 @@
+// Workers joining and leaving, as events of the run. Presence entries expire by the bucket's TTL when a worker
+// dies, and an expiry leaves no marker a watcher could see (NATS 2.9), so the keys are compared on a timer.
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import { subjects } from "../shared/contracts/jetstream.js";
+import { CONTRACT_VERSION, encode } from "../shared/contracts/messages.js";
+import { errorMessage } from "../shared/errors.js";
+import type { Logger } from "../shared/log.js";
+
+const EVERY_MS = 2_000;
+
+export interface PresenceWatch {
+  /** The workers present at the last look. */
+  current(): Map<string, { host?: string; pid?: number }>;
+  stop(): void;
+}
+
+export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: Logger, onChange?: (worker: string, status: "joined" | "left") => void): PresenceWatch {
+  const known = new Map<string, { host?: string; pid?: number }>();
+  let busy = false;
+  const look = async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      const now = new Map<string, { host?: string; pid?: number }>();
+      for await (const key of await kv.keys()) {
+        const entry = await kv.get(key).catch(() => null);
+        if (!entry || entry.operation !== "PUT") continue;
+        const info = safeJson(entry.string());
+        now.set(key, { ...(typeof info.host === "string" ? { host: info.host } : {}), ...(typeof info.pid === "number" ? { pid: info.pid } : {}) });
+      }
+      const changes: [string, "joined" | "left", { host?: string; pid?: number }][] = [];
+      for (const [id, info] of now) if (!known.has(id)) changes.push([id, "joined", info]);
+      for (const [id, info] of known) if (!now.has(id)) changes.push([id, "left", info]);
+      known.clear();
+      for (const [id, info] of now) known.set(id, info);
+      for (const [worker, status, info] of changes) {
+        onChange?.(worker, status);
+        await js
+          .publish(subjects.event(runId, "worker", status), encode({ v: CONTRACT_VERSION, type: "worker", runId, worker, status, ...info, at: new Date().toISOString() }))
+          .catch((err: unknown) => log.warn({ err: errorMessage(err) }, "worker event not published"));
+      }
+    } catch (err) {
+      log.debug({ err: errorMessage(err) }, "presence not read");
+    } finally {
+      busy = false;
+    }
+  };
+  void look();
+  const timer = setInterval(() => void look(), EVERY_MS);
+  return { current: () => new Map(known), stop: () => clearInterval(timer) };
+}
+
+function safeJson(text: string): Record<string, unknown> {
+  try {
+    const v: unknown = JSON.parse(text);
+    return v && typeof v === "object" ? (v as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}
