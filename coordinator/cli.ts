@@ -1,4 +1,5 @@
 // pg-migrate: the coordinator's command line. The one place where an error becomes a message and an exit code.
+import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import { bool, nonEmpty, port, positiveInt } from "../shared/cli-values.js";
 import { ConfigError, errorMessage, InterruptedError, PreflightError, ToolError } from "../shared/errors.js";
@@ -10,6 +11,7 @@ import { FAST_RESTORE_MODES, type FastRestoreMode, type MigrateConfig } from "./
 import { Output } from "./output.js";
 import { plan } from "./plan.js";
 import { revertByHand } from "./revert.js";
+import { status } from "./status.js";
 import { EXIT, migrate } from "./run.js";
 
 interface RawOptions {
@@ -18,7 +20,7 @@ interface RawOptions {
   jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean;
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
   keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
-  natsReplicas: number;
+  natsReplicas: number; report?: string; logLevel?: string;
 }
 
 /** The target's flags, shared by the migration and by revert-settings. */
@@ -73,7 +75,9 @@ export function buildProgram(): Command {
     .addOption(new Option("--max-deliver <n>", "deliveries of a job before its database fails").default(DEFAULT_MAX_DELIVER).argParser(positiveInt))
     .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is tried again").default(5).argParser(positiveInt))
     .addOption(new Option("--nats-replicas <n>", "replicas of the streams and buckets (3 on a NATS cluster)").default(1).argParser(positiveInt))
-    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS keep them off the command line.")
+    .addOption(new Option("--report <path>", "also write the JSON report here (it is always under ~/.pg-migrate/reports)"))
+    .addOption(new Option("--log-level <level>", "also print the run's log lines (JSON, as in ~/.pg-migrate/logs) on stderr from this level").choices(["debug", "info", "warn", "error"]))
+    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS keep them off the command line.")
     .showHelpAfterError("(pg-migrate --help lists the options)")
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -103,12 +107,15 @@ export function toConfig(o: RawOptions): MigrateConfig {
     maxDeliver: o.maxDeliver,
     retryDelayMs: o.retryDelay * 1000,
     natsReplicas: o.natsReplicas,
+    reportPath: o.report === undefined ? undefined : resolve(o.report),
+    logLevel: o.logLevel,
   });
 }
 
 export async function main(argv: string[]): Promise<number> {
   const out = new Output();
   if (argv[0] === "revert-settings") return revertMain(argv.slice(1), out);
+  if (argv[0] === "status" || argv[0] === "watch") return statusMain(argv[0], argv.slice(1), out);
   const planOnly = argv[0] === "plan";
   const program = buildProgram();
   try {
@@ -142,6 +149,33 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+  }
+}
+
+async function statusMain(command: "status" | "watch", argv: string[], out: Output): Promise<number> {
+  const program = new Command(`pg-migrate ${command}`)
+    .description(
+      command === "status"
+        ? "A run's databases (phase, size, worker, durations, rows verified) and its live workers. Default: the newest run under ~/.pg-migrate."
+        : "The same as status, kept up to date until the run ends.",
+    )
+    .argument("[run]", "run id (default: the newest)")
+    .addOption(new Option("--nats-url <url>", "read the run from this NATS server's KV (a run of another host)").env("PGMIGRATE_NATS_URL"))
+    .addOption(new Option("--json", "JSON instead of tables (watch: one line per change)").default(false))
+    .showHelpAfterError()
+    .exitOverride()
+    .configureOutput({ writeErr: (x) => process.stderr.write(x) });
+  try {
+    program.parse(argv, { from: "user" });
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    throw err;
+  }
+  const o = program.opts<{ natsUrl?: string; json: boolean }>();
+  try {
+    return await status({ runId: program.args[0], natsUrl: o.natsUrl, json: o.json, watch: command === "watch" }, out);
+  } catch (err) {
+    return report(err, out);
   }
 }
 

@@ -32,6 +32,10 @@ export interface MigrateConfig {
   maxDeliver: number;
   retryDelayMs: number;
   natsReplicas: number;
+  /** --report: a second place for the JSON report. */
+  reportPath: string | undefined;
+  /** --log-level: the run's log lines on stderr too (undefined: only in the log file). */
+  logLevel: string | undefined;
 }
 
 /** What is safe to write into state files, the KV and reports: everything but the passwords. */

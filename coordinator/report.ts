@@ -1,6 +1,6 @@
 // The end of a run: a summary table on the terminal and a JSON report under ~/.pg-migrate/reports.
 import { mkdir, readFile, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import Table from "cli-table3";
 import { decodeVerifyDetail, type VerifyTable } from "../shared/contracts/messages.js";
 import { bytes, seconds } from "./output.js";
@@ -8,7 +8,8 @@ import type { RunRecord } from "./state.js";
 
 export const REPORT_VERSION = 1;
 
-export async function writeReport(home: string, record: RunRecord, dumpRoot: string): Promise<string> {
+/** Writes the report under home (always) and to extraPath (--report) too; returns the path under home. */
+export async function writeReport(home: string, record: RunRecord, dumpRoot: string, extraPath?: string): Promise<string> {
   const databases = [];
   for (const d of record.databases) {
     let tables: VerifyTable[] = [];
@@ -45,6 +46,10 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const path = join(dir, `${record.runId}.json`);
   await writeFile(path, JSON.stringify(report, null, 2), { mode: 0o600 });
+  if (extraPath) {
+    await mkdir(dirname(extraPath), { recursive: true });
+    await writeFile(extraPath, JSON.stringify(report, null, 2), { mode: 0o600 });
+  }
   return path;
 }
 

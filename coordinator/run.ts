@@ -48,7 +48,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     opened.push(tgt.client);
     for (const w of checkServers(src.info, tgt.info, tools)) out.warn(w);
     const pk = pairKey(src.info, tgt.info);
-    const bootLog = createLogger({ level: "info", file: join(home, "logs", `preflight-${pk}.log`) });
+    const bootLog = createLogger({ level: "info", file: join(home, "logs", `preflight-${pk}.log`), stderrLevel: cfg.logLevel });
     const openTarget = () => connect(cfg.target, cfg.targetDb, "pg-migrate coordinator");
 
     // One run per target, decided before anything starts (the embedded broker's store is per pair of servers).
@@ -172,12 +172,13 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         secret = await state.embeddedSecret(generateSecret);
         key = keyFrom(secret);
       }
+      state.record.broker = withoutCredentials(natsUrl);
       state.attachKv(runsKv);
       await lock.setRun(state.runId);
       await nameRunOnTarget(tgt.client, state.runId);
       await runsKv.put(`pair.${pk}`, state.runId);
       await state.save();
-      const log = createLogger({ level: "info", file: join(home, "logs", `${state.runId}.log`), base: { runId: state.runId } });
+      const log = createLogger({ level: "info", file: join(home, "logs", `${state.runId}.log`), base: { runId: state.runId }, stderrLevel: cfg.logLevel });
       out.line(`run ${state.runId}: logs in ${join(home, "logs", `${state.runId}.log`)}`);
 
       if (embedded) {
@@ -349,9 +350,9 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
   await state.save();
   if (!failed.length) await state.forgetEmbeddedSecret();
   await emitRun(record.status === "finished" ? "finished" : "failed");
-  const reportPath = await writeReport(appDir(), record, cfg.dumpRoot);
+  const reportPath = await writeReport(appDir(), record, cfg.dumpRoot, cfg.reportPath);
   process.stdout.write(summaryTable(record) + "\n");
-  out.line(`report: ${reportPath}`);
+  out.line(`report: ${reportPath}${cfg.reportPath ? ` (and ${cfg.reportPath})` : ""}`);
   if (!failed.length && !cfg.keepDumps) await rm(join(cfg.dumpRoot, state.runId), { recursive: true, force: true });
   if (failed.length) {
     out.line(`${failed.length} of ${record.databases.length} database(s) failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}; the dumps are kept under ${join(cfg.dumpRoot, state.runId)}`);
@@ -383,6 +384,11 @@ async function createDatabases(cfg: MigrateConfig, state: RunState, d: Deps): Pr
       await state.save();
     }
   }
+}
+
+/** NATS URLs as they may be stored and shown: any user:password@ part removed. */
+function withoutCredentials(urls: string): string {
+  return urls.split(",").map((u) => u.trim().replace(/\/\/[^@/]*@/, "//")).join(",");
 }
 
 function newDbState(d: { name: string; sizeBytes: number; create: DbState["create"] }): DbState {

@@ -60,6 +60,8 @@ export interface RunRecord {
   globals: { done: boolean; applied: number; removed: string[]; alreadyExisted: string[]; failed: { statement: string; error: string }[] };
   skipped: { name: string; reason: string }[];
   databases: DbState[];
+  /** The run's NATS URL(s), without credentials: where `pg-migrate status` finds the live workers. */
+  broker?: string;
   /** The last EVENTS stream sequence the coordinator handled: a resume reads the run's events again from there. */
   eventsSeq?: number;
 }

@@ -1,0 +1,150 @@
+// `pg-migrate status [run]` and `pg-migrate watch [run]`: a run's databases and the live workers, from the run
+// record (this home's, or the KV of --nats-url) and the presence bucket of the run's broker. --json for scripts.
+import Table from "cli-table3";
+import { Kvm } from "@nats-io/kv";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { ConfigError, errorMessage } from "../shared/errors.js";
+import { createLogger } from "../shared/log.js";
+import { connectNats } from "../shared/nats.js";
+import { appDir } from "../shared/paths.js";
+import { bytes, seconds, type Output } from "./output.js";
+import { RunState, type RunRecord } from "./state.js";
+
+export interface StatusOptions {
+  runId: string | undefined;
+  natsUrl: string | undefined;
+  json: boolean;
+}
+
+export interface StatusSnapshot {
+  run: Pick<RunRecord, "runId" | "status" | "startedAt" | "updatedAt" | "resumedAt" | "source" | "target">;
+  databases: {
+    name: string;
+    phase: string;
+    sizeBytes: number;
+    workers: RunRecord["databases"][number]["workers"];
+    timings: RunRecord["databases"][number]["timings"];
+    attempts: RunRecord["databases"][number]["attempts"];
+    rows: number | null;
+    verifiedRows: number | null;
+    error: string | null;
+  }[];
+  /** Live workers; null when the run's broker cannot be reached (a finished embedded run's broker is gone). */
+  workers: { id: string; host?: string; pid?: number; jobs?: number; inFlight?: number; at?: string }[] | null;
+}
+
+export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promise<StatusSnapshot> {
+  const record = await findRecord(opts);
+  const r = record;
+  return {
+    run: { runId: r.runId, status: r.status, startedAt: r.startedAt, updatedAt: r.updatedAt, resumedAt: r.resumedAt, source: r.source, target: r.target },
+    databases: r.databases.map((d) => ({
+      name: d.name,
+      phase: d.phase,
+      sizeBytes: d.sizeBytes,
+      workers: d.workers,
+      timings: d.timings,
+      attempts: d.attempts,
+      rows: d.rows ?? null,
+      verifiedRows: d.verifiedRows ?? null,
+      error: d.error ?? null,
+    })),
+    workers: await liveWorkers(opts.natsUrl ?? r.broker),
+  };
+}
+
+async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promise<RunRecord> {
+  if (opts.natsUrl) {
+    const nc = await connectNats(opts.natsUrl, "pg-migrate-status");
+    try {
+      const kv = await new Kvm(nc).open(RUNS_BUCKET);
+      const records: RunRecord[] = [];
+      for await (const key of await kv.keys(opts.runId ? `run.${opts.runId}` : "run.*")) {
+        const e = await kv.get(key);
+        if (e && e.operation === "PUT") records.push(JSON.parse(e.string()) as RunRecord);
+      }
+      const newest = records.sort((a, b) => b.startedAt.localeCompare(a.startedAt))[0];
+      if (!newest) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} in the KV of ${opts.natsUrl}`);
+      return newest;
+    } finally {
+      await nc.close().catch(() => undefined);
+    }
+  }
+  const states = await RunState.all(appDir(), createLogger({ level: "silent" }));
+  const found = opts.runId ? states.find((s) => s.runId === opts.runId) : states[0];
+  if (!found) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} under ${appDir()}: pass --nats-url to read a run of another host`);
+  return found.record;
+}
+
+async function liveWorkers(url: string | undefined): Promise<StatusSnapshot["workers"]> {
+  if (!url) return null;
+  let nc: NatsConnection | undefined;
+  try {
+    nc = await connect({ servers: url.split(","), name: "pg-migrate-status", timeout: 2_000, maxReconnectAttempts: 0 });
+    const kv = await new Kvm(nc).open(WORKERS_BUCKET);
+    const workers: NonNullable<StatusSnapshot["workers"]> = [];
+    for await (const key of await kv.keys()) {
+      const e = await kv.get(key);
+      if (!e || e.operation !== "PUT") continue;
+      try {
+        workers.push({ id: key, ...(JSON.parse(e.string()) as object) });
+      } catch {
+        workers.push({ id: key });
+      }
+    }
+    return workers.sort((a, b) => a.id.localeCompare(b.id));
+  } catch {
+    return null;
+  } finally {
+    await nc?.close().catch(() => undefined);
+  }
+}
+
+export function renderStatus(s: StatusSnapshot): string {
+  const lines = [`run ${s.run.runId}: ${s.run.status}, started ${s.run.startedAt}${s.run.resumedAt.length ? `, resumed ${s.run.resumedAt.length}×` : ""}, updated ${s.run.updatedAt}`];
+  const dbs = new Table({ head: ["database", "phase", "size", "worker", "dump", "restore", "analyze", "rows verified"], style: { head: [], border: [] } });
+  for (const d of s.databases) {
+    const worker = d.workers.verify ?? d.workers.restore ?? d.workers.dump ?? "-";
+    dbs.push([d.name, d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : ""), bytes(d.sizeBytes), worker, seconds(d.timings.dump), seconds(d.timings.restore), seconds(d.timings.analyze), d.verifiedRows ?? "-"]);
+  }
+  lines.push(dbs.toString());
+  if (s.workers === null) lines.push("workers: the run's broker cannot be reached");
+  else {
+    const w = new Table({ head: ["worker", "host", "pid", "jobs done", "in flight", "seen"], style: { head: [], border: [] } });
+    for (const x of s.workers) w.push([x.id, x.host ?? "-", x.pid ?? "-", x.jobs ?? "-", x.inFlight ?? "-", x.at ?? "-"]);
+    lines.push(s.workers.length ? w.toString() : "workers: none present");
+  }
+  return lines.join("\n");
+}
+
+const ENDED = new Set(["finished", "failed", "interrupted", "abandoned"]);
+
+export async function status(opts: StatusOptions & { watch: boolean }, out: Output): Promise<number> {
+  if (!opts.watch) {
+    const s = await snapshot(opts);
+    process.stdout.write(opts.json ? `${JSON.stringify(s)}\n` : `${renderStatus(s)}\n`);
+    return 0;
+  }
+  // watch: redraw every second on a terminal, one JSON line per change with --json, until the run ends.
+  let last = "";
+  for (;;) {
+    let s: StatusSnapshot;
+    try {
+      s = await snapshot(opts);
+    } catch (err) {
+      if (err instanceof ConfigError) throw err;
+      out.warn(`status not read: ${errorMessage(err)}`);
+      await new Promise((r) => setTimeout(r, 1000));
+      continue;
+    }
+    const text = opts.json ? JSON.stringify(s) : renderStatus(s);
+    if (text !== last) {
+      if (opts.json) process.stdout.write(`${text}\n`);
+      else process.stdout.write(`${process.stdout.isTTY ? "\x1b[2J\x1b[H" : ""}${text}\n`);
+      last = text;
+    }
+    if (ENDED.has(s.run.status)) return 0;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
