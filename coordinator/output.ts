@@ -1,14 +1,99 @@
-// The human view on stderr: one plain line per step and per phase change. Machine output (the JSON report)
-// is separate.
+// The human view on stderr. Not on a terminal: one plain line per step and per phase change. On a terminal:
+// the same lines, scrolling above live progress bars (cli-progress) — one for the run and one per database in
+// flight, with bytes, rate and ETA. Machine output (the JSON report, status --json) is separate.
+import cliProgress from "cli-progress";
+
+type Bar = cliProgress.SingleBar;
+
 export class Output {
-  constructor(private readonly stream: NodeJS.WritableStream = process.stderr) {}
+  private readonly bars: cliProgress.MultiBar | undefined;
+  private runBar: Bar | undefined;
+  private readonly dbBars = new Map<string, { bar: Bar; kind: string; started: number }>();
+
+  constructor(
+    private readonly stream: NodeJS.WriteStream = process.stderr,
+    live = Boolean(stream.isTTY) && !process.env.PGMIGRATE_PLAIN,
+  ) {
+    if (live) {
+      this.bars = new cliProgress.MultiBar(
+        {
+          stream,
+          format: (options, params, payload: { name?: string; detail?: string }) => {
+            const size = 24;
+            const done = Math.round(Math.max(0, Math.min(1, params.progress)) * size);
+            const bar = (options.barCompleteString ?? "█").slice(0, done) + (options.barIncompleteString ?? "░").slice(0, size - done);
+            return `${(payload.name ?? "").padEnd(28).slice(0, 28)} ${bar} ${String(Math.round(params.progress * 100)).padStart(3)}% ${payload.detail ?? ""}`;
+          },
+          hideCursor: true,
+          clearOnComplete: false,
+          stopOnComplete: false,
+          autopadding: true,
+          fps: 5,
+          noTTYOutput: false,
+        },
+        cliProgress.Presets.shades_classic,
+      );
+    }
+  }
 
   line(message: string): void {
-    this.stream.write(`pg-migrate: ${message}\n`);
+    this.write(`pg-migrate: ${message}\n`);
   }
 
   warn(message: string): void {
-    this.stream.write(`pg-migrate: warning: ${message}\n`);
+    this.write(`pg-migrate: warning: ${message}\n`);
+  }
+
+  private write(text: string): void {
+    // Above the bars while they are drawn; before the first bar (and after stop) straight to the stream.
+    if (this.bars && this.runBar && !this.stopped) this.bars.log(text);
+    else this.stream.write(text);
+  }
+
+  private stopped = false;
+
+  /** The run-level bar: databases finished out of all. */
+  startRun(total: number, finished: number): void {
+    if (!this.bars) return;
+    this.runBar = this.bars.create(total, finished, { name: "run", detail: `${finished}/${total} databases` });
+  }
+
+  /** A database's bar for its current job: bytes so far against the expected total, rate and ETA. */
+  progress(db: string, kind: string, value: number, total: number | null): void {
+    if (!this.bars) return;
+    let entry = this.dbBars.get(db);
+    if (!entry || entry.kind !== kind) {
+      entry?.bar.stop();
+      if (entry) this.bars.remove(entry.bar);
+      entry = { bar: this.bars.create(1, 0, { name: `${kind} ${db}`, detail: "" }), kind, started: Date.now() };
+      this.dbBars.set(db, entry);
+    }
+    const t = total && total > 0 ? total : Math.max(value, 1);
+    const elapsed = (Date.now() - entry.started) / 1000;
+    const rate = elapsed > 0 ? value / elapsed : 0;
+    const eta = rate > 0 && t > value ? `ETA ${Math.ceil((t - value) / rate)}s` : "";
+    entry.bar.setTotal(t);
+    entry.bar.update(Math.min(value, t), { detail: `${bytes(value)}${total ? ` of ${bytes(total)}` : ""} ${bytes(rate)}/s ${eta}`.trim() });
+  }
+
+  /** A database left the flight (verified or failed): its bar goes, the run bar moves. */
+  finished(db: string, done: number, total: number): void {
+    if (!this.bars) return;
+    const entry = this.dbBars.get(db);
+    if (entry) {
+      entry.bar.stop();
+      this.bars.remove(entry.bar);
+      this.dbBars.delete(db);
+    }
+    this.runBar?.update(done, { detail: `${done}/${total} databases` });
+  }
+
+  /** Bars off before the summary table is printed. */
+  stop(): void {
+    if (this.stopped || !this.runBar) return;
+    this.stopped = true;
+    this.bars?.update(); // writes the lines logged since the last redraw (stop() alone would drop them)
+    this.bars?.stop();
   }
 }
 

@@ -207,6 +207,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       await embedded?.stop();
     }
   } finally {
+    out.stop();
     await lock?.release();
     await Promise.all(opened.map((c) => c.end().catch(() => undefined)));
   }
@@ -340,6 +341,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
     }
   }
 
+  out.stop();
   if (record.status === "interrupted") {
     await emitRun("interrupted");
     out.line(`interrupted: run the same command again to resume run ${state.runId}`);

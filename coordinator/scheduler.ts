@@ -129,6 +129,7 @@ export class Scheduler {
         await this.publish(db, kind, true);
       }
       this.queue.sort((a, b) => b.sizeBytes - a.sizeBytes);
+      this.out.startRun(record.databases.length, record.databases.filter((d) => d.phase === "done" || d.phase === "failed").length);
       await this.admit();
       this.checkFinished();
       await done;
@@ -322,8 +323,10 @@ export class Scheduler {
         db.attempts[e.kind] = Math.max(db.attempts[e.kind] ?? 0, e.attempt);
         db.workers[e.kind] = e.worker;
         if (!this.replaying) this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
+        this.out.progress(db.name, e.kind, 0, null);
         return;
       case "progress":
+        if (e.progress) this.out.progress(db.name, e.kind, e.progress.bytes, e.progress.totalBytes);
         return;
       case "failed": {
         const error = e.error!;
@@ -390,6 +393,8 @@ export class Scheduler {
 
   private async release(db: DbState): Promise<void> {
     this.inFlight.delete(db.key);
+    const all = this.state.record.databases;
+    this.out.finished(db.name, all.filter((d) => d.phase === "done" || d.phase === "failed").length, all.length);
     await this.admit();
     this.checkFinished();
   }

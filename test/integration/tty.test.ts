@@ -1,0 +1,44 @@
+// The coordinator on a terminal: run under a pseudo-terminal (util-linux `script`), it draws a run bar and a bar
+// per database in flight, and its summary table comes out whole after the bars stop.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { execa } from "execa";
+import { psqlExec } from "../../demo/cluster.js";
+import { demoDatabases, demoSql } from "../../demo/generate.js";
+import { BIN, cliEnv, serverArgs } from "../helpers/cli.js";
+import { withTestEnv } from "../helpers/env.js";
+
+const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
+
+test("on a terminal: progress bars while it runs, then an unbroken summary table", { timeout: 600_000 }, async () => {
+  await withTestEnv(
+    async ({ source, target, home }) => {
+      await psqlExec(source, "postgres", demoSql({ scale: 10 }));
+      const quote = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
+      const command = [process.execPath, BIN, ...serverArgs(source, target), "--workers", "2", "-m", "2"].map(quote).join(" ");
+      const r = await execa("script", ["-qfec", command, "/dev/null"], {
+        env: { ...cliEnv(home, source, target), TERM: "xterm", COLUMNS: "140", LINES: "50" },
+        reject: false,
+        timeout: 300_000,
+      });
+      assert.equal(r.exitCode, 0, r.stdout);
+      const screen = String(r.stdout).replace(ANSI, "");
+      const lines = screen.split(/\r?\n|\r/);
+
+      assert.ok(lines.some((l) => /^run {2,}[█░]{24} +\d+% \d+\/4 databases/.test(l)), `a run bar:\n${screen}`);
+      assert.ok(lines.some((l) => /^(dump|restore|verify) \S.* [█░]{24} +\d+% /.test(l)), `a database bar:\n${screen}`);
+
+      const top = lines.findIndex((l) => l.startsWith("┌"));
+      const bottom = lines.findIndex((l, i) => i > top && l.startsWith("└"));
+      assert.ok(top >= 0 && bottom > top, `a summary table:\n${screen}`);
+      const table = lines.slice(top, bottom + 1);
+      for (const l of table) {
+        assert.match(l, /^[┌│├└]/, `table line starts with a border: ${JSON.stringify(l)}`);
+        assert.equal([...l].length, [...table[0]!].length, `table lines of one width: ${JSON.stringify(l)}`);
+      }
+      for (const db of demoDatabases) assert.ok(table.some((l) => l.startsWith(`│ ${db} `)), `${db} in the summary`);
+      assert.match(screen, /all 4 database\(s\) migrated and verified/);
+    },
+    { nats: false },
+  );
+});
