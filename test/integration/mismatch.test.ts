@@ -1,0 +1,44 @@
+// Exit code 1 for a mismatch: a row removed from a target table while pg_restore is still at work on it (after its
+// COPY, before verify) makes verification name that table, and the run exits 1 with the others verified.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import pg from "pg";
+import { psqlExec } from "../../demo/cluster.js";
+import { demoSql } from "../../demo/generate.js";
+import { cliEnv, readReport, serverArgs } from "../helpers/cli.js";
+import { withTestEnv } from "../helpers/env.js";
+import { startCli } from "../helpers/live.js";
+import { waitFor } from "../helpers/procs.js";
+
+test("a table that differs after the restore is reported as a mismatch and the run exits 1", { timeout: 600_000 }, async () => {
+  await withTestEnv(
+    async ({ source, target, home }) => {
+      await psqlExec(source, "postgres", demoSql({ scale: 5 }));
+      const run = startCli([...serverArgs(source, target), "-m", "1", "--workers", "1"], cliEnv(home, source, target));
+      await run.waitFor(/restore "shop" started/);
+      const c = new pg.Client({ host: target.host, port: target.port, user: target.user, password: target.password, database: "shop" });
+      await c.connect();
+      try {
+        const leaf = "public.page_views_2024_01";
+        await waitFor("the restore to create the table", async () => (await c.query("SELECT to_regclass($1) AS t", [leaf])).rows[0].t !== null, 60_000, 5);
+        // Its rows become visible when the COPY commits; verification comes only after the whole restore and ANALYZE.
+        await waitFor("the COPY into it to commit", async () => (await c.query(`SELECT EXISTS (SELECT FROM ${leaf}) AS e`)).rows[0].e === true, 60_000, 5);
+        await c.query(`BEGIN; LOCK TABLE ${leaf} IN ACCESS EXCLUSIVE MODE`);
+        const { rowCount } = await c.query(`DELETE FROM ${leaf} WHERE ctid = (SELECT ctid FROM ${leaf} LIMIT 1)`);
+        assert.equal(rowCount, 1);
+        await c.query("COMMIT");
+      } finally {
+        await c.end();
+      }
+      const r = await run.result;
+      assert.equal(r.exitCode, 1, r.stderr);
+      assert.match(r.stderr, /"shop" failed: verification found 1 difference\(s\): row-count public\.page_views_2024_01 \(source (\d+), target (\d+)\)/);
+      const [, src, tgt] = /row-count public\.page_views_2024_01 \(source (\d+), target (\d+)\)/.exec(r.stderr)!;
+      assert.equal(Number(tgt), Number(src) - 1);
+      const report = await readReport(home, r.stderr);
+      assert.equal(report.status, "failed");
+      for (const d of report.databases) assert.equal(d.verified, d.name !== "shop", d.name);
+    },
+    { nats: false },
+  );
+});
