@@ -4,9 +4,10 @@ import { dirname, join } from "node:path";
 import Table from "cli-table3";
 import { decodeVerifyDetail, type VerifyTable } from "../shared/contracts/messages.js";
 import { bytes, seconds } from "./output.js";
+import type { Report } from "../shared/contracts/report.js";
 import type { RunRecord } from "./state.js";
 
-export const REPORT_VERSION = 1;
+export const REPORT_VERSION = 1 as const;
 
 /** Writes the report under home (always) and to extraPath (--report) too; returns the path under home. */
 export async function writeReport(home: string, record: RunRecord, dumpRoot: string, extraPath?: string): Promise<string> {
@@ -20,7 +21,7 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
     const { create: _create, jobId: _jobId, jobSeq: _jobSeq, ...rest } = d;
     databases.push({ ...rest, verified: d.phase === "done", tableCounts: tables });
   }
-  const report = {
+  const report: Report = {
     reportVersion: REPORT_VERSION,
     runId: record.runId,
     status: record.status,

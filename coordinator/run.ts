@@ -354,7 +354,8 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
   await emitRun(record.status === "finished" ? "finished" : "failed");
   const reportPath = await writeReport(appDir(), record, cfg.dumpRoot, cfg.reportPath);
   process.stdout.write(summaryTable(record) + "\n");
-  out.line(`report: ${reportPath}${cfg.reportPath ? ` (and ${cfg.reportPath})` : ""}`);
+  out.line(`report: ${reportPath}`);
+  if (cfg.reportPath) out.line(`report also written to ${cfg.reportPath}`);
   if (!failed.length && !cfg.keepDumps) await rm(join(cfg.dumpRoot, state.runId), { recursive: true, force: true });
   if (failed.length) {
     out.line(`${failed.length} of ${record.databases.length} database(s) failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}; the dumps are kept under ${join(cfg.dumpRoot, state.runId)}`);

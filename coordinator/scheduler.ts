@@ -323,6 +323,7 @@ export class Scheduler {
         db.attempts[e.kind] = Math.max(db.attempts[e.kind] ?? 0, e.attempt);
         db.workers[e.kind] = e.worker;
         if (!this.replaying) this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
+        log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} claimed`);
         this.out.progress(db.name, e.kind, 0, null);
         return;
       case "progress":
@@ -344,6 +345,7 @@ export class Scheduler {
     }
     const r = e.result!;
     db.timings[e.kind] = e.durationMs;
+    log.info({ kind: e.kind, attempt: e.attempt, durationMs: e.durationMs, result: r }, `${e.kind} done`);
     if (r.kind === "dump") {
       db.dumpPath = r.attemptPath;
       db.dumpBytes = r.bytes;

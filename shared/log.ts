@@ -3,6 +3,7 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import pino from "pino";
+import pretty from "pino-pretty";
 
 export type Logger = pino.Logger;
 
@@ -32,7 +33,11 @@ export function createLogger(opts: LogOptions): Logger {
     mkdirSync(dirname(opts.file), { recursive: true, mode: 0o700 });
     streams.push({ level: opts.level as pino.Level, stream: pino.destination({ dest: opts.file, sync: true, mode: 0o600 }) });
   }
-  if (opts.stderrLevel) streams.push({ level: opts.stderrLevel as pino.Level, stream: pino.destination({ dest: 2, sync: true }) });
+  if (opts.stderrLevel) {
+    // JSON for machines; on a terminal, pino-pretty's one readable line per entry (with its scope: run, db, job, worker).
+    const stream = process.stderr.isTTY ? pretty({ colorize: true, sync: true, destination: 2, translateTime: "SYS:HH:MM:ss", ignore: "pid,hostname" }) : pino.destination({ dest: 2, sync: true });
+    streams.push({ level: opts.stderrLevel as pino.Level, stream });
+  }
   const lowest = streams.length ? streams.map((s) => s.level).sort(byLevel)[0] : "silent";
   return pino(
     { level: lowest as string, redact: { paths: REDACT_PATHS, censor: "[redacted]" }, base: opts.base ?? {} },

@@ -4,12 +4,14 @@ import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { schemas } from "./messages.js";
+import { ReportSchema } from "./report.js";
 
 export function jsonSchemas(): Record<string, unknown> {
   return {
     "event.schema.json": z.toJSONSchema(schemas.Event, { io: "input" }),
     "job.schema.json": z.toJSONSchema(schemas.Job, { io: "input" }),
     "manifest.schema.json": z.toJSONSchema(schemas.Manifest, { io: "input" }),
+    "report.schema.json": z.toJSONSchema(ReportSchema, { io: "input" }),
   };
 }
 

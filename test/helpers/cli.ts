@@ -79,6 +79,7 @@ export function errorLines(stderr: string): string[] {
 }
 
 export interface Report {
+  runId: string;
   status: string;
   totals: { databases: number; verified: number; failed: number };
   databases: {

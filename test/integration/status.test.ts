@@ -2,7 +2,11 @@
 // follows the run to its end; afterwards every database shows verified, and the summary table on stdout says
 // what the JSON report says.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { Ajv2020 } from "ajv/dist/2020.js";
 import pg from "pg";
 import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
@@ -28,7 +32,7 @@ test("status and watch show a run as it goes and as it ended; the summary table 
       let run: ReturnType<typeof startCli>;
       let watch: ReturnType<typeof startCli>;
       try {
-        run = startCli([...serverArgs(source, target), "--workers", "2"], env);
+        run = startCli([...serverArgs(source, target), "--workers", "2", "--report", join(home, "elsewhere", "report.json"), "--log-level", "info"], env);
         const runId = (await run.waitFor(/run (\S+): logs in/))[1]!;
         await run.waitFor(/dump "shop" started/);
 
@@ -61,8 +65,14 @@ test("status and watch show a run as it goes and as it ended; the summary table 
       assert.equal(after.run.status, "finished");
       for (const d of after.databases) assert.equal(d.phase, "done", d.name);
 
-      // The summary table (stdout) and the JSON report agree on every database.
+      // The JSON report matches its published schema, and the summary table (stdout) agrees with it.
       const report = await readReport(home, r.stderr);
+      const schema = JSON.parse(readFileSync(fileURLToPath(new URL("../../../docs/schemas/report.schema.json", import.meta.url)), "utf8")) as object;
+      const validate = new Ajv2020({ strict: false }).compile(schema);
+      assert.ok(validate(report), JSON.stringify(validate.errors));
+      assert.deepEqual(JSON.parse(readFileSync(join(home, "elsewhere", "report.json"), "utf8")), report, "--report wrote the same report");
+      // --log-level info: the run's log lines on stderr too, scoped by run.
+      assert.ok(r.stderr.split("\n").some((l) => l.startsWith("{") && (JSON.parse(l) as { runId?: string }).runId === report.runId), "log lines on stderr");
       for (const d of report.databases as unknown as { name: string; tables: number; verifiedRows: number; verified: boolean }[]) {
         const row = r.stdout.split("\n").find((l) => l.startsWith(`│ ${d.name} `));
         assert.ok(row, `${d.name} in the summary`);
