@@ -45,6 +45,8 @@ test("SIGKILL the coordinator mid-run; the same command again resumes without re
       assert.match(r2.stderr, /reverted the fast-restore settings run \S+ had left on the target/);
       assert.match(r2.stderr, /resuming run /);
       assert.match(r2.stderr, /adopting its job from the earlier session/);
+      // fsync was off (--fast-restore full): the summary says what the target host still needs.
+      assert.match(r2.stderr, /fsync was off during the restore: run `sync` on the target host \(or restart it cleanly\) before relying on the data/);
       const redumped = started(r2.stderr, "dump");
       for (const db of finished) assert.ok(!redumped.includes(db), `${db} was finished before the kill and is not dumped again`);
       const preflightLog = await readFile(join(home, ".pg-migrate", "logs", (await readdir(join(home, ".pg-migrate", "logs"))).find((f) => f.startsWith("preflight-"))!), "utf8");
