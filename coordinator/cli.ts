@@ -76,7 +76,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is tried again").default(5).argParser(positiveInt))
     .addOption(new Option("--nats-replicas <n>", "replicas of the streams and buckets (3 on a NATS cluster)").default(1).argParser(positiveInt))
     .addOption(new Option("--report <path>", "also write the JSON report here (it is always under ~/.pg-migrate/reports)"))
-    .addOption(new Option("--log-level <level>", "also print the run's log lines (JSON, as in ~/.pg-migrate/logs) on stderr from this level").choices(["debug", "info", "warn", "error"]))
+    .addOption(new Option("--log-level <level>", "also print the run's log lines on stderr from this level (JSON; one readable line each on a terminal, where it also turns the progress bars off)").choices(["debug", "info", "warn", "error"]))
     .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS keep them off the command line.")
     .showHelpAfterError("(pg-migrate --help lists the options)")
     .exitOverride()
@@ -124,6 +124,15 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     throw err;
   }
+  // plan reads only: Ctrl-C just ends it (the shell reports 130).
+  if (planOnly || program.opts<RawOptions>().dryRun) {
+    try {
+      const cfg = toConfig(program.opts<RawOptions>());
+      return await plan(cfg, out);
+    } catch (err) {
+      return report(err, out);
+    }
+  }
   const abort = new AbortController();
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {
@@ -137,12 +146,12 @@ export async function main(argv: string[]): Promise<number> {
   process.on("SIGTERM", onSignal);
   try {
     const cfg = toConfig(program.opts<RawOptions>());
+    if (cfg.logLevel) out.plain();
     for (const flag of ["fromPass", "toPass"] as const) {
       if (program.getOptionValueSource(flag) === "cli") {
         out.warn(`--${flag === "fromPass" ? "from" : "to"}-pass puts the password in the process list; PGMIGRATE_${flag === "fromPass" ? "FROM" : "TO"}_PASS keeps it out`);
       }
     }
-    if (planOnly || program.opts<RawOptions>().dryRun) return await plan(cfg, out);
     return await migrate(cfg, out, abort.signal);
   } catch (err) {
     return report(err, out);
@@ -202,7 +211,7 @@ async function revertMain(argv: string[], out: Output): Promise<number> {
 
 function report(err: unknown, out: Output): number {
   if (err instanceof InterruptedError) {
-    out.line("interrupted before any change to the target; nothing to resume");
+    out.line("interrupted before the migration started; run the same command again to continue");
     return EXIT.interrupted;
   }
   const line = (msg: string) => process.stderr.write(`pg-migrate: error: ${msg}\n`);

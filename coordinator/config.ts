@@ -1,5 +1,6 @@
 // The coordinator's configuration: parsed once (flags, then PGMIGRATE_* environment, then defaults) into a
 // frozen, typed object.
+import { withoutCredentials } from "../shared/nats.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 
 export const FAST_RESTORE_MODES = ["safe", "full", "off"] as const;
@@ -40,7 +41,7 @@ export interface MigrateConfig {
 
 /** What is safe to write into state files, the KV and reports: everything but the passwords. */
 export function publicOptions(cfg: MigrateConfig) {
-  const { source, target, ...rest } = cfg;
+  const { source, target, natsUrl, ...rest } = cfg;
   const strip = (s: ServerSpec) => ({ host: s.host, port: s.port, user: s.user, sslmode: s.sslmode });
-  return { source: strip(source), target: strip(target), ...rest };
+  return { source: strip(source), target: strip(target), natsUrl: natsUrl === undefined ? undefined : withoutCredentials(natsUrl), ...rest };
 }

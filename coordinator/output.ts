@@ -46,21 +46,31 @@ export class Output {
 
   private write(text: string): void {
     // Above the bars while they are drawn; before the first bar (and after stop) straight to the stream.
-    if (this.bars && this.runBar && !this.stopped) this.bars.log(text);
+    if (this.bars && this.active && !this.stopped) this.bars.log(text);
     else this.stream.write(text);
   }
 
   private stopped = false;
+  /** A bar has been drawn: from then on lines go through the bars, and stop() must end them. */
+  private active = false;
+  private plainOnly = false;
+
+  /** No bars (e.g. --log-level puts log lines on stderr, which the bars would draw over). */
+  plain(): void {
+    this.plainOnly = true;
+  }
 
   /** The run-level bar: databases finished out of all. */
   startRun(total: number, finished: number): void {
-    if (!this.bars) return;
+    if (!this.bars || this.plainOnly || this.stopped) return;
+    this.active = true;
     this.runBar = this.bars.create(total, finished, { name: "run", detail: `${finished}/${total} databases` });
   }
 
   /** A database's bar for its current job: bytes so far against the expected total, rate and ETA. */
   progress(db: string, kind: string, value: number, total: number | null): void {
-    if (!this.bars) return;
+    if (!this.bars || this.plainOnly || this.stopped) return;
+    this.active = true;
     let entry = this.dbBars.get(db);
     if (!entry || entry.kind !== kind) {
       entry?.bar.stop();
@@ -78,7 +88,7 @@ export class Output {
 
   /** A database left the flight (verified or failed): its bar goes, the run bar moves. */
   finished(db: string, done: number, total: number): void {
-    if (!this.bars) return;
+    if (!this.bars || !this.active || this.stopped) return;
     const entry = this.dbBars.get(db);
     if (entry) {
       entry.bar.stop();
@@ -90,7 +100,7 @@ export class Output {
 
   /** Bars off before the summary table is printed. */
   stop(): void {
-    if (this.stopped || !this.runBar) return;
+    if (this.stopped || !this.active) return;
     this.stopped = true;
     this.bars?.update(); // writes the lines logged since the last redraw (stop() alone would drop them)
     this.bars?.stop();

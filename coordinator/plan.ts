@@ -5,13 +5,17 @@ import { dirname } from "node:path";
 import Table from "cli-table3";
 import type pg from "pg";
 import { PreflightError } from "../shared/errors.js";
+import { withoutCredentials } from "../shared/nats.js";
+import { createLogger } from "../shared/log.js";
+import { appDir } from "../shared/paths.js";
 import { describe } from "../shared/pg/connect.js";
 import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
 import { discoverDatabases, existingDatabases, MAINTENANCE_DB } from "./discovery.js";
 import { settingsFor } from "./fast-restore.js";
 import { bytes, type Output } from "./output.js";
-import { checkServers, inspect } from "./preflight.js";
+import { checkServers, inspect, pairKey } from "./preflight.js";
+import { RunState } from "./state.js";
 import { EXIT } from "./run.js";
 
 /**
@@ -45,14 +49,21 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const all = await discoverDatabases(src.client, src.info.versionNum);
     const selected = all.filter((d) => d.name !== MAINTENANCE_DB);
     const onTarget = await existingDatabases(tgt.client);
+    // Databases an unfinished run between these servers created are its own: a run with these flags resumes it.
+    const previous = cfg.restart ? undefined : await RunState.findUnfinished(appDir(), pairKey(src.info, tgt.info), createLogger({ level: "silent" }));
+    const ours = new Set(previous?.record.databases.filter((d) => d.created).map((d) => d.name) ?? []);
     const total = selected.reduce((s, d) => s + d.sizeBytes, 0);
     w(`plan: ${describe(cfg.source, cfg.sourceDb)} (PostgreSQL ${src.info.version}) → ${describe(cfg.target, cfg.targetDb)} (PostgreSQL ${tgt.info.version}), ${tools.version}`);
     w();
     w(`databases: ${selected.length}, ${bytes(total)} in all, migrated largest first, ${cfg.maxParallel} at a time`);
     const dbs = new Table({ head: ["database", "size", "owner", "encoding", "on the target"], style: { head: [], border: [] } });
-    for (const d of selected) dbs.push([d.name, bytes(d.sizeBytes), d.create.owner, d.create.encoding, onTarget.has(d.name) ? "EXISTS: refused" : "-"]);
+    for (const d of selected) {
+      const there = !onTarget.has(d.name) ? "-" : ours.has(d.name) ? `created by run ${previous!.runId}` : "EXISTS: refused";
+      dbs.push([d.name, bytes(d.sizeBytes), d.create.owner, d.create.encoding, there]);
+    }
     w(dbs.toString());
-    const clash = selected.filter((d) => onTarget.has(d.name));
+    if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);
+    const clash = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name));
     if (clash.length) refusals.push(`the target already has database(s) ${clash.map((d) => JSON.stringify(d.name)).join(", ")}`);
 
     const roles = await rolesOf(src.client);
@@ -81,7 +92,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const conns = new Table({ head: ["server", "pg-migrate", "max_connections", "reserved for superusers", "left for others"], style: { head: [], border: [] } });
     for (const [name, n, m] of [["source", est.source, srcMax], ["target", est.target, tgtMax]] as const) {
       conns.push([name, n, m.max, m.reserved, m.max - m.reserved - n]);
-      if (n > m.max - m.reserved) refusals.push(`the ${name} allows ${m.max - m.reserved} connections and a run would open ${n}: lower --max-parallel or --jobs`);
+      if (n > m.max - m.reserved) warnings.push(`the ${name} allows ${m.max - m.reserved} connections (${m.reserved} more for superusers) and a run would open up to ${n}: lower --max-parallel or --jobs`);
     }
     w(conns.toString());
 
@@ -89,7 +100,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     w();
     w(`dump volume: ${cfg.dumpRoot}: ${free === undefined ? "cannot be read" : `${bytes(free)} free`} for dumps of a ${bytes(total)} source (compressed dumps without indexes are usually much smaller)`);
     if (free !== undefined && free < Math.max(16 * 2 ** 20, total * 0.05)) refusals.push(`the dump volume ${cfg.dumpRoot} has too little free space`);
-    w(`workers: ${cfg.natsUrl ? `distributed, through ${cfg.natsUrl}` : `embedded, ${cfg.workers} local worker(s) and a local nats-server`}`);
+    w(`workers: ${cfg.natsUrl ? `distributed, through ${withoutCredentials(cfg.natsUrl)}` : `embedded, ${cfg.workers} local worker(s) and a local nats-server`}`);
 
     for (const x of warnings) out.warn(x);
     w();

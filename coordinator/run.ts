@@ -14,7 +14,7 @@ import { subjects } from "../shared/contracts/jetstream.js";
 import { dbKey } from "../shared/dbkey.js";
 import { ConfigError, errorMessage, InterruptedError, PreflightError } from "../shared/errors.js";
 import { createLogger, type Logger } from "../shared/log.js";
-import { connectNats } from "../shared/nats.js";
+import { connectNats, withoutCredentials } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { connect, describe } from "../shared/pg/connect.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
@@ -181,6 +181,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       const log = createLogger({ level: "info", file: join(home, "logs", `${state.runId}.log`), base: { runId: state.runId }, stderrLevel: cfg.logLevel });
       out.line(`run ${state.runId}: logs in ${join(home, "logs", `${state.runId}.log`)}`);
 
+      try {
       if (embedded) {
         workers = new LocalWorkers(
           { natsUrl, dumpRoot: cfg.dumpRoot, secret: secret!, logDir: join(home, "logs", state.runId), retryDelayS: Math.max(1, Math.round(cfg.retryDelayMs / 1000)), pgBin: cfg.pgBin },
@@ -191,11 +192,17 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       const present = await waitForWorkers(workersKv, cfg.workerWaitMs, signal);
       if (present === 0) {
         throw new PreflightError(
-          `no pg-migrate worker joined within ${Math.round(cfg.workerWaitMs / 1000)}s: start workers with "pg-migrate worker --nats-url ${natsUrl} --dump-root <shared dump root>"`,
+          `no pg-migrate worker joined within ${Math.round(cfg.workerWaitMs / 1000)}s: start workers with "pg-migrate worker --nats-url ${withoutCredentials(natsUrl)} --dump-root <shared dump root>"`,
         );
       }
       out.line(`${present} worker(s) ready`);
       if (abandoned) await abandon(abandoned, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
+      } catch (err) {
+        // The record must not say "running" for a run that never got to its jobs (status and watch read it).
+        state.record.status = signal.aborted || err instanceof InterruptedError ? "interrupted" : "failed";
+        await state.save().catch(() => undefined);
+        throw err;
+      }
 
       presence = watchPresence(workersKv, jetstream(nc), state.runId, log);
       return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser });
@@ -387,11 +394,6 @@ async function createDatabases(cfg: MigrateConfig, state: RunState, d: Deps): Pr
       await state.save();
     }
   }
-}
-
-/** NATS URLs as they may be stored and shown: any user:password@ part removed. */
-function withoutCredentials(urls: string): string {
-  return urls.split(",").map((u) => u.trim().replace(/\/\/[^@/]*@/, "//")).join(",");
 }
 
 function newDbState(d: { name: string; sizeBytes: number; create: DbState["create"] }): DbState {

@@ -1,14 +1,17 @@
 // `pg-migrate status [run]` and `pg-migrate watch [run]`: a run's databases and the live workers, from the run
 // record (this home's, or the KV of --nats-url) and the presence bucket of the run's broker. --json for scripts.
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
 import Table from "cli-table3";
 import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
-import { connectNats } from "../shared/nats.js";
+import { connectNats, withoutCredentials } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { bytes, seconds, type Output } from "./output.js";
+import { isStale, type LockHolder } from "./lock.js";
 import { RunState, type RunRecord } from "./state.js";
 
 export interface StatusOptions {
@@ -30,14 +33,18 @@ export interface StatusSnapshot {
     verifiedRows: number | null;
     error: string | null;
   }[];
+  /** Whether a coordinator holds the run's target lock now: "gone" for a running run means it died. */
+  coordinator: "alive" | "gone";
   /** Live workers; null when the run's broker cannot be reached (a finished embedded run's broker is gone). */
   workers: { id: string; host?: string; pid?: number; jobs?: number; inFlight?: number; at?: string }[] | null;
 }
 
 export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promise<StatusSnapshot> {
-  const record = await findRecord(opts);
-  const r = record;
+  const r = await findRecord(opts);
+  const holders = opts.natsUrl ? await kvLockHolders(opts.natsUrl) : await fileLockHolders();
+  const held = holders.some((h) => h.runId === r.runId && !isStale(h));
   return {
+    coordinator: held ? "alive" : "gone",
     run: { runId: r.runId, status: r.status, startedAt: r.startedAt, updatedAt: r.updatedAt, resumedAt: r.resumedAt, source: r.source, target: r.target },
     databases: r.databases.map((d) => ({
       name: d.name,
@@ -65,7 +72,7 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promi
         if (e && e.operation === "PUT") records.push(JSON.parse(e.string()) as RunRecord);
       }
       const newest = records.sort((a, b) => b.startedAt.localeCompare(a.startedAt))[0];
-      if (!newest) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} in the KV of ${opts.natsUrl}`);
+      if (!newest) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} in the KV of ${withoutCredentials(opts.natsUrl)}`);
       return newest;
     } finally {
       await nc.close().catch(() => undefined);
@@ -75,6 +82,37 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promi
   const found = opts.runId ? states.find((s) => s.runId === opts.runId) : states[0];
   if (!found) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} under ${appDir()}: pass --nats-url to read a run of another host`);
   return found.record;
+}
+
+/** The holders of the target locks under this home (one file per target while a run is live). */
+async function fileLockHolders(): Promise<LockHolder[]> {
+  const dir = join(appDir(), "locks");
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const holders: LockHolder[] = [];
+  for (const n of names.filter((x) => x.endsWith(".json"))) {
+    try {
+      holders.push(JSON.parse(await readFile(join(dir, n), "utf8")) as LockHolder);
+    } catch {
+      // being replaced right now
+    }
+  }
+  return holders;
+}
+
+/** The holders of the target locks in the runs KV, aged by the broker's clock. */
+async function kvLockHolders(url: string): Promise<LockHolder[]> {
+  const nc = await connectNats(url, "pg-migrate-status");
+  try {
+    const kv = await new Kvm(nc).open(RUNS_BUCKET);
+    const holders: LockHolder[] = [];
+    for await (const key of await kv.keys("lock.*")) {
+      const e = await kv.get(key);
+      if (e && e.operation === "PUT") holders.push({ ...(e.json() as LockHolder), at: e.created.toISOString() });
+    }
+    return holders;
+  } finally {
+    await nc.close().catch(() => undefined);
+  }
 }
 
 async function liveWorkers(url: string | undefined): Promise<StatusSnapshot["workers"]> {
@@ -102,7 +140,7 @@ async function liveWorkers(url: string | undefined): Promise<StatusSnapshot["wor
 }
 
 export function renderStatus(s: StatusSnapshot): string {
-  const lines = [`run ${s.run.runId}: ${s.run.status}, started ${s.run.startedAt}${s.run.resumedAt.length ? `, resumed ${s.run.resumedAt.length}×` : ""}, updated ${s.run.updatedAt}`];
+  const lines = [`run ${s.run.runId}: ${s.run.status}${s.run.status === "running" && s.coordinator === "gone" ? " (but its coordinator is gone: run the same command again to resume)" : ""}, started ${s.run.startedAt}${s.run.resumedAt.length ? `, resumed ${s.run.resumedAt.length}×` : ""}, updated ${s.run.updatedAt}`];
   const dbs = new Table({ head: ["database", "phase", "size", "worker", "dump", "restore", "analyze", "rows verified"], style: { head: [], border: [] } });
   for (const d of s.databases) {
     const worker = d.workers.verify ?? d.workers.restore ?? d.workers.dump ?? "-";
@@ -126,8 +164,10 @@ export async function status(opts: StatusOptions & { watch: boolean }, out: Outp
     process.stdout.write(opts.json ? `${JSON.stringify(s)}\n` : `${renderStatus(s)}\n`);
     return 0;
   }
-  // watch: redraw every second on a terminal, one JSON line per change with --json, until the run ends.
+  // watch: redraw every second on a terminal, one JSON line per change with --json, until the run ends (or its
+  // coordinator is seen gone three times in a row: a crashed run would otherwise say "running" forever).
   let last = "";
+  let gone = 0;
   for (;;) {
     let s: StatusSnapshot;
     try {
@@ -145,6 +185,11 @@ export async function status(opts: StatusOptions & { watch: boolean }, out: Outp
       last = text;
     }
     if (ENDED.has(s.run.status)) return 0;
+    gone = s.coordinator === "gone" ? gone + 1 : 0;
+    if (gone >= 3) {
+      out.warn(`run ${s.run.runId} says "${s.run.status}" but no coordinator holds its lock: it died; run the same command again to resume it`);
+      return 1;
+    }
     await new Promise((r) => setTimeout(r, 1000));
   }
 }

@@ -3,6 +3,11 @@ import { hostname } from "node:os";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { errorMessage } from "./errors.js";
 
+/** NATS URLs as they may be stored, logged and shown: any user:password@ part removed. */
+export function withoutCredentials(urls: string): string {
+  return urls.split(",").map((u) => u.trim().replace(/\/\/[^@/]*@/, "//")).join(",");
+}
+
 export class NatsConnectError extends Error {
   override name = "NatsConnectError";
 }
@@ -20,7 +25,7 @@ export async function connectNats(url: string, name: string): Promise<NatsConnec
   } catch (err) {
     const msg = errorMessage(err);
     const hint = /CONNECTION_REFUSED|ECONNREFUSED/i.test(msg) ? "connection refused (is nats-server running there with -js?)" : msg;
-    throw new NatsConnectError(`cannot connect to NATS at ${url}: ${hint}`, { cause: err });
+    throw new NatsConnectError(`cannot connect to NATS at ${withoutCredentials(url)}: ${hint}`, { cause: err });
   }
 }
 

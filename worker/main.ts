@@ -176,19 +176,23 @@ export class Worker {
     // working() keeps the job ours; a progress event at the same pace tells the coordinator we are alive.
     // Once the handler has returned, no progress may follow: "end" and "done" are the job's last events.
     let finished = false;
-    const heartbeat = setInterval(() => {
-      msg.working();
-      if (!finished && Date.now() - lastEmit >= heartbeatMs) void emit("progress", { progress: { ...lastProgress, stage: "running" } }).catch(() => undefined);
-    }, heartbeatMs);
+    let heartbeat: NodeJS.Timeout | undefined;
 
+    msg.working();
     try {
       if (attempt > 1 && (await this.resultExists(job))) {
         // An earlier delivery finished and published its result, but its ack was lost: nothing to do again.
+        finished = true;
         log.info({ attempt }, `${kind} ${JSON.stringify(job.db.name)} was already done by an earlier delivery; acknowledged`);
         msg.ack();
         return;
       }
       await emit("claimed");
+      // working() keeps the job ours; a progress event at the same pace tells the coordinator we are alive.
+      heartbeat = setInterval(() => {
+        msg.working();
+        if (!finished && Date.now() - lastEmit >= heartbeatMs) void emit("progress", { progress: { ...lastProgress, stage: "running" } }).catch(() => undefined);
+      }, heartbeatMs);
       await emit("progress", { progress: { bytes: 0, totalBytes: null, stage: "start" } }).catch(() => undefined);
       log.info({ attempt, maxAttempts }, `${kind} ${JSON.stringify(job.db.name)} claimed, attempt ${attempt} of ${maxAttempts}`);
       const result: JobResult = await (handlers[kind] as (j: Job, r: unknown, c: WorkerContext) => Promise<JobResult>)(

@@ -28,7 +28,7 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
     run.log.info({ attempt: run.attempt }, "recreated the database before restoring again");
   }
 
-  const progress = startSizeProgress(server, job.maintenanceDb, job.db.name, manifest.bytes, run.progress);
+  const progress = startSizeProgress(server, job.maintenanceDb, job.db.name, job.estimatedBytes ?? null, run.progress);
   const started = Date.now();
   try {
     await runTool(ctx.tools, "pg_restore", [`--jobs=${job.jobs}`, "--exit-on-error", dbnameArg(job.db.name), dir], {
@@ -54,7 +54,7 @@ function startSizeProgress(
   server: ReturnType<typeof serverFor>,
   maintenanceDb: string,
   database: string,
-  dumpBytes: number,
+  sourceBytes: number | null,
   report: (p: Omit<Progress, "stage">) => void,
 ): { stop(): void } {
   let stopped = false;
@@ -64,24 +64,29 @@ function startSizeProgress(
     clientP ??= connect(server, maintenanceDb, "pg-migrate progress").catch(() => undefined);
     void clientP.then(async (c) => {
       if (!c || stopped) return;
-      const { rows } = await c
-        .query<{ size: string; copies: string; copied: string; indexes: string; done: string; total: string }>(
-          `SELECT pg_database_size($1) AS size,
-                  (SELECT count(*) FROM pg_stat_progress_copy WHERE datname = $1) AS copies,
+      const size = await c.query<{ size: string }>("SELECT pg_database_size($1) AS size", [database]).catch(() => undefined);
+      if (!size?.rows[0]) return;
+      // pg_stat_progress_copy arrived in PostgreSQL 14: older targets report the size alone.
+      const views = await c
+        .query<{ copies: string; copied: string; indexes: string; done: string; total: string }>(
+          `SELECT (SELECT count(*) FROM pg_stat_progress_copy WHERE datname = $1) AS copies,
                   (SELECT coalesce(sum(bytes_processed), 0) FROM pg_stat_progress_copy WHERE datname = $1) AS copied,
                   (SELECT count(*) FROM pg_stat_progress_create_index WHERE datname = $1) AS indexes,
                   (SELECT coalesce(sum(blocks_done), 0) FROM pg_stat_progress_create_index WHERE datname = $1) AS done,
                   (SELECT coalesce(sum(blocks_total), 0) FROM pg_stat_progress_create_index WHERE datname = $1) AS total`,
           [database],
         )
-        .catch(() => ({ rows: [] }));
-      const r = rows[0];
-      if (!r) return;
+        .catch(() => undefined);
+      const v = views?.rows[0];
       report({
-        bytes: Number(r.size),
-        totalBytes: dumpBytes,
-        copy: { tables: Number(r.copies), bytes: Number(r.copied) },
-        index: { building: Number(r.indexes), blocksDone: Number(r.done), blocksTotal: Number(r.total) },
+        bytes: Number(size.rows[0].size),
+        totalBytes: sourceBytes,
+        ...(v
+          ? {
+              copy: { tables: Number(v.copies), bytes: Number(v.copied) },
+              index: { building: Number(v.indexes), blocksDone: Number(v.done), blocksTotal: Number(v.total) },
+            }
+          : {}),
       });
     });
   }, PROGRESS_EVERY_MS);

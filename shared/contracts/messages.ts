@@ -61,6 +61,8 @@ const RestoreJob = z.object({
   maintenanceDb: z.string(),
   /** Drop and recreate the (run-created) database before restoring: set when an earlier attempt may have written. */
   recreate: z.boolean(),
+  /** The database's size on the source: what restore progress (its size on the target) is measured against. */
+  estimatedBytes: z.number().optional(),
 });
 const VerifyJob = z.object({ ...jobBase, kind: z.literal("verify"), target: ConnSpec });
 
@@ -135,10 +137,11 @@ const VerifyDetail = z.object({ v: z.literal(CONTRACT_VERSION), tables: z.array(
 export type VerifyDetail = z.infer<typeof VerifyDetail>;
 
 /**
- * How far a job is. dump: bytes pg_dump wrote so far, against the database's size on the source; restore: the
- * target database's size, against the dump's size, with the COPYs and index builds the target reports
- * (pg_stat_progress_copy, pg_stat_progress_create_index); verify: tables counted. stage "start" comes right after
- * "claimed" and "end" right before "done", so every job reports progress at least twice.
+ * How far a job is. dump: bytes pg_dump wrote so far, against the database's size on the source (an estimate:
+ * dumps are compressed and hold no indexes); restore: the database's size on the target against its size on the
+ * source, with the COPYs and index builds the target reports (pg_stat_progress_copy and
+ * pg_stat_progress_create_index, PostgreSQL 14 and later); verify: start and end only. stage "start" comes right
+ * after "claimed" and "end" right before "done", so every job reports progress at least twice.
  */
 const Progress = z.object({
   bytes: z.number(),

@@ -39,6 +39,12 @@ test("SIGKILL the coordinator mid-run; the same command again resumes without re
       assert.notDeepEqual(await settingsOf(target), before, "the killed run left fast-restore settings behind");
       // Its workers, its nats-server and their tools end with it (the kernel's parent-death signal).
       await assertNoLeftovers(home, [source.port, target.port]);
+      // status sees a run that says "running" with no coordinator; watch says so and stops instead of waiting forever.
+      const seen = JSON.parse((await runCli(["status", "--json"], env1)).stdout) as { run: { status: string }; coordinator: string };
+      assert.deepEqual([seen.run.status, seen.coordinator], ["running", "gone"]);
+      const watched = await runCli(["watch", "--json"], env1, 60_000);
+      assert.equal(watched.exitCode, 1, watched.stderr);
+      assert.match(watched.stderr, /no coordinator holds its lock: it died; run the same command again to resume it/);
 
       const r2 = await runCli(args, env1);
       assert.equal(r2.exitCode, 0, r2.stderr);

@@ -16,6 +16,7 @@ import { startCli } from "../helpers/live.js";
 
 interface Snapshot {
   run: { runId: string; status: string };
+  coordinator: string;
   databases: { name: string; phase: string; verifiedRows: number | null }[];
   workers: { id: string }[] | null;
 }
@@ -41,6 +42,7 @@ test("status and watch show a run as it goes and as it ended; the summary table 
         const s = JSON.parse(during.stdout) as Snapshot;
         assert.equal(s.run.runId, runId);
         assert.equal(s.run.status, "running");
+        assert.equal(s.coordinator, "alive");
         assert.equal(s.workers?.length, 2, `live workers: ${JSON.stringify(s.workers)}`);
         assert.equal(s.databases.find((d) => d.name === "shop")?.phase, "dumping");
         assert.deepEqual(s.databases.map((d) => d.name).sort(), [...demoDatabases].sort());
