@@ -12,6 +12,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
 import type pg from "pg";
+import { kvKeys } from "../shared/contracts/jetstream.js";
 import { errorMessage, PreflightError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 
@@ -125,14 +126,14 @@ export class TargetLock {
 
   /** The same lock in the runs KV, compare-and-set, for coordinators that do not share this host's files. */
   async holdInKv(kv: KV, key: string): Promise<void> {
-    const k = `lock.${key}`;
+    const k = kvKeys.lock(key);
     const value = () => JSON.stringify({ ...this.holder, at: new Date().toISOString() });
     let revision: number;
     try {
       revision = await kv.create(k, value());
     } catch {
       const entry = await kv.get(k);
-      const current = entry && entry.operation === "PUT" ? (entry.json() as LockHolder) : undefined;
+      const current = entry && entry.operation === "PUT" ? parseHolder(entry.string()) : undefined;
       // Another host's heartbeat is judged by the broker's clock (when the entry was written), not the holder's.
       if (current && !isStale({ ...current, at: entry!.created.toISOString() })) throw refusal(current);
       if (current) this.log.warn({ holder: current }, "taking over a stale target lock in the KV");
@@ -153,7 +154,7 @@ export class TargetLock {
       this.log.warn({ err: errorMessage(err) }, "target lock not refreshed");
       // An update whose reply was lost leaves us a revision behind: take the entry's if it is still ours.
       const entry = await this.kv?.kv.get(this.kv.key).catch(() => null);
-      const current = entry && entry.operation === "PUT" ? (entry.json() as LockHolder) : undefined;
+      const current = entry && entry.operation === "PUT" ? parseHolder(entry.string()) : undefined;
       if (this.kv && entry && current && sameHolder(current, this.holder)) this.kv.revision = entry.revision;
       else if (this.kv && current) this.log.error({ holder: current }, "the target lock in the KV is now held by another run");
     }
@@ -173,9 +174,14 @@ function sameHolder(a: LockHolder, b: LockHolder): boolean {
   return a.pid === b.pid && a.host === b.host && a.startedAt === b.startedAt;
 }
 
+/** A lock's holder as pg-migrate itself wrote it (file or KV entry). */
+export function parseHolder(text: string): LockHolder {
+  return JSON.parse(text) as LockHolder;
+}
+
 async function readHolder(path: string): Promise<LockHolder | undefined> {
   try {
-    return JSON.parse(await readFile(path, "utf8")) as LockHolder;
+    return parseHolder(await readFile(path, "utf8"));
   } catch {
     return undefined;
   }

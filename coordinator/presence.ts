@@ -3,7 +3,7 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { subjects } from "../shared/contracts/jetstream.js";
-import { CONTRACT_VERSION, encode } from "../shared/contracts/messages.js";
+import { CONTRACT_VERSION, decodePresence, encode } from "../shared/contracts/messages.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 
@@ -26,8 +26,14 @@ export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: L
       for await (const key of await kv.keys()) {
         const entry = await kv.get(key).catch(() => null);
         if (!entry || entry.operation !== "PUT") continue;
-        const info = safeJson(entry.string());
-        now.set(key, { ...(typeof info.host === "string" ? { host: info.host } : {}), ...(typeof info.pid === "number" ? { pid: info.pid } : {}) });
+        let info: { host?: string; pid?: number } = {};
+        try {
+          const p = decodePresence(entry.value, key);
+          info = { host: p.host, pid: p.pid };
+        } catch {
+          // an entry of another version: the worker is there, its details unknown
+        }
+        now.set(key, info);
       }
       const changes: [string, "joined" | "left", { host?: string; pid?: number }][] = [];
       for (const [id, info] of now) if (!known.has(id)) changes.push([id, "joined", info]);
@@ -49,13 +55,4 @@ export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: L
   void look();
   const timer = setInterval(() => void look(), EVERY_MS);
   return { current: () => new Map(known), stop: () => clearInterval(timer) };
-}
-
-function safeJson(text: string): Record<string, unknown> {
-  try {
-    const v: unknown = JSON.parse(text);
-    return v && typeof v === "object" ? (v as Record<string, unknown>) : {};
-  } catch {
-    return {};
-  }
 }

@@ -8,7 +8,7 @@ import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jet
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type pg from "pg";
-import { ensureJetStream, JOBS_STREAM, openOrCreateKv, RUNS_BUCKET, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { ensureJetStream, JOBS_STREAM, kvKeys, openOrCreateKv, RUNS_BUCKET, WORKER_TTL_MS, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { CONTRACT_VERSION, encode } from "../shared/contracts/messages.js";
 import { subjects } from "../shared/contracts/jetstream.js";
 import { dbKey } from "../shared/dbkey.js";
@@ -176,7 +176,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       state.attachKv(runsKv);
       await lock.setRun(state.runId);
       await nameRunOnTarget(tgt.client, state.runId);
-      await runsKv.put(`pair.${pk}`, state.runId);
+      await runsKv.put(kvKeys.pair(pk), state.runId);
       await state.save();
       const log = createLogger({ level: "info", file: join(home, "logs", `${state.runId}.log`), base: { runId: state.runId }, stderrLevel: cfg.logLevel });
       out.line(`run ${state.runId}: logs in ${join(home, "logs", `${state.runId}.log`)}`);

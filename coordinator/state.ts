@@ -3,6 +3,7 @@
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
+import { kvKeys } from "../shared/contracts/jetstream.js";
 import { customAlphabet } from "nanoid";
 import type { CreateSpec, Mismatch } from "../shared/contracts/messages.js";
 import type { DbPhase, JobKind } from "../shared/contracts/phases.js";
@@ -82,6 +83,11 @@ export class RunState {
     private readonly log: Logger,
   ) {}
 
+  /** A run record as write() below wrote it (local file or KV entry). */
+  static parse(text: string): RunRecord {
+    return JSON.parse(text) as RunRecord;
+  }
+
   static stateRoot(home: string): string {
     return join(home, "state");
   }
@@ -108,11 +114,11 @@ export class RunState {
    * another home) resumes a run whose local files it does not have. The record becomes local from here on.
    */
   static async fromKv(kv: KV, home: string, pairKey: string, log: Logger): Promise<RunState | undefined> {
-    const pair = await kv.get(`pair.${pairKey}`).catch(() => null);
+    const pair = await kv.get(kvKeys.pair(pairKey)).catch(() => null);
     if (!pair || pair.operation !== "PUT") return undefined;
-    const entry = await kv.get(`run.${pair.string()}`).catch(() => null);
+    const entry = await kv.get(kvKeys.run(pair.string())).catch(() => null);
     if (!entry || entry.operation !== "PUT") return undefined;
-    const record = JSON.parse(entry.string()) as RunRecord;
+    const record = RunState.parse(entry.string());
     if (record.pairKey !== pairKey || ended(record)) return undefined;
     return RunState.create(home, record, log);
   }
@@ -169,7 +175,7 @@ export class RunState {
     await writeFile(tmp, text, { mode: 0o600 });
     await rename(tmp, path);
     if (this.kv) {
-      await this.kv.put(`run.${this.runId}`, text).catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "KV run record not updated"));
+      await this.kv.put(kvKeys.run(this.runId), text).catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "KV run record not updated"));
     }
   }
 }
@@ -181,7 +187,7 @@ function ended(r: RunRecord): boolean {
 async function readRecord(path: string): Promise<RunRecord | undefined> {
   try {
     // Our own file, written whole by write() above.
-    return JSON.parse(await readFile(path, "utf8")) as RunRecord;
+    return RunState.parse(await readFile(path, "utf8"));
   } catch {
     return undefined;
   }

@@ -5,13 +5,14 @@ import { join } from "node:path";
 import Table from "cli-table3";
 import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { kvKeys, RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { decodePresence } from "../shared/contracts/messages.js";
 import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
 import { connectNats, withoutCredentials } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { bytes, seconds, type Output } from "./output.js";
-import { isStale, type LockHolder } from "./lock.js";
+import { isStale, parseHolder, type LockHolder } from "./lock.js";
 import { RunState, type RunRecord } from "./state.js";
 
 export interface StatusOptions {
@@ -67,9 +68,9 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promi
     try {
       const kv = await new Kvm(nc).open(RUNS_BUCKET);
       const records: RunRecord[] = [];
-      for await (const key of await kv.keys(opts.runId ? `run.${opts.runId}` : "run.*")) {
+      for await (const key of await kv.keys(opts.runId ? kvKeys.run(opts.runId) : kvKeys.allRuns)) {
         const e = await kv.get(key);
-        if (e && e.operation === "PUT") records.push(JSON.parse(e.string()) as RunRecord);
+        if (e && e.operation === "PUT") records.push(RunState.parse(e.string()));
       }
       const newest = records.sort((a, b) => b.startedAt.localeCompare(a.startedAt))[0];
       if (!newest) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} in the KV of ${withoutCredentials(opts.natsUrl)}`);
@@ -91,7 +92,7 @@ async function fileLockHolders(): Promise<LockHolder[]> {
   const holders: LockHolder[] = [];
   for (const n of names.filter((x) => x.endsWith(".json"))) {
     try {
-      holders.push(JSON.parse(await readFile(join(dir, n), "utf8")) as LockHolder);
+      holders.push(parseHolder(await readFile(join(dir, n), "utf8")));
     } catch {
       // being replaced right now
     }
@@ -105,9 +106,9 @@ async function kvLockHolders(url: string): Promise<LockHolder[]> {
   try {
     const kv = await new Kvm(nc).open(RUNS_BUCKET);
     const holders: LockHolder[] = [];
-    for await (const key of await kv.keys("lock.*")) {
+    for await (const key of await kv.keys(kvKeys.allLocks)) {
       const e = await kv.get(key);
-      if (e && e.operation === "PUT") holders.push({ ...(e.json() as LockHolder), at: e.created.toISOString() });
+      if (e && e.operation === "PUT") holders.push({ ...parseHolder(e.string()), at: e.created.toISOString() });
     }
     return holders;
   } finally {
@@ -126,7 +127,8 @@ async function liveWorkers(url: string | undefined): Promise<StatusSnapshot["wor
       const e = await kv.get(key);
       if (!e || e.operation !== "PUT") continue;
       try {
-        workers.push({ id: key, ...(JSON.parse(e.string()) as object) });
+        const { id: _id, ...p } = decodePresence(e.value, key);
+        workers.push({ id: key, ...p });
       } catch {
         workers.push({ id: key });
       }

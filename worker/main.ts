@@ -86,7 +86,7 @@ export class Worker {
     }
     const beat = () =>
       this.presence
-        ?.put(this.ctx.id, JSON.stringify({ id: this.ctx.id, host: hostname(), pid: process.pid, jobs: this.jobsDone, inFlight: this.inFlight.size, at: new Date().toISOString() }))
+        ?.put(this.ctx.id, encode({ id: this.ctx.id, host: hostname(), pid: process.pid, jobs: this.jobsDone, inFlight: this.inFlight.size, at: new Date().toISOString() }))
         .catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "presence refresh failed"));
     await beat();
     this.presenceTimer = setInterval(beat, PRESENCE_EVERY_MS);

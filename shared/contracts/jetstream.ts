@@ -40,6 +40,17 @@ export const subjects = {
 
 export const consumerName = (kind: JobKind) => `pgmigrate-${kind}`;
 
+/** Keys of the runs bucket. Run ids and target/pair keys are generated tokens. */
+export const kvKeys = {
+  run: (runId: string) => `run.${token(runId, "run id")}`,
+  allRuns: "run.*",
+  /** The unfinished run between two servers. */
+  pair: (pairKey: string) => `pair.${token(pairKey, "pair key")}`,
+  /** The live run on a target. */
+  lock: (targetKey: string) => `lock.${token(targetKey, "target key")}`,
+  allLocks: "lock.*",
+} as const;
+
 export interface JetStreamLayout {
   replicas: number;
   ackWaitMs: number;

@@ -207,10 +207,21 @@ export type DbEvent = z.infer<typeof DbEvent>;
 export type RunEvent = z.infer<typeof RunEvent>;
 export type WorkerEvent = z.infer<typeof WorkerEvent>;
 
+/** A worker's entry in the presence bucket, refreshed every few seconds while it lives. */
+const Presence = z.object({
+  id: z.string(),
+  host: z.string(),
+  pid: z.number().int(),
+  jobs: z.number().int(),
+  inFlight: z.number().int(),
+  at: z.string(),
+});
+export type Presence = z.infer<typeof Presence>;
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-export function encode(value: Job | Event): Uint8Array {
+export function encode(value: Job | Event | Presence): Uint8Array {
   return encoder.encode(JSON.stringify(value));
 }
 
@@ -231,6 +242,7 @@ function decodeWith<T>(schema: z.ZodType<T>, data: Uint8Array | string, what: st
 export const decodeJob = (data: Uint8Array, subject?: string) => decodeWith(Job, data, "job", subject);
 export const decodeEvent = (data: Uint8Array, subject?: string) => decodeWith(Event, data, "event", subject);
 export const decodeManifest = (text: string, path: string) => decodeWith(Manifest, text, `manifest ${path}`);
+export const decodePresence = (data: Uint8Array, key?: string) => decodeWith(Presence, data, "presence entry", key);
 export const decodeVerifyDetail = (text: string, path: string) => decodeWith(VerifyDetail, text, `verification ${path}`);
 
 /** The JSON schemas of the published contracts, for the README and for third-party consumers. */
