@@ -13,6 +13,7 @@ import { EVENTS_STREAM, JOBS_STREAM, subjects } from "../shared/contracts/jetstr
 import { CONTRACT_VERSION, decodeEvent, encode, type ConnSpec, type Job, type JobEvent } from "../shared/contracts/messages.js";
 import { JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
 import { errorMessage } from "../shared/errors.js";
+import { retry } from "../shared/retry.js";
 import type { Logger } from "../shared/log.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 import { seal, type SharedKey } from "../shared/secrets.js";
@@ -401,15 +402,12 @@ export class Scheduler {
     this.checkFinished();
   }
 
-  private async withRetry<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await fn();
-      } catch (err) {
-        if (this.stopped || attempt >= 30) throw err;
-        this.log.warn({ attempt, err: errorMessage(err) }, `${what} failed; retrying`);
-        await new Promise((r) => setTimeout(r, Math.min(5000, 250 * attempt)));
-      }
-    }
+  private withRetry<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    return retry(fn, {
+      forMs: 120_000,
+      pauseMs: (attempt) => Math.min(5000, 250 * attempt),
+      stop: () => this.stopped,
+      onRetry: (attempt, err) => this.log.warn({ attempt, err: errorMessage(err) }, `${what} failed; retrying`),
+    });
   }
 }

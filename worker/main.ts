@@ -9,6 +9,7 @@ import { CONTRACT_VERSION, decodeEvent, decodeJob, encode, type Progress, type J
 import { JOB_KINDS, type JobKind } from "../shared/contracts/phases.js";
 import { ContractError, errorMessage, ToolError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
+import { retry } from "../shared/retry.js";
 import { PermanentJobError, type Handlers, type WorkerContext } from "./context.js";
 import { dump } from "./dump.js";
 import { restore } from "./restore.js";
@@ -243,16 +244,8 @@ export class Worker {
 }
 
 /** Retries a publish while the broker is away (a restart, a cluster node lost), up to RESULT_PUBLISH_MS. */
-async function retrying<T>(fn: () => Promise<T>, signal: AbortSignal): Promise<T> {
-  const deadline = Date.now() + RESULT_PUBLISH_MS;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (signal.aborted || Date.now() > deadline) throw err;
-      await sleep(1000);
-    }
-  }
+function retrying<T>(fn: () => Promise<T>, signal: AbortSignal): Promise<T> {
+  return retry(fn, { forMs: RESULT_PUBLISH_MS, pauseMs: () => 1000, stop: () => signal.aborted });
 }
 
 function sleep(ms: number): Promise<void> {
