@@ -7,7 +7,7 @@
 // pid is checked, elsewhere the holder's heartbeat must have stopped for STALE_MS.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { link, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { link, mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
@@ -77,7 +77,7 @@ export class TargetLock {
 
   /** Takes the file lock, or refuses with a sentence naming the live run that holds it. */
   static async acquire(home: string, key: string, target: string, log: Logger): Promise<TargetLock> {
-    const dir = join(home, "locks");
+    const dir = lockDir(home);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const path = join(dir, `target-${key}.json`);
     const now = new Date().toISOString();
@@ -172,6 +172,29 @@ export class TargetLock {
 
 function sameHolder(a: LockHolder, b: LockHolder): boolean {
   return a.pid === b.pid && a.host === b.host && a.startedAt === b.startedAt;
+}
+
+const lockDir = (home: string) => join(home, "locks");
+
+/** The holders of the target locks under this home (one file per target while a run is live). */
+export async function fileLockHolders(home: string): Promise<LockHolder[]> {
+  const names = await readdir(lockDir(home)).catch(() => [] as string[]);
+  const holders: LockHolder[] = [];
+  for (const n of names.filter((x) => x.endsWith(".json"))) {
+    const h = await readHolder(join(lockDir(home), n)); // undefined while being replaced
+    if (h) holders.push(h);
+  }
+  return holders;
+}
+
+/** The holders of the target locks in the runs KV, aged by the broker's clock (when the entry was written). */
+export async function kvLockHolders(kv: KV): Promise<LockHolder[]> {
+  const holders: LockHolder[] = [];
+  for await (const key of await kv.keys(kvKeys.allLocks)) {
+    const e = await kv.get(key);
+    if (e && e.operation === "PUT") holders.push({ ...parseHolder(e.string()), at: e.created.toISOString() });
+  }
+  return holders;
 }
 
 /** A lock's holder as pg-migrate itself wrote it (file or KV entry). */

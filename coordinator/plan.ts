@@ -14,7 +14,7 @@ import type { MigrateConfig } from "./config.js";
 import { discoverDatabases, existingDatabases, MAINTENANCE_DB } from "./discovery.js";
 import { settingsFor } from "./fast-restore.js";
 import { bytes, type Output } from "./output.js";
-import { checkServers, inspect, pairKey } from "./preflight.js";
+import { checkServers, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
 import { RunState } from "./state.js";
 import { EXIT } from "./run.js";
 
@@ -51,7 +51,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const onTarget = await existingDatabases(tgt.client);
     // Databases an unfinished run between these servers created are its own: a run with these flags resumes it.
     const previous = cfg.restart ? undefined : await RunState.findUnfinished(appDir(), pairKey(src.info, tgt.info), createLogger({ level: "silent" }));
-    const ours = new Set(previous?.record.databases.filter((d) => d.created).map((d) => d.name) ?? []);
+    const ours = previous?.createdDatabases() ?? new Set<string>();
     const total = selected.reduce((s, d) => s + d.sizeBytes, 0);
     w(`plan: ${describe(cfg.source, cfg.sourceDb)} (PostgreSQL ${src.info.version}) → ${describe(cfg.target, cfg.targetDb)} (PostgreSQL ${tgt.info.version}), ${tools.version}`);
     w();
@@ -99,7 +99,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const free = await freeSpace(cfg.dumpRoot);
     w();
     w(`dump volume: ${cfg.dumpRoot}: ${free === undefined ? "cannot be read" : `${bytes(free)} free`} for dumps of a ${bytes(total)} source (compressed dumps without indexes are usually much smaller)`);
-    if (free !== undefined && free < Math.max(16 * 2 ** 20, total * 0.05)) refusals.push(`the dump volume ${cfg.dumpRoot} has too little free space`);
+    if (free !== undefined && free < minimumDumpSpace(total)) refusals.push(`the dump volume ${cfg.dumpRoot} has too little free space`);
     w(`workers: ${cfg.natsUrl ? `distributed, through ${withoutCredentials(cfg.natsUrl)}` : `embedded, ${cfg.workers} local worker(s) and a local nats-server`}`);
 
     for (const x of warnings) out.warn(x);

@@ -103,6 +103,11 @@ export function pairKey(source: ServerInfo, target: ServerInfo): string {
   return createHash("sha256").update(`${side(source)}>${side(target)}`).digest("hex").slice(0, 16);
 }
 
+/** Below this much free space the dump volume is refused: not even a small share of the source would fit. */
+export function minimumDumpSpace(sourceBytes: number): number {
+  return Math.max(16 * 2 ** 20, sourceBytes * 0.05);
+}
+
 /** The dump volume: writable, and with room for what the source holds (an upper bound: dumps are compressed and carry no indexes). */
 export async function checkDumpVolume(dumpRoot: string, sourceBytes: number): Promise<{ freeBytes: number; warnings: string[] }> {
   try {
@@ -118,7 +123,7 @@ export async function checkDumpVolume(dumpRoot: string, sourceBytes: number): Pr
   const freeBytes = fs.bavail * fs.bsize;
   const warnings: string[] = [];
   const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
-  const minimum = Math.max(16 * 2 ** 20, sourceBytes * 0.05);
+  const minimum = minimumDumpSpace(sourceBytes);
   if (freeBytes < minimum) {
     throw new PreflightError(
       `the dump volume ${dumpRoot} (--dump-root) has ${gib(freeBytes)} free, too little for dumps of a ${gib(sourceBytes)} source: free space or choose another --dump-root`,

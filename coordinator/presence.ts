@@ -3,19 +3,33 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { subjects } from "../shared/contracts/jetstream.js";
-import { CONTRACT_VERSION, decodePresence, encode } from "../shared/contracts/messages.js";
+import { CONTRACT_VERSION, decodePresence, encode, type Presence } from "../shared/contracts/messages.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 
 const EVERY_MS = 2_000;
 
 export interface PresenceWatch {
-  /** The workers present at the last look. */
-  current(): Map<string, { host?: string; pid?: number }>;
   stop(): void;
 }
 
-export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: Logger, onChange?: (worker: string, status: "joined" | "left") => void): PresenceWatch {
+/** The workers in the presence bucket now, by id, with what their entries say (nothing for another version's). */
+export async function readPresence(kv: KV): Promise<Map<string, Partial<Omit<Presence, "id">>>> {
+  const present = new Map<string, Partial<Omit<Presence, "id">>>();
+  for await (const key of await kv.keys()) {
+    const entry = await kv.get(key).catch(() => null);
+    if (!entry || entry.operation !== "PUT") continue;
+    try {
+      const { id: _id, ...p } = decodePresence(entry.value, key);
+      present.set(key, p);
+    } catch {
+      present.set(key, {}); // an entry of another version: the worker is there, its details unknown
+    }
+  }
+  return present;
+}
+
+export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: Logger): PresenceWatch {
   const known = new Map<string, { host?: string; pid?: number }>();
   let busy = false;
   const look = async () => {
@@ -23,25 +37,13 @@ export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: L
     busy = true;
     try {
       const now = new Map<string, { host?: string; pid?: number }>();
-      for await (const key of await kv.keys()) {
-        const entry = await kv.get(key).catch(() => null);
-        if (!entry || entry.operation !== "PUT") continue;
-        let info: { host?: string; pid?: number } = {};
-        try {
-          const p = decodePresence(entry.value, key);
-          info = { host: p.host, pid: p.pid };
-        } catch {
-          // an entry of another version: the worker is there, its details unknown
-        }
-        now.set(key, info);
-      }
+      for (const [id, p] of await readPresence(kv)) now.set(id, { ...(p.host !== undefined ? { host: p.host } : {}), ...(p.pid !== undefined ? { pid: p.pid } : {}) });
       const changes: [string, "joined" | "left", { host?: string; pid?: number }][] = [];
       for (const [id, info] of now) if (!known.has(id)) changes.push([id, "joined", info]);
       for (const [id, info] of known) if (!now.has(id)) changes.push([id, "left", info]);
       known.clear();
       for (const [id, info] of now) known.set(id, info);
       for (const [worker, status, info] of changes) {
-        onChange?.(worker, status);
         await js
           .publish(subjects.event(runId, "worker", status), encode({ v: CONTRACT_VERSION, type: "worker", runId, worker, status, ...info, at: new Date().toISOString() }))
           .catch((err: unknown) => log.warn({ err: errorMessage(err) }, "worker event not published"));
@@ -54,5 +56,5 @@ export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: L
   };
   void look();
   const timer = setInterval(() => void look(), EVERY_MS);
-  return { current: () => new Map(known), stop: () => clearInterval(timer) };
+  return { stop: () => clearInterval(timer) };
 }

@@ -3,7 +3,7 @@
 // A live run on the target is refused by name: reverting under it would slow it down, not save it.
 import { join } from "node:path";
 import { Kvm } from "@nats-io/kv";
-import { kvKeys, RUNS_BUCKET } from "../shared/contracts/jetstream.js";
+import { RUNS_BUCKET } from "../shared/contracts/jetstream.js";
 import { PreflightError } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
 import { connectNats } from "../shared/nats.js";
@@ -35,10 +35,7 @@ export async function revertByHand(target: ServerSpec, targetDb: string, natsUrl
       const kv = await new Kvm(nc).open(RUNS_BUCKET);
       await lock.holdInKv(kv, lockKey);
       const local = new Set(states.map((s) => s.runId));
-      for await (const key of await kv.keys(kvKeys.allRuns)) {
-        const entry = await kv.get(key);
-        if (!entry || entry.operation !== "PUT") continue;
-        const record = RunState.parse(entry.string());
+      for (const record of await RunState.recordsInKv(kv)) {
         if (!local.has(record.runId) && pending(record)) {
           const state = await RunState.create(home, record, log);
           state.attachKv(kv);

@@ -104,7 +104,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
 
       // The target must not already hold any database we would create, unless that run created it.
       const onTarget = await existingDatabases(tgt.client);
-      const ours = new Set(previous?.record.databases.filter((d) => d.created).map((d) => d.name) ?? []);
+      const ours = previous?.createdDatabases() ?? new Set<string>();
       const conflicts = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name)).map((d) => JSON.stringify(d.name));
       if (conflicts.length) {
         throw new PreflightError(

@@ -109,6 +109,21 @@ export class RunState {
     return states;
   }
 
+  /** The run records in the runs bucket (one run's, or all). */
+  static async recordsInKv(kv: KV, runId?: string): Promise<RunRecord[]> {
+    const records: RunRecord[] = [];
+    for await (const key of await kv.keys(runId ? kvKeys.run(runId) : kvKeys.allRuns)) {
+      const e = await kv.get(key);
+      if (e && e.operation === "PUT") records.push(RunState.parse(e.string()));
+    }
+    return records;
+  }
+
+  /** The databases this run created on the target: its own, never a conflict for it. */
+  createdDatabases(): Set<string> {
+    return new Set(this.record.databases.filter((d) => d.created).map((d) => d.name));
+  }
+
   /**
    * The unfinished run between these servers as the KV knows it: how a coordinator on another host (or with
    * another home) resumes a run whose local files it does not have. The record becomes local from here on.

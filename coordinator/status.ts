@@ -1,18 +1,16 @@
 // `pg-migrate status [run]` and `pg-migrate watch [run]`: a run's databases and the live workers, from the run
 // record (this home's, or the KV of --nats-url) and the presence bucket of the run's broker. --json for scripts.
-import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
 import Table from "cli-table3";
 import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { kvKeys, RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
-import { decodePresence } from "../shared/contracts/messages.js";
+import { RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
 import { connectNats, withoutCredentials } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { bytes, seconds, type Output } from "./output.js";
-import { isStale, parseHolder, type LockHolder } from "./lock.js";
+import { fileLockHolders, isStale, kvLockHolders } from "./lock.js";
+import { readPresence } from "./presence.js";
 import { RunState, type RunRecord } from "./state.js";
 
 export interface StatusOptions {
@@ -42,7 +40,7 @@ export interface StatusSnapshot {
 
 export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promise<StatusSnapshot> {
   const r = await findRecord(opts);
-  const holders = opts.natsUrl ? await kvLockHolders(opts.natsUrl) : await fileLockHolders();
+  const holders = opts.natsUrl ? await kvHolders(opts.natsUrl) : await fileLockHolders(appDir());
   const held = holders.some((h) => h.runId === r.runId && !isStale(h));
   return {
     coordinator: held ? "alive" : "gone",
@@ -66,12 +64,7 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promi
   if (opts.natsUrl) {
     const nc = await connectNats(opts.natsUrl, "pg-migrate-status");
     try {
-      const kv = await new Kvm(nc).open(RUNS_BUCKET);
-      const records: RunRecord[] = [];
-      for await (const key of await kv.keys(opts.runId ? kvKeys.run(opts.runId) : kvKeys.allRuns)) {
-        const e = await kv.get(key);
-        if (e && e.operation === "PUT") records.push(RunState.parse(e.string()));
-      }
+      const records = await RunState.recordsInKv(await new Kvm(nc).open(RUNS_BUCKET), opts.runId);
       const newest = records.sort((a, b) => b.startedAt.localeCompare(a.startedAt))[0];
       if (!newest) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} in the KV of ${withoutCredentials(opts.natsUrl)}`);
       return newest;
@@ -85,32 +78,10 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promi
   return found.record;
 }
 
-/** The holders of the target locks under this home (one file per target while a run is live). */
-async function fileLockHolders(): Promise<LockHolder[]> {
-  const dir = join(appDir(), "locks");
-  const names = await readdir(dir).catch(() => [] as string[]);
-  const holders: LockHolder[] = [];
-  for (const n of names.filter((x) => x.endsWith(".json"))) {
-    try {
-      holders.push(parseHolder(await readFile(join(dir, n), "utf8")));
-    } catch {
-      // being replaced right now
-    }
-  }
-  return holders;
-}
-
-/** The holders of the target locks in the runs KV, aged by the broker's clock. */
-async function kvLockHolders(url: string): Promise<LockHolder[]> {
+async function kvHolders(url: string): ReturnType<typeof kvLockHolders> {
   const nc = await connectNats(url, "pg-migrate-status");
   try {
-    const kv = await new Kvm(nc).open(RUNS_BUCKET);
-    const holders: LockHolder[] = [];
-    for await (const key of await kv.keys(kvKeys.allLocks)) {
-      const e = await kv.get(key);
-      if (e && e.operation === "PUT") holders.push({ ...parseHolder(e.string()), at: e.created.toISOString() });
-    }
-    return holders;
+    return await kvLockHolders(await new Kvm(nc).open(RUNS_BUCKET));
   } finally {
     await nc.close().catch(() => undefined);
   }
@@ -121,19 +92,8 @@ async function liveWorkers(url: string | undefined): Promise<StatusSnapshot["wor
   let nc: NatsConnection | undefined;
   try {
     nc = await connect({ servers: url.split(","), name: "pg-migrate-status", timeout: 2_000, maxReconnectAttempts: 0 });
-    const kv = await new Kvm(nc).open(WORKERS_BUCKET);
-    const workers: NonNullable<StatusSnapshot["workers"]> = [];
-    for await (const key of await kv.keys()) {
-      const e = await kv.get(key);
-      if (!e || e.operation !== "PUT") continue;
-      try {
-        const { id: _id, ...p } = decodePresence(e.value, key);
-        workers.push({ id: key, ...p });
-      } catch {
-        workers.push({ id: key });
-      }
-    }
-    return workers.sort((a, b) => a.id.localeCompare(b.id));
+    const present = await readPresence(await new Kvm(nc).open(WORKERS_BUCKET));
+    return [...present].map(([id, p]) => ({ id, ...p })).sort((a, b) => a.id.localeCompare(b.id));
   } catch {
     return null;
   } finally {
