@@ -3,8 +3,10 @@ import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import { bool, nonEmpty, port, positiveInt } from "../shared/cli-values.js";
 import { ConfigError, errorMessage, InterruptedError, PreflightError, ToolError } from "../shared/errors.js";
-import { NatsConnectError } from "../shared/nats.js";
-import { ConnectError } from "../shared/pg/connect.js";
+import { natsAuthFrom, natsAuthOptions, NatsConnectError, withoutCredentials, type NatsAuthFlags } from "../shared/nats.js";
+import { ConnectError, type ServerSpec } from "../shared/pg/connect.js";
+import { SSL_MODES } from "../shared/pg/tls.js";
+import { readSecretFile } from "../shared/secrets.js";
 import { resolveDumpRoot } from "../shared/paths.js";
 import { DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER } from "../shared/contracts/jetstream.js";
 import { FAST_RESTORE_MODES, type FastRestoreMode, type MigrateConfig } from "./config.js";
@@ -14,33 +16,81 @@ import { revertByHand } from "./revert.js";
 import { status } from "./status.js";
 import { EXIT, migrate } from "./run.js";
 
-interface RawOptions {
-  fromHost: string; fromPort: number; fromUser: string; fromPass: string; fromDb: string;
-  toHost: string; toPort: number; toUser: string; toPass: string; toDb: string;
+interface ServerFlags {
+  Host: string; Port: number; User: string; Pass: string; PassFile?: string; Db: string;
+  Sslmode?: string; Sslrootcert?: string; Sslcert?: string; Sslkey?: string;
+}
+type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[K] };
+type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & NatsAuthFlags & {
   jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean;
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
   keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number; report?: string; logLevel?: string;
+};
+
+type Side = "from" | "to";
+const ROLE = { from: "source", to: "target" } as const;
+const ENV = { from: "PGMIGRATE_FROM", to: "PGMIGRATE_TO" } as const;
+
+/** One server's flags: where, who, how to prove it (a password file or the environment) and TLS. */
+function serverOptions(side: Side): Option[] {
+  const role = ROLE[side];
+  const env = ENV[side];
+  return [
+    new Option(`--${side}-host <host>`, `${role} host`).default("localhost").argParser(nonEmpty),
+    new Option(`--${side}-port <port>`, `${role} port`).default(5432).argParser(port),
+    side === "to"
+      ? new Option("--to-user <user>", "target user (the migration user: never created or altered by the globals)").default("postgres").argParser(nonEmpty)
+      : new Option("--from-user <user>", "source user").default("postgres").argParser(nonEmpty),
+    new Option(`--${side}-pass <password>`, `${role} password (visible in the process list: use ${env}_PASS or --${side}-pass-file)`).env(`${env}_PASS`).default(side === "from" ? "oldpass" : "newpass"),
+    new Option(`--${side}-pass-file <file>`, `file whose first line is the ${role} password`).env(`${env}_PASS_FILE`),
+    side === "to"
+      ? new Option("--to-db <db>", "target database used for settings, globals and CREATE DATABASE").default("postgres").argParser(nonEmpty)
+      : new Option("--from-db <db>", "source database used for discovery").default("postgres").argParser(nonEmpty),
+    new Option(`--${side}-sslmode <mode>`, `TLS to the ${role}, as libpq's sslmode (default prefer)`).choices(SSL_MODES).env(`${env}_SSLMODE`),
+    new Option(`--${side}-sslrootcert <file>`, `CA certificate(s) that verify the ${role}'s server certificate`).env(`${env}_SSLROOTCERT`),
+    new Option(`--${side}-sslcert <file>`, `client certificate for the ${role} (with --${side}-sslkey)`).env(`${env}_SSLCERT`),
+    new Option(`--${side}-sslkey <file>`, `client key for the ${role}`).env(`${env}_SSLKEY`),
+  ];
+}
+
+/** A server's spec from its flags; the password from --X-pass-file when given, else --X-pass / PGMIGRATE_X_PASS. */
+function serverSpec(side: Side, o: RawOptions, program: Command): ServerSpec {
+  const f = (k: keyof ServerFlags) => (o as unknown as Record<string, unknown>)[`${side}${k}`] as string | undefined;
+  const passFile = f("PassFile");
+  if (passFile && program.getOptionValueSource(`${side}Pass`) === "cli") {
+    throw new ConfigError(`--${side}-pass and --${side}-pass-file both give the ${ROLE[side]} password: keep one (the file)`, `--${side}-pass`);
+  }
+  const password = passFile ? readSecretFile(passFile, `--${side}-pass-file`) : f("Pass");
+  const spec: ServerSpec = { role: ROLE[side], host: f("Host")!, port: Number(f("Port")), user: f("User")!, password };
+  for (const k of ["sslmode", "sslrootcert", "sslcert", "sslkey"] as const) {
+    const v = f(`Ssl${k.slice(3)}` as keyof ServerFlags);
+    if (v !== undefined) spec[k] = k === "sslmode" ? v : resolve(v);
+  }
+  if ((spec.sslcert === undefined) !== (spec.sslkey === undefined)) {
+    throw new ConfigError(`--${side}-sslcert and --${side}-sslkey go together`, `--${side}-sslcert`);
+  }
+  return spec;
+}
+
+function withOptions(program: Command, options: Option[]): Command {
+  for (const o of options) program.addOption(o);
+  return program;
 }
 
 /** The target's flags, shared by the migration and by revert-settings. */
 function targetOptions(): Option[] {
-  return [
-    new Option("--to-host <host>", "target host").default("localhost").argParser(nonEmpty),
-    new Option("--to-port <port>", "target port").default(5432).argParser(port),
-    new Option("--to-user <user>", "target user (the migration user: never created or altered by the globals)").default("postgres").argParser(nonEmpty),
-    new Option("--to-pass <password>", "target password (visible in the process list: prefer PGMIGRATE_TO_PASS)").env("PGMIGRATE_TO_PASS").default("newpass"),
-    new Option("--to-db <db>", "target database used for settings, globals and CREATE DATABASE").default("postgres").argParser(nonEmpty),
-  ];
+  return serverOptions("to");
 }
 
 export function buildRevertProgram(): Command {
   const program = new Command("pg-migrate revert-settings").description(
     "Put back the target settings a run changed for fast-restore, from the run records under ~/.pg-migrate (and the KV with --nats-url). For the day a run could not do it itself.",
   );
-  for (const o of targetOptions()) program.addOption(o);
-  return program
-    .addOption(new Option("--nats-url <url>", "also look for run records in this NATS server's KV").env("PGMIGRATE_NATS_URL"))
+  withOptions(program, targetOptions());
+  program
+    .addOption(new Option("--nats-url <url>", "also look for run records in this NATS server's KV").env("PGMIGRATE_NATS_URL"));
+  return withOptions(program, natsAuthOptions())
     .showHelpAfterError("(pg-migrate revert-settings --help lists the options)")
     .exitOverride()
     .configureOutput({ writeErr: (x) => process.stderr.write(x) });
@@ -48,20 +98,17 @@ export function buildRevertProgram(): Command {
 
 export function buildProgram(): Command {
   const program = new Command("pg-migrate")
-    .description("Move every database and the roles of one PostgreSQL server to another, verified row for row, through NATS JetStream workers.")
-    .addOption(new Option("--from-host <host>", "source host").default("localhost").argParser(nonEmpty))
-    .addOption(new Option("--from-port <port>", "source port").default(5432).argParser(port))
-    .addOption(new Option("--from-user <user>", "source user").default("postgres").argParser(nonEmpty))
-    .addOption(new Option("--from-pass <password>", "source password (visible in the process list: prefer PGMIGRATE_FROM_PASS)").env("PGMIGRATE_FROM_PASS").default("oldpass"))
-    .addOption(new Option("--from-db <db>", "source database used for discovery").default("postgres").argParser(nonEmpty));
-  for (const o of targetOptions()) program.addOption(o);
-  return program
+    .description("Move every database and the roles of one PostgreSQL server to another, verified row for row, through NATS JetStream workers.");
+  withOptions(program, [...serverOptions("from"), ...targetOptions()]);
+  program
     .addOption(new Option("-j, --jobs <n>", "pg_dump/pg_restore -j for one database").default(4).argParser(positiveInt))
     .addOption(new Option("-m, --max-parallel <n>", "databases in flight at once across all workers").default(4).argParser(positiveInt))
     .addOption(new Option("--dump-root <dir>", "dump volume shared by the workers (relative to $HOME)").default("pg_dumps").env("PGMIGRATE_DUMP_ROOT"))
     .addOption(new Option("--migrate-globals [bool]", "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)").default(true).argParser(bool))
     .addOption(new Option("--no-migrate-globals", "do not migrate roles and tablespaces"))
-    .addOption(new Option("--nats-url <url>", "NATS server(s) of a distributed run (absent: embedded mode, a local nats-server and local workers)").env("PGMIGRATE_NATS_URL"))
+    .addOption(new Option("--nats-url <url>", "NATS server(s) of a distributed run (absent: embedded mode, a local nats-server and local workers)").env("PGMIGRATE_NATS_URL"));
+  withOptions(program, natsAuthOptions());
+  return program
     .addOption(new Option("--workers <n>", "local workers in embedded mode (default: --max-parallel)").argParser(positiveInt))
     .addOption(new Option("--fast-restore <mode>", "target settings during the run: safe, full (also fsync and full_page_writes off) or off").choices(FAST_RESTORE_MODES).default("safe"))
     .addOption(new Option("--compress <level>", "pg_dump --compress for the dumps (0-9)").default("1"))
@@ -77,24 +124,26 @@ export function buildProgram(): Command {
     .addOption(new Option("--nats-replicas <n>", "replicas of the streams and buckets (3 on a NATS cluster)").default(1).argParser(positiveInt))
     .addOption(new Option("--report <path>", "also write the JSON report here (it is always under ~/.pg-migrate/reports)"))
     .addOption(new Option("--log-level <level>", "also print the run's log lines on stderr from this level (JSON; one readable line each on a terminal, where it also turns the progress bars off)").choices(["debug", "info", "warn", "error"]))
-    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS keep them off the command line.")
+    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS, or --from-pass-file and --to-pass-file, keep them off the command line.")
     .showHelpAfterError("(pg-migrate --help lists the options)")
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 }
 
-export function toConfig(o: RawOptions): MigrateConfig {
+export function toConfig(program: Command): MigrateConfig {
+  const o = program.opts<RawOptions>();
   if (!/^\d$/.test(o.compress)) throw new ConfigError(`--compress must be a level from 0 to 9, got ${JSON.stringify(o.compress)}`, "--compress");
   return Object.freeze({
-    source: { role: "source", host: o.fromHost, port: o.fromPort, user: o.fromUser, password: o.fromPass },
+    source: serverSpec("from", o, program),
     sourceDb: o.fromDb,
-    target: { role: "target", host: o.toHost, port: o.toPort, user: o.toUser, password: o.toPass },
+    target: serverSpec("to", o, program),
     targetDb: o.toDb,
     jobs: o.jobs,
     maxParallel: o.maxParallel,
     dumpRoot: resolveDumpRoot(o.dumpRoot),
     migrateGlobals: o.migrateGlobals,
     natsUrl: o.natsUrl,
+    natsAuth: natsAuthFrom(o),
     workers: o.workers ?? o.maxParallel,
     fastRestore: o.fastRestore,
     compress: o.compress,
@@ -127,7 +176,7 @@ export async function main(argv: string[]): Promise<number> {
   // plan reads only: Ctrl-C just ends it (the shell reports 130).
   if (planOnly || program.opts<RawOptions>().dryRun) {
     try {
-      const cfg = toConfig(program.opts<RawOptions>());
+      const cfg = toConfig(program);
       return await plan(cfg, out);
     } catch (err) {
       return report(err, out);
@@ -145,19 +194,28 @@ export async function main(argv: string[]): Promise<number> {
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
-    const cfg = toConfig(program.opts<RawOptions>());
+    const cfg = toConfig(program);
     if (cfg.logLevel) out.plain();
-    for (const flag of ["fromPass", "toPass"] as const) {
-      if (program.getOptionValueSource(flag) === "cli") {
-        out.warn(`--${flag === "fromPass" ? "from" : "to"}-pass puts the password in the process list; PGMIGRATE_${flag === "fromPass" ? "FROM" : "TO"}_PASS keeps it out`);
-      }
-    }
+    warnAboutArgv(program, out);
     return await migrate(cfg, out, abort.signal);
   } catch (err) {
     return report(err, out);
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+  }
+}
+
+/** Secrets given as flags are readable by every user of the host (ps, /proc): say so, once each. */
+function warnAboutArgv(program: Command, out: Output): void {
+  for (const side of ["from", "to"] as const) {
+    if (program.getOptionValueSource(`${side}Pass`) === "cli") {
+      out.warn(`--${side}-pass puts the password in the process list; ${ENV[side]}_PASS or --${side}-pass-file keeps it out`);
+    }
+  }
+  const url = program.opts<RawOptions>().natsUrl;
+  if (url && program.getOptionValueSource("natsUrl") === "cli" && withoutCredentials(url) !== url) {
+    out.warn("--nats-url holds credentials, which puts them in the process list; --nats-user with PGMIGRATE_NATS_PASS keeps them out");
   }
 }
 
@@ -169,7 +227,8 @@ async function statusMain(command: "status" | "watch", argv: string[], out: Outp
         : "The same as status, kept up to date until the run ends.",
     )
     .argument("[run]", "run id (default: the newest)")
-    .addOption(new Option("--nats-url <url>", "read the run from this NATS server's KV (a run of another host)").env("PGMIGRATE_NATS_URL"))
+    .addOption(new Option("--nats-url <url>", "read the run from this NATS server's KV (a run of another host)").env("PGMIGRATE_NATS_URL"));
+  withOptions(program, natsAuthOptions())
     .addOption(new Option("--json", "JSON instead of tables (watch: one line per change)").default(false))
     .showHelpAfterError()
     .exitOverride()
@@ -180,9 +239,9 @@ async function statusMain(command: "status" | "watch", argv: string[], out: Outp
     if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     throw err;
   }
-  const o = program.opts<{ natsUrl?: string; json: boolean }>();
+  const o = program.opts<{ natsUrl?: string; json: boolean } & NatsAuthFlags>();
   try {
-    return await status({ runId: program.args[0], natsUrl: o.natsUrl, json: o.json, watch: command === "watch" }, out);
+    return await status({ runId: program.args[0], natsUrl: o.natsUrl, natsAuth: natsAuthFrom(o), json: o.json, watch: command === "watch" }, out);
   } catch (err) {
     return report(err, out);
   }
@@ -196,14 +255,9 @@ async function revertMain(argv: string[], out: Output): Promise<number> {
     if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     throw err;
   }
-  const o = program.opts<Pick<RawOptions, "toHost" | "toPort" | "toUser" | "toPass" | "toDb" | "natsUrl">>();
+  const o = program.opts<RawOptions>();
   try {
-    return await revertByHand(
-      { role: "target", host: o.toHost, port: o.toPort, user: o.toUser, password: o.toPass },
-      o.toDb,
-      o.natsUrl,
-      out,
-    );
+    return await revertByHand(serverSpec("to", o, program), o.toDb, o.natsUrl ? { url: o.natsUrl, auth: natsAuthFrom(o) } : undefined, out);
   } catch (err) {
     return report(err, out);
   }

@@ -1,6 +1,6 @@
 // The coordinator's configuration: parsed once (flags, then PGMIGRATE_* environment, then defaults) into a
 // frozen, typed object.
-import { withoutCredentials } from "../shared/nats.js";
+import { describeAuth, withoutCredentials, type NatsAuth } from "../shared/nats.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 
 export const FAST_RESTORE_MODES = ["safe", "full", "off"] as const;
@@ -19,6 +19,8 @@ export interface MigrateConfig {
   migrateGlobals: boolean;
   /** Absent: embedded mode (a local nats-server and local workers). */
   natsUrl: string | undefined;
+  /** How to log in to that NATS and whether to use TLS (never stored: publicOptions keeps only its description). */
+  natsAuth: NatsAuth;
   /** Local workers in embedded mode. */
   workers: number;
   fastRestore: FastRestoreMode;
@@ -41,7 +43,7 @@ export interface MigrateConfig {
 
 /** What is safe to write into state files, the KV and reports: everything but the passwords. */
 export function publicOptions(cfg: MigrateConfig) {
-  const { source, target, natsUrl, ...rest } = cfg;
-  const strip = (s: ServerSpec) => ({ host: s.host, port: s.port, user: s.user, sslmode: s.sslmode });
-  return { source: strip(source), target: strip(target), natsUrl: natsUrl === undefined ? undefined : withoutCredentials(natsUrl), ...rest };
+  const { source, target, natsUrl, natsAuth, ...rest } = cfg;
+  const strip = (s: ServerSpec) => ({ host: s.host, port: s.port, user: s.user, sslmode: s.sslmode, sslrootcert: s.sslrootcert, sslcert: s.sslcert, sslkey: s.sslkey });
+  return { source: strip(source), target: strip(target), natsUrl: natsUrl === undefined ? undefined : withoutCredentials(natsUrl), natsAuth: describeAuth(natsAuth), ...rest };
 }

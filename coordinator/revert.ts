@@ -6,7 +6,7 @@ import { Kvm } from "@nats-io/kv";
 import { RUNS_BUCKET } from "../shared/contracts/jetstream.js";
 import { PreflightError } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
-import { connectNats } from "../shared/nats.js";
+import { connectNats, type NatsEndpoint } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
 import { revertSettings } from "./fast-restore.js";
@@ -15,7 +15,7 @@ import type { Output } from "./output.js";
 import { inspect } from "./preflight.js";
 import { RunState, type RunRecord } from "./state.js";
 
-export async function revertByHand(target: ServerSpec, targetDb: string, natsUrl: string | undefined, out: Output): Promise<number> {
+export async function revertByHand(target: ServerSpec, targetDb: string, nats: NatsEndpoint | undefined, out: Output): Promise<number> {
   const home = appDir();
   const log = createLogger({ level: "info", file: join(home, "logs", "revert-settings.log") });
   const { info, client } = await inspect(target, targetDb);
@@ -25,7 +25,7 @@ export async function revertByHand(target: ServerSpec, targetDb: string, natsUrl
     const lockKey = targetLockKey(info.systemId, target.host, target.port);
     lock = await TargetLock.acquire(home, lockKey, `${target.host}:${target.port}`, log);
     await holdOnTarget(client, `${target.host}:${target.port}`);
-    if (natsUrl) nc = await connectNats(natsUrl, "pg-migrate-revert-settings");
+    if (nats) nc = await connectNats(nats.url, "pg-migrate-revert-settings", nats.auth);
     const sameTarget = (r: RunRecord) =>
       info.systemId !== null && r.target.systemId !== null ? r.target.systemId === info.systemId : r.target.host === target.host && r.target.port === target.port;
     const pending = (r: RunRecord) => sameTarget(r) && r.fastRestore.applied && !r.fastRestore.reverted;

@@ -90,7 +90,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     }
     try {
       const natsUrl = cfg.natsUrl ?? embedded!.url;
-      nc = await connectNats(natsUrl, "pg-migrate-coordinator");
+      nc = await connectNats(natsUrl, "pg-migrate-coordinator", cfg.natsUrl ? cfg.natsAuth : {});
       const jsm = await jetstreamManager(nc);
       await ensureJetStream(jsm, { replicas: cfg.natsReplicas, ackWaitMs: cfg.ackWaitMs, maxDeliver: cfg.maxDeliver });
       const kvm = new Kvm(nc);

@@ -263,6 +263,9 @@ export class Scheduler {
       port: s.port,
       user: s.user,
       ...(s.sslmode ? { sslmode: s.sslmode } : {}),
+      ...(s.sslrootcert ? { sslrootcert: s.sslrootcert } : {}),
+      ...(s.sslcert ? { sslcert: s.sslcert } : {}),
+      ...(s.sslkey ? { sslkey: s.sslkey } : {}),
       ...(this.key && s.password !== undefined ? { password: seal(this.key, s.password) } : {}),
     };
   }

@@ -6,7 +6,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
-import { connectNats, withoutCredentials } from "../shared/nats.js";
+import { connectionAuth, connectNats, withoutCredentials, type NatsAuth } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { bytes, seconds, type Output } from "./output.js";
 import { fileLockHolders, isStale, kvLockHolders } from "./lock.js";
@@ -16,6 +16,7 @@ import { RunState, type RunRecord } from "./state.js";
 export interface StatusOptions {
   runId: string | undefined;
   natsUrl: string | undefined;
+  natsAuth: NatsAuth;
   json: boolean;
 }
 
@@ -38,9 +39,9 @@ export interface StatusSnapshot {
   workers: { id: string; host?: string; pid?: number; jobs?: number; inFlight?: number; at?: string }[] | null;
 }
 
-export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promise<StatusSnapshot> {
+export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsAuth">): Promise<StatusSnapshot> {
   const r = await findRecord(opts);
-  const holders = opts.natsUrl ? await kvHolders(opts.natsUrl) : await fileLockHolders(appDir());
+  const holders = opts.natsUrl ? await kvHolders(opts.natsUrl, opts.natsAuth) : await fileLockHolders(appDir());
   const held = holders.some((h) => h.runId === r.runId && !isStale(h));
   return {
     coordinator: held ? "alive" : "gone",
@@ -56,13 +57,13 @@ export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl">): 
       verifiedRows: d.verifiedRows ?? null,
       error: d.error ?? null,
     })),
-    workers: await liveWorkers(opts.natsUrl ?? r.broker),
+    workers: await liveWorkers(opts.natsUrl ?? r.broker, opts.natsAuth),
   };
 }
 
-async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promise<RunRecord> {
+async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsAuth">): Promise<RunRecord> {
   if (opts.natsUrl) {
-    const nc = await connectNats(opts.natsUrl, "pg-migrate-status");
+    const nc = await connectNats(opts.natsUrl, "pg-migrate-status", opts.natsAuth);
     try {
       const records = await RunState.recordsInKv(await new Kvm(nc).open(RUNS_BUCKET), opts.runId);
       const newest = records.sort((a, b) => b.startedAt.localeCompare(a.startedAt))[0];
@@ -78,8 +79,8 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl">): Promi
   return found.record;
 }
 
-async function kvHolders(url: string): ReturnType<typeof kvLockHolders> {
-  const nc = await connectNats(url, "pg-migrate-status");
+async function kvHolders(url: string, auth: NatsAuth): ReturnType<typeof kvLockHolders> {
+  const nc = await connectNats(url, "pg-migrate-status", auth);
   try {
     return await kvLockHolders(await new Kvm(nc).open(RUNS_BUCKET));
   } finally {
@@ -87,11 +88,11 @@ async function kvHolders(url: string): ReturnType<typeof kvLockHolders> {
   }
 }
 
-async function liveWorkers(url: string | undefined): Promise<StatusSnapshot["workers"]> {
+async function liveWorkers(url: string | undefined, auth: NatsAuth): Promise<StatusSnapshot["workers"]> {
   if (!url) return null;
   let nc: NatsConnection | undefined;
   try {
-    nc = await connect({ servers: url.split(","), name: "pg-migrate-status", timeout: 2_000, maxReconnectAttempts: 0 });
+    nc = await connect({ ...connectionAuth(auth), servers: url.split(","), name: "pg-migrate-status", timeout: 2_000, maxReconnectAttempts: 0 });
     const present = await readPresence(await new Kvm(nc).open(WORKERS_BUCKET));
     return [...present].map(([id, p]) => ({ id, ...p })).sort((a, b) => a.id.localeCompare(b.id));
   } catch {

@@ -16,6 +16,10 @@ export const REDACT_PATHS = [
   "env.PGPASSWORD",
   "secret",
   "*.secret",
+  "pass",
+  "*.pass",
+  "token",
+  "*.token",
 ];
 
 export interface LogOptions {

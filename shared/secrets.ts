@@ -27,8 +27,21 @@ export function sharedKeyFromEnv(env: NodeJS.ProcessEnv = process.env): SharedKe
   try {
     return keyFrom(readFileSync(file, "utf8").trim());
   } catch (err) {
-    throw new ConfigError(`cannot read the shared key file ${file} (${SECRET_FILE_ENV})`, SECRET_FILE_ENV, { cause: err });
+    throw new ConfigError(`cannot read the shared key file ${file} (${SECRET_FILE_ENV}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`, SECRET_FILE_ENV, { cause: err });
   }
+}
+
+/** A password or token kept in a file (first line, as psql's passfile habits suggest); the flag names the file's option. */
+export function readSecretFile(file: string, flag: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new ConfigError(`cannot read ${file} (${flag}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`, flag, { cause: err });
+  }
+  const first = text.split(/\r?\n/)[0] ?? "";
+  if (!first) throw new ConfigError(`${file} (${flag}) is empty: put the secret on its first line`, flag);
+  return first;
 }
 
 export function seal(key: SharedKey, plain: string): Sealed {

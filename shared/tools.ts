@@ -5,6 +5,7 @@ import { access, constants } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { execa } from "execa";
 import { ConfigError, ToolError } from "./errors.js";
+import { tlsEnv, type PgTls } from "./pg/tls.js";
 
 export const TOOL_NAMES = ["pg_dump", "pg_restore", "pg_dumpall", "psql"] as const;
 export type ToolName = (typeof TOOL_NAMES)[number];
@@ -54,12 +55,11 @@ export async function resolveTools(pgBin?: string): Promise<Toolset> {
   return { paths, major: Number(match[1]), version: stdout.trim(), setpriv };
 }
 
-export interface ToolConnection {
+export interface ToolConnection extends PgTls {
   host: string;
   port: number;
   user: string;
   password: string | undefined;
-  sslmode?: string | undefined;
 }
 
 export interface RunToolOptions {
@@ -85,7 +85,7 @@ export async function runTool(tools: Toolset, tool: ToolName, args: string[], op
   if (opts.conn) {
     connArgs.push("--host", opts.conn.host, "--port", String(opts.conn.port), "--username", opts.conn.user, "--no-password");
     if (opts.conn.password !== undefined) env.PGPASSWORD = opts.conn.password;
-    if (opts.conn.sslmode) env.PGSSLMODE = opts.conn.sslmode;
+    Object.assign(env, tlsEnv(opts.conn));
   }
   const [file, fullArgs] = tools.setpriv
     ? [tools.setpriv, ["--pdeathsig", "KILL", "--", tools.paths[tool], ...connArgs, ...args]]

@@ -4,9 +4,9 @@ import { customAlphabet } from "nanoid";
 import { positiveInt } from "../shared/cli-values.js";
 import { errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
-import { connectNats, processTag } from "../shared/nats.js";
+import { connectNats, natsAuthFrom, natsAuthOptions, processTag, type NatsAuthFlags } from "../shared/nats.js";
 import { resolveDumpRoot } from "../shared/paths.js";
-import { sharedKeyFromEnv } from "../shared/secrets.js";
+import { readSecretFile, sharedKeyFromEnv } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
 import { Worker } from "./main.js";
 
@@ -17,9 +17,24 @@ const program = new Command("pg-migrate worker")
   .addOption(new Option("--id <name>", "worker name in events and status (default: host and pid)").env("PGMIGRATE_WORKER_ID"))
   .addOption(new Option("--pg-bin <dir>", "folder of pg_dump/pg_restore (default: PATH)").env("PGMIGRATE_PG_BIN"))
   .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is offered again").argParser(positiveInt).default(5))
-  .addOption(new Option("--log-level <level>", "log level on stderr").choices(["debug", "info", "warn", "error"]).default("info"))
+  .addOption(new Option("--log-level <level>", "log level on stderr").choices(["debug", "info", "warn", "error"]).default("info"));
+for (const o of natsAuthOptions()) program.addOption(o);
+program
+  .addHelpText(
+    "after",
+    "\nSecrets, all from the environment or files, never flags:\n" +
+      "  PGMIGRATE_SECRET / PGMIGRATE_SECRET_FILE     the key the coordinator seals passwords in jobs with\n" +
+      "  PGMIGRATE_FROM_PASS / PGMIGRATE_FROM_PASS_FILE, PGMIGRATE_TO_PASS / PGMIGRATE_TO_PASS_FILE\n" +
+      "                                               this worker's own passwords, for jobs that carry none",
+  )
   .showHelpAfterError("(pg-migrate worker --help lists the options)")
   .exitOverride();
+
+/** PGMIGRATE_<side>_PASS_FILE wins over PGMIGRATE_<side>_PASS, as on the coordinator. */
+function ownPassword(side: "FROM" | "TO"): string | undefined {
+  const file = process.env[`PGMIGRATE_${side}_PASS_FILE`];
+  return file ? readSecretFile(file, `PGMIGRATE_${side}_PASS_FILE`) : process.env[`PGMIGRATE_${side}_PASS`] || undefined;
+}
 
 async function main(argv: string[]): Promise<number> {
   try {
@@ -27,12 +42,12 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     return (err as { exitCode?: number }).exitCode === 0 ? 0 : 2;
   }
-  const o = program.opts<{ natsUrl: string; dumpRoot: string; id?: string; pgBin?: string; retryDelay: number; logLevel: string }>();
+  const o = program.opts<{ natsUrl: string; dumpRoot: string; id?: string; pgBin?: string; retryDelay: number; logLevel: string } & NatsAuthFlags>();
   const id = (o.id ?? processTag("worker")).replace(/[^A-Za-z0-9_-]/g, "_") + `-${customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 4)()}`;
   const log = createLogger({ level: o.logLevel, stderrLevel: o.logLevel, base: { worker: id } });
   try {
     const tools = await resolveTools(o.pgBin);
-    const nc = await connectNats(o.natsUrl, id);
+    const nc = await connectNats(o.natsUrl, id, natsAuthFrom(o));
     const worker = new Worker(
       nc,
       {
@@ -40,7 +55,7 @@ async function main(argv: string[]): Promise<number> {
         dumpRoot: resolveDumpRoot(o.dumpRoot),
         tools,
         key: sharedKeyFromEnv(),
-        ownPasswords: { source: process.env.PGMIGRATE_FROM_PASS, target: process.env.PGMIGRATE_TO_PASS },
+        ownPasswords: { source: ownPassword("FROM"), target: ownPassword("TO") },
       },
       { retryDelayMs: o.retryDelay * 1000 },
       log,

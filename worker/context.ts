@@ -32,7 +32,8 @@ export class PermanentJobError extends Error {
 }
 
 export function serverFor(role: "source" | "target", conn: ConnSpec, ctx: WorkerContext): ServerSpec {
-  return { role, host: conn.host, port: conn.port, user: conn.user, sslmode: conn.sslmode, password: passwordFor(role, conn, ctx) };
+  const { host, port, user, sslmode, sslrootcert, sslcert, sslkey } = conn;
+  return { role, host, port, user, sslmode, sslrootcert, sslcert, sslkey, password: passwordFor(role, conn, ctx) };
 }
 
 function passwordFor(role: "source" | "target", conn: ConnSpec, ctx: WorkerContext): string | undefined {

@@ -15,6 +15,10 @@ const ConnSpec = z.object({
   port: z.number().int(),
   user: z.string(),
   sslmode: z.string().optional(),
+  /** Certificate paths as the coordinator was given them: they must exist at the same paths on the workers. */
+  sslrootcert: z.string().optional(),
+  sslcert: z.string().optional(),
+  sslkey: z.string().optional(),
   password: Sealed.optional(),
 });
 export type ConnSpec = z.infer<typeof ConnSpec>;

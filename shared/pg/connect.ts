@@ -1,15 +1,15 @@
 // Connections with errors a user can act on: which server, which user, what to fix.
 import pg from "pg";
 import { errorMessage } from "../errors.js";
+import { driverSsl, type PgTls } from "./tls.js";
 
-export interface ServerSpec {
+export interface ServerSpec extends PgTls {
   /** "source" or "target": named in every error. */
   role: string;
   host: string;
   port: number;
   user: string;
   password: string | undefined;
-  sslmode?: string | undefined;
 }
 
 export class ConnectError extends Error {
@@ -21,6 +21,21 @@ export function describe(s: ServerSpec, db?: string): string {
 }
 
 export async function connect(s: ServerSpec, database: string, appName = "pg-migrate"): Promise<pg.Client> {
+  const { ssl, fallback } = driverSsl(s, s.role);
+  try {
+    return await connectWith(s, database, appName, ssl);
+  } catch (err) {
+    // prefer/allow: a server without TLS is fine, as with libpq.
+    if (!fallback || !/does not support SSL/i.test(errorMessage(err))) throw wrap(s, database, err);
+  }
+  try {
+    return await connectWith(s, database, appName, false);
+  } catch (err) {
+    throw wrap(s, database, err);
+  }
+}
+
+async function connectWith(s: ServerSpec, database: string, appName: string, ssl: pg.ClientConfig["ssl"]): Promise<pg.Client> {
   const client = new pg.Client({
     host: s.host,
     port: s.port,
@@ -29,7 +44,7 @@ export async function connect(s: ServerSpec, database: string, appName = "pg-mig
     database,
     application_name: appName,
     connectionTimeoutMillis: 15_000,
-    ssl: sslOption(s.sslmode),
+    ssl,
   });
   // An idle client whose server goes away emits 'error'; without a listener that would crash the process.
   client.on("error", () => undefined);
@@ -37,10 +52,12 @@ export async function connect(s: ServerSpec, database: string, appName = "pg-mig
     await client.connect();
   } catch (err) {
     await client.end().catch(() => undefined);
-    throw new ConnectError(`cannot connect to ${describe(s, database)}: ${explain(err)}`, { cause: err });
+    throw err;
   }
   return client;
 }
+
+const wrap = (s: ServerSpec, database: string, err: unknown) => new ConnectError(`cannot connect to ${describe(s, database)}: ${explain(err, s)}`, { cause: err });
 
 /** A client for fn's duration; when signal aborts, the connection is closed, which fails a query still running. */
 export async function withClient<T>(s: ServerSpec, database: string, fn: (c: pg.Client) => Promise<T>, signal?: AbortSignal): Promise<T> {
@@ -63,19 +80,20 @@ export function endOnAbort(client: pg.Client, signal: AbortSignal | undefined): 
   return () => signal.removeEventListener("abort", end);
 }
 
-function sslOption(mode: string | undefined): pg.ClientConfig["ssl"] {
-  if (!mode || mode === "disable" || mode === "allow" || mode === "prefer") return false;
-  if (mode === "require") return { rejectUnauthorized: false };
-  return true;
-}
-
-function explain(err: unknown): string {
+function explain(err: unknown, s: ServerSpec): string {
   const code = (err as { code?: string }).code;
+  const flag = s.role === "source" ? "--from" : "--to";
   if (code === "ECONNREFUSED") return "connection refused (is the server running and listening on that address?)";
   if (code === "ENOTFOUND" || code === "EAI_AGAIN") return "host name not found";
   if (code === "ETIMEDOUT") return "connection timed out (is the host reachable?)";
   if (code === "28P01") return "password authentication failed (check the password)";
+  if (/no pg_hba\.conf entry/i.test(errorMessage(err)) && /no encryption/i.test(errorMessage(err))) return `${errorMessage(err)} (the server wants TLS: use ${flag}-sslmode require or verify-full)`;
   if (code === "28000") return `not allowed (${errorMessage(err)}; check pg_hba.conf)`;
   if (code === "3D000") return `database does not exist`;
+  if (code === "SELF_SIGNED_CERT_IN_CHAIN" || code === "DEPTH_ZERO_SELF_SIGNED_CERT" || code === "UNABLE_TO_VERIFY_LEAF_SIGNATURE" || code === "UNABLE_TO_GET_ISSUER_CERT_LOCALLY") {
+    return `the server's TLS certificate is not signed by a CA this host trusts (${code}): give its CA with ${flag}-sslrootcert`;
+  }
+  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return `the server's TLS certificate does not name ${s.host} (${errorMessage(err)}): connect by a name the certificate holds, or use ${flag}-sslmode verify-ca`;
+  if (/does not support SSL/i.test(errorMessage(err))) return `the server does not accept TLS connections: enable ssl there, or use ${flag}-sslmode prefer or disable`;
   return errorMessage(err);
 }

@@ -1,16 +1,20 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { buildProgram, toConfig } from "../../coordinator/cli.js";
+import { publicOptions } from "../../coordinator/config.js";
 
 function parse(args: string[], env: Record<string, string> = {}) {
   const saved = { ...process.env };
-  Object.assign(process.env, { HOME: "/home/u", PGMIGRATE_FROM_PASS: "", PGMIGRATE_TO_PASS: "" }, env);
-  if (!env.PGMIGRATE_FROM_PASS) delete process.env.PGMIGRATE_FROM_PASS;
-  if (!env.PGMIGRATE_TO_PASS) delete process.env.PGMIGRATE_TO_PASS;
+  // Only this test's PGMIGRATE_* variables, whatever the shell running the tests has set.
+  for (const name of Object.keys(process.env)) if (name.startsWith("PGMIGRATE_")) delete process.env[name];
+  Object.assign(process.env, { HOME: "/home/u" }, env);
   try {
     const p = buildProgram();
     p.parse(args, { from: "user" });
-    return toConfig(p.opts());
+    return toConfig(p);
   } finally {
     process.env = saved;
   }
@@ -47,4 +51,37 @@ test("absolute dump roots stay; the embedded worker count follows --max-parallel
   const c = parse(["--dump-root", "/mnt/dumps", "-m", "3"]);
   assert.equal(c.dumpRoot, "/mnt/dumps");
   assert.equal(c.workers, 3);
+});
+
+test("a password file wins over the environment; the file and the flag together are refused by name", () => {
+  const dir = mkdtempSync(join(tmpdir(), "pgm-cli-"));
+  try {
+    const file = join(dir, "src.pw");
+    writeFileSync(file, "from-file\nsecond line ignored\n", { mode: 0o600 });
+    assert.equal(parse(["--from-pass-file", file], { PGMIGRATE_FROM_PASS: "env-src" }).source.password, "from-file");
+    assert.equal(parse([], { PGMIGRATE_TO_PASS_FILE: file }).target.password, "from-file");
+    assert.throws(() => parse(["--from-pass", "x", "--from-pass-file", file]), /--from-pass and --from-pass-file/);
+    assert.throws(() => parse(["--to-pass-file", join(dir, "missing")]), /cannot read .*missing \(--to-pass-file\): ENOENT/);
+    writeFileSync(file, "\n");
+    assert.throws(() => parse(["--from-pass-file", file]), /is empty/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("TLS flags reach the server specs with absolute certificate paths; cert and key go together", () => {
+  const c = parse(["--from-sslmode", "verify-full", "--from-sslrootcert", "ca.crt", "--to-sslmode", "require"], { PGMIGRATE_TO_SSLROOTCERT: "/etc/ca.pem" });
+  assert.equal(c.source.sslmode, "verify-full");
+  assert.equal(c.source.sslrootcert, join(process.cwd(), "ca.crt"));
+  assert.deepEqual([c.target.sslmode, c.target.sslrootcert], ["require", "/etc/ca.pem"]);
+  assert.throws(() => parse(["--from-sslcert", "/c.crt"]), /--from-sslcert and --from-sslkey go together/);
+});
+
+test("NATS auth: the password only from the environment or a file, and never in what is stored", () => {
+  const c = parse(["--nats-url", "nats://broker:4222", "--nats-user", "mig"], { PGMIGRATE_NATS_PASS: "nats-secret" });
+  assert.deepEqual([c.natsAuth.user, c.natsAuth.pass], ["mig", "nats-secret"]);
+  assert.doesNotMatch(JSON.stringify(publicOptions(c)), /nats-secret/);
+  assert.equal(publicOptions(c).natsAuth, "user mig");
+  assert.throws(() => parse(["--nats-url", "nats://b"], { PGMIGRATE_NATS_PASS: "p" }), /no user: add --nats-user/);
+  assert.throws(() => parse(["--nats-ca", "/nonexistent/ca.pem"]), /--nats-ca/);
 });
