@@ -108,6 +108,8 @@ export interface StartClusterOptions {
   baseDir?: string;
   /** Extra postgresql.conf settings. */
   settings?: Record<string, string>;
+  /** TLS with this certificate and key (PEM); `only` refuses every connection without it (hostssl). */
+  tls?: { cert: string; key: string; only?: boolean };
 }
 
 // The OS account that owns the cluster when we run as root: PostgreSQL refuses to run as root.
@@ -301,7 +303,12 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
     await giveToServerAccount(baseDir);
     await giveToServerAccount(socket.dir);
     await initCluster(bin, baseDir, dataDir, user, opts.password);
-    const port = await startOnFreePort(opts.name, bin, baseDir, dataDir, logFile, socket.dir, opts.settings ?? {});
+    const settings = { ...opts.settings };
+    if (opts.tls) {
+      await installTls(dataDir, opts.tls);
+      Object.assign(settings, { ssl: "on", ssl_cert_file: "server.crt", ssl_key_file: "server.key" });
+    }
+    const port = await startOnFreePort(opts.name, bin, baseDir, dataDir, logFile, socket.dir, settings);
     return { host: "127.0.0.1", port, user, password: opts.password, dataDir, socketDir: socket.dir, baseDir, logFile, stop };
   } catch (err) {
     await stop().catch(() => undefined);
@@ -325,6 +332,16 @@ async function initCluster(bin: string, baseDir: string, dataDir: string, user: 
   // initdb's own hba also has scram, but we state the whole policy ourselves rather than trust its defaults.
   await writeFile(join(dataDir, "pg_hba.conf"), HBA);
   await appendFile(join(dataDir, "postgresql.conf"), `\n# pg-migrate: loopback port, socket dir and extras\ninclude '${SETTINGS_FILE}'\n`);
+}
+
+/** The server's certificate and key in its data dir (the key 0600 and the server's, as PostgreSQL insists). */
+async function installTls(dataDir: string, tls: NonNullable<StartClusterOptions["tls"]>): Promise<void> {
+  for (const [name, pem] of [["server.crt", tls.cert], ["server.key", tls.key]] as const) {
+    const file = join(dataDir, name);
+    await writeFile(file, pem, { mode: 0o600 });
+    await giveToServerAccount(file);
+  }
+  if (tls.only) await writeFile(join(dataDir, "pg_hba.conf"), HBA.replace(/^host /gm, "hostssl "));
 }
 
 async function startOnFreePort(

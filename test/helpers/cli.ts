@@ -29,8 +29,11 @@ export function cliEnv(home: string, source: LocalCluster, target: LocalCluster,
   return { HOME: home, PGMIGRATE_FROM_PASS: source.password, PGMIGRATE_TO_PASS: target.password, ...extra };
 }
 
-export async function query<T extends pg.QueryResultRow>(c: LocalCluster, db: string, sql: string, params: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ host: c.host, port: c.port, user: c.user, password: c.password, database: db });
+/** A cluster as the tests reach it; `ssl` for one that only takes TLS. */
+export type TestCluster = LocalCluster & { ssl?: pg.ClientConfig["ssl"] };
+
+export async function query<T extends pg.QueryResultRow>(c: TestCluster, db: string, sql: string, params: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ host: c.host, port: c.port, user: c.user, password: c.password, database: db, ssl: c.ssl ?? false });
   await client.connect();
   try {
     return (await client.query<T>(sql, params)).rows;
@@ -42,18 +45,18 @@ export async function query<T extends pg.QueryResultRow>(c: LocalCluster, db: st
 export const FAST_RESTORE_SETTINGS = ["fsync", "full_page_writes", "synchronous_commit", "autovacuum", "checkpoint_timeout", "max_wal_size", "maintenance_work_mem"];
 
 /** The target settings fast-restore touches, read from a new session. */
-export async function settingsOf(c: LocalCluster): Promise<Record<string, string>> {
+export async function settingsOf(c: TestCluster): Promise<Record<string, string>> {
   const rows = await query<{ name: string; setting: string }>(c, "postgres", "SELECT name, setting FROM pg_settings WHERE name = ANY($1) ORDER BY name", [FAST_RESTORE_SETTINGS]);
   return Object.fromEntries(rows.map((r) => [r.name, r.setting]));
 }
 
-export async function databasesOf(c: LocalCluster): Promise<string[]> {
+export async function databasesOf(c: TestCluster): Promise<string[]> {
   const rows = await query<{ datname: string }>(c, "postgres", "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1");
   return rows.map((r) => r.datname);
 }
 
 /** Every base table's exact row count, computed by the test itself (not by the project's catalog code). */
-export async function tableCounts(c: LocalCluster, db: string): Promise<Record<string, number>> {
+export async function tableCounts(c: TestCluster, db: string): Promise<Record<string, number>> {
   const rows = await query<{ t: string; n: string }>(
     c,
     db,
@@ -69,7 +72,7 @@ export async function tableCounts(c: LocalCluster, db: string): Promise<Record<s
   return Object.fromEntries(rows.map((r) => [r.t, Number(r.n)]));
 }
 
-export async function sequencesOf(c: LocalCluster, db: string): Promise<Record<string, string | null>> {
+export async function sequencesOf(c: TestCluster, db: string): Promise<Record<string, string | null>> {
   const rows = await query<{ s: string; v: string | null }>(c, db, "SELECT format('%I.%I', schemaname, sequencename) AS s, last_value::text AS v FROM pg_sequences");
   return Object.fromEntries(rows.map((r) => [r.s, r.v]));
 }

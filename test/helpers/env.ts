@@ -4,7 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { nanoid } from "nanoid";
-import { startCluster, startNats, type LocalCluster, type LocalNats } from "../../demo/cluster.js";
+import { startCluster, startNats, type LocalCluster, type LocalNats, type StartClusterOptions } from "../../demo/cluster.js";
 
 export interface TestEnv {
   source: LocalCluster;
@@ -19,6 +19,11 @@ export type TestEnvWithoutNats = Omit<TestEnv, "nats">;
 export interface TestEnvOptions {
   /** Start NATS (default true). */
   nats?: boolean;
+  /** Extra nats-server arguments (a config file with TLS and users, say). */
+  natsArgs?: string[];
+  /** TLS for the source or the target cluster. */
+  sourceTls?: StartClusterOptions["tls"];
+  targetTls?: StartClusterOptions["tls"];
 }
 
 interface Resource {
@@ -26,8 +31,8 @@ interface Resource {
   release(): Promise<void>;
 }
 
-export function withTestEnv<T>(fn: (env: TestEnv) => Promise<T>, opts?: { nats?: true }): Promise<T>;
-export function withTestEnv<T>(fn: (env: TestEnvWithoutNats) => Promise<T>, opts: { nats: false }): Promise<T>;
+export function withTestEnv<T>(fn: (env: TestEnv) => Promise<T>, opts?: TestEnvOptions & { nats?: true }): Promise<T>;
+export function withTestEnv<T>(fn: (env: TestEnvWithoutNats) => Promise<T>, opts: TestEnvOptions & { nats: false }): Promise<T>;
 export async function withTestEnv<T>(fn: (env: TestEnv) => Promise<T>, opts: TestEnvOptions = {}): Promise<T> {
   const resources: Resource[] = [];
   const track = <R>(name: string, started: Promise<R>, release: (r: R) => Promise<void>): Promise<R> =>
@@ -38,9 +43,9 @@ export async function withTestEnv<T>(fn: (env: TestEnv) => Promise<T>, opts: Tes
 
   // Independent servers in separate dirs on separate ports: safe to start side by side.
   const starting = await Promise.allSettled([
-    track("source cluster", startCluster({ name: "source", password: `src-Pw-${nanoid()}` }), (c) => c.stop()),
-    track("target cluster", startCluster({ name: "target", password: `tgt-Pw-${nanoid()}` }), (c) => c.stop()),
-    opts.nats === false ? Promise.resolve(undefined) : track("nats", startNats(), (n) => n.stop()),
+    track("source cluster", startCluster({ name: "source", password: `src-Pw-${nanoid()}`, ...(opts.sourceTls ? { tls: opts.sourceTls } : {}) }), (c) => c.stop()),
+    track("target cluster", startCluster({ name: "target", password: `tgt-Pw-${nanoid()}`, ...(opts.targetTls ? { tls: opts.targetTls } : {}) }), (c) => c.stop()),
+    opts.nats === false ? Promise.resolve(undefined) : track("nats", startNats({ args: opts.natsArgs ?? [] }), (n) => n.stop()),
     track("home", mkdtemp(join(tmpdir(), "pgm-home-")), (dir) => rm(dir, { recursive: true, force: true, maxRetries: 3 })),
   ]);
   const failed = starting.flatMap((s) => (s.status === "rejected" ? [s.reason as unknown] : []));

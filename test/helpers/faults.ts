@@ -2,10 +2,10 @@
 // source's, the target's settings as they were before the run, and no process of the run left behind.
 import assert from "node:assert/strict";
 import type { LocalCluster } from "../../demo/cluster.js";
-import { databasesOf, settingsOf, tableCounts } from "./cli.js";
+import { databasesOf, settingsOf, tableCounts, type TestCluster } from "./cli.js";
 import { assertNoLeftovers, listProcesses, type Proc } from "./procs.js";
 
-export async function assertMigrated(source: LocalCluster, target: LocalCluster, databases: string[]): Promise<void> {
+export async function assertMigrated(source: TestCluster, target: TestCluster, databases: string[]): Promise<void> {
   const onTarget = await databasesOf(target);
   for (const db of databases) {
     assert.ok(onTarget.includes(db), `${db} exists on the target`);
