@@ -177,6 +177,7 @@ export async function main(argv: string[]): Promise<number> {
   if (planOnly || program.opts<RawOptions>().dryRun) {
     try {
       const cfg = toConfig(program);
+      warnAboutArgv(program, out);
       return await plan(cfg, out);
     } catch (err) {
       return report(err, out);

@@ -30,6 +30,19 @@ test("bad input is refused with one line and leaves the target untouched", { tim
         await expectRefusal("wrong password", r, 3, /cannot connect to source .*: password authentication failed/);
       });
 
+      await t.test("a password given as a flag is warned about; one in a file that cannot be read is refused by flag", async () => {
+        const r = await runCli([...serverArgs(source, target), "--from-pass", "not-the-password"], cliEnv(home, source, target));
+        await expectRefusal("password flag", r, 3, /password authentication failed/);
+        assert.match(r.stderr, /warning: --from-pass puts the password in the process list; PGMIGRATE_FROM_PASS or --from-pass-file keeps it out/);
+        const missing = await runCli([...serverArgs(source, target), "--to-pass-file", join(home, "no-such-file")], cliEnv(home, source, target));
+        await expectRefusal("password file", missing, 2, /cannot read .*no-such-file \(--to-pass-file\): ENOENT/);
+      });
+
+      await t.test("TLS required of a server without it", async () => {
+        const r = await runCli([...serverArgs(source, target), "--to-sslmode", "require"], cliEnv(home, source, target));
+        await expectRefusal("no TLS", r, 3, /cannot connect to target .*: the server does not accept TLS connections: enable ssl there, or use --to-sslmode prefer or disable/);
+      });
+
       await t.test("unreachable target", async () => {
         const closed = await freePort();
         const r = await runCli(
