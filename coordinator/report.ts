@@ -10,7 +10,7 @@ import type { RunRecord } from "./state.js";
 export const REPORT_VERSION = 1 as const;
 
 /** Writes the report under home (always) and to extraPath (--report) too; returns the path under home. */
-export async function writeReport(home: string, record: RunRecord, dumpRoot: string, extraPath?: string): Promise<string> {
+export async function writeReport(home: string, record: RunRecord, dumpRoot: string, dumps: Report["dumps"], extraPath?: string): Promise<string> {
   const databases = [];
   for (const d of record.databases) {
     let tables: VerifyTable[] = [];
@@ -35,6 +35,7 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
     globals: record.globals,
     skipped: record.skipped,
     dumpRoot,
+    dumps,
     totals: {
       databases: record.databases.length,
       verified: record.databases.filter((d) => d.phase === "done").length,

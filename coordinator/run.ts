@@ -359,15 +359,22 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
   await state.save();
   if (!failed.length) await state.forgetEmbeddedSecret();
   await emitRun(record.status === "finished" ? "finished" : "failed");
-  const reportPath = await writeReport(appDir(), record, cfg.dumpRoot, cfg.reportPath);
+  const dumpDir = join(cfg.dumpRoot, state.runId);
+  const dumps = failed.length
+    ? { path: dumpDir, kept: true, why: "databases failed: a resumed run restores from them" }
+    : cfg.keepDumps
+      ? { path: dumpDir, kept: true, why: "--keep-dumps" }
+      : { path: dumpDir, kept: false, why: "every database verified; --keep-dumps keeps them" };
+  const reportPath = await writeReport(appDir(), record, cfg.dumpRoot, dumps, cfg.reportPath);
   process.stdout.write(summaryTable(record) + "\n");
   out.line(`report: ${reportPath}`);
   if (cfg.reportPath) out.line(`report also written to ${cfg.reportPath}`);
-  if (!failed.length && !cfg.keepDumps) await rm(join(cfg.dumpRoot, state.runId), { recursive: true, force: true });
+  if (!dumps.kept) await rm(dumpDir, { recursive: true, force: true });
   if (failed.length) {
-    out.line(`${failed.length} of ${record.databases.length} database(s) failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}; the dumps are kept under ${join(cfg.dumpRoot, state.runId)}`);
+    out.line(`${failed.length} of ${record.databases.length} database(s) failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}; the dumps are kept under ${dumpDir}`);
     return EXIT.failed;
   }
+  if (dumps.kept) out.line(`the dumps are kept under ${dumpDir} (--keep-dumps): they hold every row, so remove them when done`);
   out.line(`all ${record.databases.length} database(s) migrated and verified`);
   return EXIT.ok;
 }

@@ -33,6 +33,8 @@ export const ReportSchema = z.object({
   }),
   skipped: z.array(z.object({ name: z.string(), reason: z.string() })),
   dumpRoot: z.string(),
+  /** This run's dumps (directories created 0700): kept or removed, and why. */
+  dumps: z.object({ path: z.string(), kept: z.boolean(), why: z.string() }),
   totals: z.object({ databases: z.number().int(), verified: z.number().int(), failed: z.number().int(), rows: z.number() }),
   databases: z.array(
     z.object({

@@ -85,6 +85,7 @@ export interface Report {
   runId: string;
   status: string;
   totals: { databases: number; verified: number; failed: number };
+  dumps: { path: string; kept: boolean; why: string };
   databases: {
     name: string;
     phase: string;

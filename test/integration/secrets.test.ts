@@ -16,6 +16,10 @@ import { BIN, cliEnv, readReport, runCli, serverArgs, tableCounts } from "../hel
 import { withTestEnv } from "../helpers/env.js";
 import { listProcesses } from "../helpers/procs.js";
 
+function dirsUnder(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? [join(dir, e.name), ...dirsUnder(join(dir, e.name))] : []));
+}
+
 function filesUnder(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const p = join(dir, e.name);
@@ -73,6 +77,13 @@ test("no password and no shared key in argv, on NATS, in the streams or in any f
         );
         assert.equal(r.exitCode, 0, r.stderr);
         assert.deepEqual(found(r.stdout + r.stderr), [], "coordinator output");
+        // The report says where the dumps are and that they stay (--keep-dumps); no one else can open them.
+        const report = await readReport(home, r.stderr);
+        assert.deepEqual([report.dumps.kept, report.dumps.why], [true, "--keep-dumps"]);
+        assert.ok(report.dumps.path.startsWith(dumpRoot), report.dumps.path);
+        const dirs = [dumpRoot, ...dirsUnder(dumpRoot)];
+        assert.ok(dirs.length > 3, `dump directories: ${dirs.join(", ")}`);
+        for (const d of dirs) assert.equal(statSync(d).mode & 0o077, 0, `${d} is private (mode ${(statSync(d).mode & 0o777).toString(8)})`);
       } finally {
         clearInterval(sampler);
         for (const w of workers) w.kill("SIGTERM");
