@@ -22,7 +22,7 @@ interface ServerFlags {
 }
 type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[K] };
 type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & NatsAuthFlags & {
-  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean;
+  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean;
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
   keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number; report?: string; logLevel?: string;
@@ -106,6 +106,8 @@ export function buildProgram(): Command {
     .addOption(new Option("--dump-root <dir>", "dump volume shared by the workers (relative to $HOME)").default("pg_dumps").env("PGMIGRATE_DUMP_ROOT"))
     .addOption(new Option("--migrate-globals [bool]", "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)").default(true).argParser(bool))
     .addOption(new Option("--no-migrate-globals", "do not migrate roles and tablespaces"))
+    .addOption(new Option("--no-owner", "restore every object owned by the target user (pg_restore --no-owner), for a target user that cannot become the source's owners (a superuser, say)"))
+    .addOption(new Option("--no-role-passwords", "create the roles without their passwords, for sources that refuse to read pg_authid (managed services); the report lists them"))
     .addOption(new Option("--nats-url <url>", "NATS server(s) of a distributed run (absent: embedded mode, a local nats-server and local workers)").env("PGMIGRATE_NATS_URL"));
   withOptions(program, natsAuthOptions());
   return program
@@ -142,6 +144,8 @@ export function toConfig(program: Command): MigrateConfig {
     maxParallel: o.maxParallel,
     dumpRoot: resolveDumpRoot(o.dumpRoot),
     migrateGlobals: o.migrateGlobals,
+    rolePasswords: o.rolePasswords,
+    noOwner: !o.owner,
     natsUrl: o.natsUrl,
     natsAuth: natsAuthFrom(o),
     workers: o.workers ?? o.maxParallel,

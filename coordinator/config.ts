@@ -17,6 +17,10 @@ export interface MigrateConfig {
   maxParallel: number;
   dumpRoot: string;
   migrateGlobals: boolean;
+  /** false (--no-role-passwords): roles without their password verifiers, for sources that hide pg_authid. */
+  rolePasswords: boolean;
+  /** --no-owner: restore every object owned by the target user (a target that is not a superuser cannot give objects to one). */
+  noOwner: boolean;
   /** Absent: embedded mode (a local nats-server and local workers). */
   natsUrl: string | undefined;
   /** How to log in to that NATS and whether to use TLS (never stored: publicOptions keeps only its description). */

@@ -10,6 +10,46 @@ export interface GlobalsOutcome {
   removed: string[];
   alreadyExisted: string[];
   failed: { statement: string; error: string }[];
+  /** With --no-role-passwords: the login roles this run created, which have no password on the target. */
+  withoutPassword: string[];
+  /** A target user that is not a superuser cannot set these (SUPERUSER, REPLICATION, BYPASSRLS, a grantor): left out. */
+  notApplied: string[];
+}
+
+/**
+ * Pure: the script as a target user that is not a superuser can run it. pg_dumpall spells out every attribute,
+ * and PostgreSQL refuses even NOSUPERUSER from such a user, so ALTER ROLE keeps only what it may set; an
+ * attribute it cannot grant, and GRANTED BY, are left out and listed.
+ */
+export function adaptForNonSuperuser(parts: ScriptPart[]): { parts: ScriptPart[]; notApplied: string[] } {
+  const notApplied: string[] = [];
+  const out = parts.map((p) => {
+    if (p.meta) return p;
+    const role = roleStatementTarget(p.text);
+    const alter = /^(ALTER\s+ROLE\s+(?:"(?:[^"]|"")*"|\S+)\s+WITH\b)([\s\S]*)$/i.exec(p.text);
+    if (role !== undefined && alter) {
+      const attrs = mapUnquoted(alter[2]!, (chunk) =>
+        chunk.replace(/\b(NO)?(SUPERUSER|REPLICATION|BYPASSRLS)\b\s*/gi, (_m, no: string | undefined, attr: string) => {
+          if (!no) notApplied.push(`role ${JSON.stringify(role)}: ${attr.toUpperCase()}`);
+          return "";
+        }),
+      );
+      return { ...p, text: /^\s*;?\s*$/.test(attrs) ? "" : `${alter[1]}${attrs}` };
+    }
+    const grant = /^GRANT\s[\s\S]*?(\s+GRANTED\s+BY\s+("(?:[^"]|"")*"|[^\s;]+))\s*;$/i.exec(p.text);
+    if (grant) {
+      const statement = p.text.replace(grant[1]!, "");
+      notApplied.push(`grantor ${grant[2]} of ${statement}`);
+      return { ...p, text: statement };
+    }
+    return p;
+  });
+  return { parts: out.filter((p) => p.text !== ""), notApplied };
+}
+
+/** Applies fn to the parts of a statement outside single and double quotes. */
+function mapUnquoted(text: string, fn: (chunk: string) => string): string {
+  return text.split(/('(?:[^']|'')*'|"(?:[^"]|"")*")/).map((chunk, i) => (i % 2 === 1 ? chunk : fn(chunk))).join("");
 }
 
 /** Pure: the script without the statements about `user`, and what was removed. */
@@ -23,6 +63,21 @@ export function filterGlobals(script: string, user: string): { parts: ScriptPart
   return { parts, removed };
 }
 
+/** Pure: login roles whose CREATE ROLE ran here (not already on the target), from a script without passwords. */
+export function loginRolesCreated(parts: ScriptPart[], alreadyExisted: Set<string>): string[] {
+  const created = new Set<string>();
+  const login = new Set<string>();
+  for (const p of parts) {
+    if (p.meta) continue;
+    const role = roleStatementTarget(p.text);
+    if (role === undefined) continue;
+    if (/^CREATE\s+ROLE/i.test(p.text) && !alreadyExisted.has(p.text)) created.add(role);
+    // pg_dumpall spells every attribute out: "... NOLOGIN ..." or "... LOGIN ...".
+    if (/^ALTER\s+ROLE/i.test(p.text) && /\sLOGIN[\s;]/i.test(p.text.replace(/"(?:[^"]|"")*"/g, '""'))) login.add(role);
+  }
+  return [...created].filter((r) => login.has(r)).sort();
+}
+
 export async function migrateGlobals(
   tools: Toolset,
   source: ServerSpec,
@@ -30,9 +85,12 @@ export async function migrateGlobals(
   target: ServerSpec,
   targetDb: string,
   signal: AbortSignal,
+  opts: { rolePasswords: boolean; targetSuperuser: boolean },
 ): Promise<GlobalsOutcome> {
-  const { stdout } = await runTool(tools, "pg_dumpall", ["--globals-only", dbnameArg(sourceDb)], { conn: source, signal });
-  const { parts, removed } = filterGlobals(stdout, target.user);
+  const args = ["--globals-only", ...(opts.rolePasswords ? [] : ["--no-role-passwords"]), dbnameArg(sourceDb)];
+  const { stdout } = await runTool(tools, "pg_dumpall", args, { conn: source, signal });
+  const filtered = filterGlobals(stdout, target.user);
+  const { parts, notApplied } = opts.targetSuperuser ? { parts: filtered.parts, notApplied: [] } : adaptForNonSuperuser(filtered.parts);
   // One statement per line-range we know, so psql's "psql:<stdin>:LINE:" errors map back to statements.
   const lines: string[] = [];
   const startLines: { line: number; text: string }[] = [];
@@ -40,17 +98,22 @@ export async function migrateGlobals(
     startLines.push({ line: lines.length + 1, text: p.text });
     lines.push(...p.text.split("\n"));
   }
-  const { stderr } = await runTool(tools, "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=0", dbnameArg(targetDb)], {
+  // "-f -": only with a file name does psql put the "psql:<stdin>:LINE:" location on each error.
+  const { stderr } = await runTool(tools, "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-", dbnameArg(targetDb)], {
     conn: target,
     input: lines.join("\n") + "\n",
     signal,
   });
-  const outcome: GlobalsOutcome = { applied: 0, removed, alreadyExisted: [], failed: [] };
+  const outcome: GlobalsOutcome = { applied: 0, removed: filtered.removed, alreadyExisted: [], failed: [], withoutPassword: [], notApplied };
   const errorsByStatement = new Map<string, string>();
   for (const m of stderr.matchAll(/^psql:<stdin>:(\d+): ERROR:\s+(.*)$/gm)) {
     const line = Number(m[1]);
     const owner = [...startLines].reverse().find((s) => s.line <= line);
     if (owner) errorsByStatement.set(owner.text, m[2]!);
+  }
+  // An error psql reported some other way is still an error: never counted as applied.
+  for (const line of stderr.split("\n")) {
+    if (/\b(ERROR|FATAL):/.test(line) && !/^psql:<stdin>:\d+: ERROR:/.test(line)) outcome.failed.push({ statement: "(psql)", error: line.trim() });
   }
   for (const p of parts) {
     if (p.meta) continue;
@@ -59,5 +122,6 @@ export async function migrateGlobals(
     else if (/already exists/.test(error)) outcome.alreadyExisted.push(p.text);
     else outcome.failed.push({ statement: p.text, error });
   }
+  if (!opts.rolePasswords) outcome.withoutPassword = loginRolesCreated(parts, new Set(outcome.alreadyExisted));
   return outcome;
 }

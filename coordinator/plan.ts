@@ -39,7 +39,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const refusals: string[] = [];
     const warnings: string[] = [];
     try {
-      warnings.push(...checkServers(src.info, tgt.info, tools));
+      warnings.push(...checkServers(src.info, tgt.info, tools, { globals: cfg.migrateGlobals, rolePasswords: cfg.rolePasswords }));
     } catch (err) {
       if (!(err instanceof PreflightError)) throw err;
       refusals.push(err.message);
@@ -72,6 +72,10 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     w(cfg.migrateGlobals
       ? `roles: ${migrated.length} from the source${roles.length !== migrated.length ? ` (the migration user ${JSON.stringify(cfg.target.user)} is left as it is on the target)` : ""}: ${migrated.join(", ") || "-"}`
       : "roles: not migrated (--no-migrate-globals)");
+    if (!tgt.info.superuser) {
+      w(`the target user ${JSON.stringify(cfg.target.user)} is not a superuser: it joins the migrated roles for the run so that their objects keep their owners, and leaves them at the end${cfg.noOwner ? "; --no-owner: every restored object is owned by it" : ""}`);
+    }
+    if (!cfg.rolePasswords) w("--no-role-passwords: login roles are created without passwords; the report lists them");
 
     const wanted = settingsFor(cfg.fastRestore);
     w();

@@ -20,6 +20,8 @@ export interface ServerInfo {
   createdb: boolean;
   createrole: boolean;
   readAllData: boolean;
+  /** Can read pg_authid, where role passwords are kept (managed services refuse it even to their admin user). */
+  readsAuthid: boolean;
 }
 
 /** Opens the connection the coordinator keeps for the run, and reads what the checks need. */
@@ -38,9 +40,11 @@ export async function inspect(spec: ServerSpec, db: string): Promise<{ info: Ser
     createdb: boolean;
     createrole: boolean;
     readall: boolean;
+    authid: boolean;
   }>(`SELECT current_setting('server_version') AS version, current_setting('server_version_num') AS num,
             r.rolsuper AS superuser, r.rolcreatedb AS createdb, r.rolcreaterole AS createrole,
-            pg_has_role(current_user, 'pg_read_all_data', 'USAGE') AS readall
+            pg_has_role(current_user, 'pg_read_all_data', 'USAGE') AS readall,
+            has_table_privilege('pg_catalog.pg_authid', 'SELECT') AS authid
        FROM pg_roles r WHERE r.rolname = current_user`);
   const r = rows[0]!;
   let systemId: string | null = null;
@@ -64,11 +68,12 @@ export async function inspect(spec: ServerSpec, db: string): Promise<{ info: Ser
       createdb: r.createdb,
       createrole: r.createrole,
       readAllData: r.superuser || r.readall,
+      readsAuthid: r.superuser || r.authid,
     },
   };
 }
 
-export function checkServers(source: ServerInfo, target: ServerInfo, tools: Toolset): string[] {
+export function checkServers(source: ServerInfo, target: ServerInfo, tools: Toolset, opts: { globals: boolean; rolePasswords: boolean }): string[] {
   const warnings: string[] = [];
   const sameId = source.systemId !== null && source.systemId === target.systemId;
   const sameAddress = source.spec.host === target.spec.host && source.spec.port === target.spec.port;
@@ -88,8 +93,14 @@ export function checkServers(source: ServerInfo, target: ServerInfo, tools: Tool
     );
   }
   if (!source.readAllData) {
-    throw new PreflightError(`${describe(source.spec)} can not read all data: connect as a superuser or a member of pg_read_all_data`);
+    warnings.push(`${describe(source.spec)} is neither a superuser nor a member of pg_read_all_data: a table it cannot read fails its database's dump`);
   }
+  if (opts.globals && opts.rolePasswords && !source.readsAuthid) {
+    throw new PreflightError(
+      `${describe(source.spec)} cannot read pg_authid, where role passwords are kept (managed services refuse it): add --no-role-passwords to create the roles without passwords (the report lists them), or connect as a superuser`,
+    );
+  }
+  if (opts.globals && !opts.rolePasswords) warnings.push("--no-role-passwords: login roles are created without passwords; the report lists them");
   if (!target.superuser && !(target.createdb && target.createrole)) {
     throw new PreflightError(`${describe(target.spec)} needs SUPERUSER, or CREATEDB and CREATEROLE, to create the databases and roles`);
   }

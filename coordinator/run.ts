@@ -25,6 +25,7 @@ import { discoverDatabases, existingDatabases, MAINTENANCE_DB, userObjectCount }
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
+import { joinRoles, leaveRoles, rolesToJoin } from "./memberships.js";
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
@@ -46,7 +47,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     opened.push(src.client);
     const tgt = await inspect(cfg.target, cfg.targetDb);
     opened.push(tgt.client);
-    for (const w of checkServers(src.info, tgt.info, tools)) out.warn(w);
+    for (const w of checkServers(src.info, tgt.info, tools, { globals: cfg.migrateGlobals, rolePasswords: cfg.rolePasswords })) out.warn(w);
     const pk = pairKey(src.info, tgt.info);
     const bootLog = createLogger({ level: "info", file: join(home, "logs", `preflight-${pk}.log`), stderrLevel: cfg.logLevel });
     const openTarget = () => connect(cfg.target, cfg.targetDb, "pg-migrate coordinator");
@@ -122,6 +123,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
           await previous.save();
           out.line(`reverted the fast-restore settings run ${previous.runId} had left on the target`);
         }
+        await leaveMigratedRoles(previous, openTarget, out);
         if (cfg.restart) {
           // Asked now, before anything changes; done once workers are known to be there.
           await confirmRestart(previous, cfg);
@@ -205,7 +207,8 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       }
 
       presence = watchPresence(workersKv, jetstream(nc), state.runId, log);
-      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser });
+      const sourceRoles = (await src.client.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'")).rows.map((r) => r.rolname);
+      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles });
     } finally {
       presence?.stop();
       await workers?.stop();
@@ -270,6 +273,8 @@ interface Deps {
   out: Output;
   signal: AbortSignal;
   superuser: boolean;
+  /** Role names on the source: the ones a target user that is not a superuser joins for the run. */
+  sourceRoles: string[];
 }
 
 /** Everything that changes the target, inside the try whose finally puts its settings back. */
@@ -315,13 +320,20 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
     if (signal.aborted) throw new InterruptedError("interrupted");
 
     if (cfg.migrateGlobals && !record.globals.done) {
-      const g = await migrateGlobals(d.tools, cfg.source, cfg.sourceDb, cfg.target, cfg.targetDb, signal);
+      const g = await migrateGlobals(d.tools, cfg.source, cfg.sourceDb, cfg.target, cfg.targetDb, signal, { rolePasswords: cfg.rolePasswords, targetSuperuser: d.superuser });
       record.globals = { done: true, ...g };
       await state.save();
       out.line(`globals: ${g.applied} statement(s) applied, ${g.alreadyExisted.length} already existed, ${g.removed.length} about the migration user ${JSON.stringify(cfg.target.user)} left out`);
       for (const f of g.failed) out.warn(`globals statement failed: ${f.error}: ${f.statement.split("\n")[0]}`);
+      if (g.notApplied.length) {
+        out.warn(`the target user is not a superuser, so ${g.notApplied.length} role attribute(s) or grantor(s) were left out (listed in the report): ${g.notApplied.slice(0, 5).join("; ")}${g.notApplied.length > 5 ? "; …" : ""}`);
+      }
+      if (g.withoutPassword.length) {
+        out.warn(`--no-role-passwords: ${g.withoutPassword.length} login role(s) created without a password (set them with ALTER ROLE … PASSWORD; listed in the report): ${g.withoutPassword.map((r) => JSON.stringify(r)).join(", ")}`);
+      }
     }
 
+    if (!d.superuser) await joinMigratedRoles(state, d, cfg.noOwner);
     await createDatabases(cfg, state, d);
     if (signal.aborted) throw new InterruptedError("interrupted");
 
@@ -332,6 +344,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
     await state.save();
     if (record.status !== "interrupted") throw err;
   } finally {
+    await leaveMigratedRoles(state, d.openTarget, out);
     const fr = record.fastRestore;
     if (fr.applied && !fr.reverted) {
       const differing = await revertSettings(d.openTarget, fr.original).catch((err: unknown) => [errorMessage(err)]);
@@ -380,12 +393,14 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
 }
 
 async function createDatabases(cfg: MigrateConfig, state: RunState, d: Deps): Promise<void> {
-  const { rows } = await d.tgtClient.query<{ rolname: string }>("SELECT rolname FROM pg_roles");
-  const roles = new Set(rows.map((r) => r.rolname));
+  const { rows } = await d.tgtClient.query<{ rolname: string; rolsuper: boolean }>("SELECT rolname, rolsuper FROM pg_roles");
+  const roles = new Map(rows.map((r) => [r.rolname, r.rolsuper]));
   for (const db of state.record.databases) {
     if (db.created || db.phase !== "planned") continue;
-    if (!roles.has(db.create.owner)) {
-      d.out.warn(`owner ${JSON.stringify(db.create.owner)} of ${JSON.stringify(db.name)} does not exist on the target; ${JSON.stringify(cfg.target.user)} will own it`);
+    const owner = db.create.owner;
+    if (!roles.has(owner) || (!d.superuser && roles.get(owner) && owner !== cfg.target.user)) {
+      const why = roles.has(owner) ? `is a superuser on the target, which ${JSON.stringify(cfg.target.user)} (not one) cannot give a database to` : "does not exist on the target";
+      d.out.warn(`owner ${JSON.stringify(owner)} of ${JSON.stringify(db.name)} ${why}; ${JSON.stringify(cfg.target.user)} will own it`);
       db.create = { ...db.create, owner: cfg.target.user };
     }
     // Recorded before the CREATE: a crash in between must not make the next run refuse its own database.
@@ -401,6 +416,40 @@ async function createDatabases(cfg: MigrateConfig, state: RunState, d: Deps): Pr
       await state.save();
     }
   }
+}
+
+/** A target user that is not a superuser joins the migrated roles, so that their databases and objects keep their owners. */
+async function joinMigratedRoles(state: RunState, d: Deps, noOwner: boolean): Promise<void> {
+  const { join, superusers } = await rolesToJoin(d.tgtClient, d.sourceRoles);
+  if (superusers.length && !noOwner) {
+    d.out.warn(
+      `${superusers.map((r) => JSON.stringify(r)).join(", ")} ${superusers.length === 1 ? "is a superuser" : "are superusers"} on the target: objects they own on the source cannot be restored by a target user that is not one; a database holding such objects fails, unless --no-owner gives every object to the target user`,
+    );
+  }
+  if (!join.length) return;
+  // Recorded before the first GRANT, so a crash in between is mended by the next run.
+  const granted = [...new Set([...(state.record.memberships?.granted ?? []), ...join])];
+  state.record.memberships = { granted, revoked: false };
+  await state.save();
+  const failed = await joinRoles(d.tgtClient, join);
+  for (const f of failed) d.out.warn(`could not join role ${JSON.stringify(f.role)} (${f.error}): its databases and objects may fail to restore`);
+  const joined = join.filter((r) => !failed.some((f) => f.role === r));
+  d.out.line(`the target user is not a superuser: joined ${joined.length} migrated role(s) for the run, so that their objects keep their owners; left again at the end`);
+}
+
+/** Leaves the roles a run joined (this run's at its end, an earlier run's when it died before). */
+async function leaveMigratedRoles(state: RunState, openTarget: () => Promise<pg.Client>, out: Output): Promise<void> {
+  const m = state.record.memberships;
+  if (!m || m.revoked || !m.granted.length) return;
+  const client = await openTarget().catch(() => undefined);
+  const failed = client ? await leaveRoles(client, m.granted).finally(() => client.end().catch(() => undefined)) : ["cannot connect to the target"];
+  if (failed.length) {
+    out.warn(`could not leave the role(s) joined for the run (${failed.join("; ")}): the next run tries again, or REVOKE them by hand`);
+    return;
+  }
+  m.revoked = true;
+  await state.save();
+  out.line(`left the ${m.granted.length} role(s) joined for run ${state.runId}`);
 }
 
 function newDbState(d: { name: string; sizeBytes: number; create: DbState["create"] }): DbState {

@@ -286,6 +286,7 @@ export class Scheduler {
         v: CONTRACT_VERSION, kind, runId, jobId, db: ref, dumpPath: db.dumpPath!,
         target: this.conn(this.cfg.target), jobs: this.cfg.jobs, create: db.create, estimatedBytes: db.sizeBytes,
         maintenanceDb: this.cfg.targetDb,
+        ...(this.cfg.noOwner ? { noOwner: true } : {}),
         // A database from an earlier session of this run may hold a partial restore.
         recreate: resumed || this.state.record.resumedAt.length > 0,
       };

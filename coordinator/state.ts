@@ -1,5 +1,6 @@
 // The run record: the coordinator's memory across crashes. Kept as a local file under ~/.pg-migrate/state
 // (written whole, then renamed) and mirrored to the JetStream KV so a coordinator on another host can resume.
+import type { Memberships } from "./memberships.js";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
@@ -58,8 +59,10 @@ export interface RunRecord {
   target: { host: string; port: number; user: string; db: string; systemId: string | null; version: string };
   options: Record<string, unknown>;
   fastRestore: { mode: string; applied: boolean; reverted: boolean; original: SavedSetting[]; skippedReason?: string };
-  globals: { done: boolean; applied: number; removed: string[]; alreadyExisted: string[]; failed: { statement: string; error: string }[] };
+  globals: { done: boolean; applied: number; removed: string[]; alreadyExisted: string[]; failed: { statement: string; error: string }[]; withoutPassword?: string[]; notApplied?: string[] };
   skipped: { name: string; reason: string }[];
+  /** Roles a target user that is not a superuser joined for the run, left again at its end. */
+  memberships?: Memberships;
   databases: DbState[];
   /** The run's NATS URL(s), without credentials: where `pg-migrate status` finds the live workers. */
   broker?: string;

@@ -61,6 +61,8 @@ const RestoreJob = z.object({
   target: ConnSpec,
   jobs: z.number().int().positive(),
   create: CreateSpec,
+  /** pg_restore --no-owner: every object owned by the target user (--no-owner, for targets that cannot give objects to their owners). */
+  noOwner: z.boolean().optional(),
   /** The target database the worker connects to when it must drop and recreate the restored one. */
   maintenanceDb: z.string(),
   /** Drop and recreate the (run-created) database before restoring: set when an earlier attempt may have written. */

@@ -30,6 +30,10 @@ export const ReportSchema = z.object({
     removed: z.array(z.string()),
     alreadyExisted: z.array(z.string()),
     failed: z.array(z.object({ statement: z.string(), error: z.string() })),
+    /** --no-role-passwords: login roles created without a password; set one with ALTER ROLE … PASSWORD. */
+    withoutPassword: z.array(z.string()).optional(),
+    /** A target user that is not a superuser: role attributes (SUPERUSER, REPLICATION, BYPASSRLS) and grantors left out. */
+    notApplied: z.array(z.string()).optional(),
   }),
   skipped: z.array(z.object({ name: z.string(), reason: z.string() })),
   dumpRoot: z.string(),

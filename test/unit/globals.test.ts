@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { filterGlobals } from "../../coordinator/globals.js";
+import { adaptForNonSuperuser, filterGlobals, loginRolesCreated } from "../../coordinator/globals.js";
 import { roleStatementTarget, splitScript } from "../../coordinator/sql-split.js";
 
 const DUMPALL = `--
@@ -49,4 +49,37 @@ test("filterGlobals removes every statement that creates or alters the migration
   assert.ok(parts.some((p) => p.text === "GRANT app TO postgres GRANTED BY postgres;"), "memberships stay");
   const quoted = filterGlobals(DUMPALL, 'Mig "User"');
   assert.equal(quoted.removed.length, 3);
+});
+
+test("loginRolesCreated lists the login roles a script created, not the existing ones nor NOLOGIN ones", () => {
+  const script = `CREATE ROLE app;
+ALTER ROLE app WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS;
+CREATE ROLE "Weird LOGIN name";
+ALTER ROLE "Weird LOGIN name" WITH NOSUPERUSER INHERIT NOLOGIN;
+CREATE ROLE existing;
+ALTER ROLE existing WITH LOGIN;
+CREATE ROLE "Q""uoted";
+ALTER ROLE "Q""uoted" WITH LOGIN CONNECTION LIMIT 3;
+`;
+  const parts = splitScript(script);
+  assert.deepEqual(loginRolesCreated(parts, new Set(["CREATE ROLE existing;"])), ['Q"uoted', "app"]);
+});
+
+test("adaptForNonSuperuser keeps what a CREATEROLE user may set and lists what it leaves out", () => {
+  const script = `CREATE ROLE replication;
+ALTER ROLE replication WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS PASSWORD 'SCRAM-SHA-256$4096:a SUPERUSER b' VALID UNTIL '2030-01-01 00:00:00+00';
+CREATE ROLE "Repl ""SUPERUSER""";
+ALTER ROLE "Repl ""SUPERUSER""" WITH SUPERUSER REPLICATION BYPASSRLS;
+GRANT app TO "x y" GRANTED BY postgres;
+GRANT app TO other;
+`;
+  const { parts, notApplied } = adaptForNonSuperuser(splitScript(script));
+  assert.deepEqual(parts.map((p) => p.text), [
+    "CREATE ROLE replication;",
+    "ALTER ROLE replication WITH INHERIT NOCREATEROLE NOCREATEDB LOGIN PASSWORD 'SCRAM-SHA-256$4096:a SUPERUSER b' VALID UNTIL '2030-01-01 00:00:00+00';",
+    'CREATE ROLE "Repl ""SUPERUSER""";',
+    'GRANT app TO "x y";',
+    "GRANT app TO other;",
+  ]);
+  assert.deepEqual(notApplied, ['role "Repl \\"SUPERUSER\\"": SUPERUSER', 'role "Repl \\"SUPERUSER\\"": REPLICATION', 'role "Repl \\"SUPERUSER\\"": BYPASSRLS', 'grantor postgres of GRANT app TO "x y";']);
 });

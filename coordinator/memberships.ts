@@ -1,0 +1,43 @@
+// A target user that is not a superuser can only create a database owned by a role, and restore objects owned by
+// it, when it is a member of that role. For the run it joins the migrated roles it may join (CREATEROLE allows
+// that for roles that are not superusers) and leaves them again afterwards, like the fast-restore settings: the
+// intent is recorded before the first GRANT, so a crash is mended by the next run.
+import type pg from "pg";
+import { errorMessage } from "../shared/errors.js";
+import { ident } from "../shared/pg/quote.js";
+
+export interface Memberships {
+  granted: string[];
+  revoked: boolean;
+}
+
+/** Source roles the target user must join: on the target, not superusers, not predefined, not joined yet. */
+export async function rolesToJoin(target: pg.Client, sourceRoles: string[]): Promise<{ join: string[]; superusers: string[] }> {
+  const { rows } = await target.query<{ rolname: string; rolsuper: boolean }>(
+    `SELECT r.rolname, r.rolsuper FROM pg_roles r
+      WHERE r.rolname = ANY($1) AND r.rolname <> current_user AND r.rolname !~ '^pg_'
+        AND NOT pg_has_role(current_user, r.oid, 'MEMBER') ORDER BY 1`,
+    [sourceRoles],
+  );
+  return { join: rows.filter((r) => !r.rolsuper).map((r) => r.rolname), superusers: rows.filter((r) => r.rolsuper).map((r) => r.rolname) };
+}
+
+/** GRANT each role to the current user; returns the roles that could not be joined, with why. */
+export async function joinRoles(target: pg.Client, roles: string[]): Promise<{ role: string; error: string }[]> {
+  const failed: { role: string; error: string }[] = [];
+  for (const role of roles) {
+    await target.query(`GRANT ${ident(role)} TO CURRENT_USER`).catch((err: unknown) => failed.push({ role, error: errorMessage(err) }));
+  }
+  return failed;
+}
+
+/** REVOKE what joinRoles granted; a role dropped meanwhile is fine. Returns what could not be revoked. */
+export async function leaveRoles(target: pg.Client, roles: string[]): Promise<string[]> {
+  const failed: string[] = [];
+  for (const role of roles) {
+    await target.query(`REVOKE ${ident(role)} FROM CURRENT_USER`).catch((err: unknown) => {
+      if (!/does not exist/.test(errorMessage(err))) failed.push(`${role}: ${errorMessage(err)}`);
+    });
+  }
+  return failed;
+}
