@@ -5,6 +5,8 @@
 import type pg from "pg";
 import { errorMessage } from "../shared/errors.js";
 import { ident } from "../shared/pg/quote.js";
+import type { Output } from "./output.js";
+import type { RunState } from "./state.js";
 
 export interface Memberships {
   granted: string[];
@@ -40,4 +42,19 @@ export async function leaveRoles(target: pg.Client, roles: string[]): Promise<st
     });
   }
   return failed;
+}
+
+/** Leaves the roles a run joined (this run's at its end, an earlier run's when it died before). */
+export async function leaveRunRoles(state: RunState, openTarget: () => Promise<pg.Client>, out: Output): Promise<void> {
+  const m = state.record.memberships;
+  if (!m || m.revoked || !m.granted.length) return;
+  const client = await openTarget().catch(() => undefined);
+  const failed = client ? await leaveRoles(client, m.granted).finally(() => client.end().catch(() => undefined)) : ["cannot connect to the target"];
+  if (failed.length) {
+    out.warn(`could not leave the role(s) joined for the run (${failed.join("; ")}): the next run tries again, or REVOKE them by hand`);
+    return;
+  }
+  m.revoked = true;
+  await state.save();
+  out.line(`left the ${m.granted.length} role(s) joined for run ${state.runId}`);
 }

@@ -3,7 +3,7 @@
 // A live run on the target is refused by name: reverting under it would slow it down, not save it.
 import { join } from "node:path";
 import { Kvm } from "@nats-io/kv";
-import { RUNS_BUCKET } from "../shared/contracts/jetstream.js";
+import { openExistingKv, RUNS_BUCKET } from "../shared/contracts/jetstream.js";
 import { PreflightError } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
 import { connectNats, type NatsEndpoint } from "../shared/nats.js";
@@ -11,6 +11,7 @@ import { appDir } from "../shared/paths.js";
 import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
 import { revertSettings } from "./fast-restore.js";
 import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
+import { leaveRunRoles } from "./memberships.js";
 import type { Output } from "./output.js";
 import { inspect } from "./preflight.js";
 import { RunState, type RunRecord } from "./state.js";
@@ -28,28 +29,32 @@ export async function revertByHand(target: ServerSpec, targetDb: string, nats: N
     if (nats) nc = await connectNats(nats.url, "pg-migrate-revert-settings", nats.auth);
     const sameTarget = (r: RunRecord) =>
       info.systemId !== null && r.target.systemId !== null ? r.target.systemId === info.systemId : r.target.host === target.host && r.target.port === target.port;
-    const pending = (r: RunRecord) => sameTarget(r) && r.fastRestore.applied && !r.fastRestore.reverted;
+    const settingsLeft = (r: RunRecord) => r.fastRestore.applied && !r.fastRestore.reverted;
+    const rolesLeft = (r: RunRecord) => Boolean(r.memberships && !r.memberships.revoked && r.memberships.granted.length);
+    const pending = (r: RunRecord) => sameTarget(r) && (settingsLeft(r) || rolesLeft(r));
 
     const states = (await RunState.all(home, log)).filter((s) => pending(s.record));
     if (nc) {
-      const kv = await new Kvm(nc).open(RUNS_BUCKET);
-      await lock.holdInKv(kv, lockKey);
+      const kv = await openExistingKv(new Kvm(nc), RUNS_BUCKET);
+      if (kv) await lock.holdInKv(kv, lockKey);
       const local = new Set(states.map((s) => s.runId));
-      for (const record of await RunState.recordsInKv(kv)) {
+      for (const record of kv ? await RunState.recordsInKv(kv) : []) {
         if (!local.has(record.runId) && pending(record)) {
           const state = await RunState.create(home, record, log);
-          state.attachKv(kv);
+          state.attachKv(kv!);
           states.push(state);
         }
       }
     }
     if (!states.length) {
-      out.line(`nothing to revert: no run record under ${home}${nc ? " or in the KV" : ""} holds unreverted settings of ${describe(target)}`);
+      out.line(`nothing to revert: no run record under ${home}${nc ? " or in the KV" : ""} holds unreverted settings or joined roles of ${describe(target)}`);
       return 0;
     }
     const openTarget = () => connect(target, targetDb, "pg-migrate revert-settings");
     for (const state of states) {
+      await leaveRunRoles(state, openTarget, out);
       const fr = state.record.fastRestore;
+      if (!settingsLeft(state.record)) continue;
       const differing = await revertSettings(openTarget, fr.original);
       if (differing.length) throw new PreflightError(`could not revert ${differing.join(", ")} on ${describe(target)} (run ${state.runId}): check the target's postgresql.auto.conf`);
       fr.reverted = true;

@@ -25,7 +25,7 @@ import { discoverDatabases, existingDatabases, MAINTENANCE_DB, userObjectCount }
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
-import { joinRoles, leaveRoles, rolesToJoin } from "./memberships.js";
+import { joinRoles, leaveRunRoles, rolesToJoin } from "./memberships.js";
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
@@ -123,7 +123,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
           await previous.save();
           out.line(`reverted the fast-restore settings run ${previous.runId} had left on the target`);
         }
-        await leaveMigratedRoles(previous, openTarget, out);
+        await leaveRunRoles(previous, openTarget, out);
         if (cfg.restart) {
           // Asked now, before anything changes; done once workers are known to be there.
           await confirmRestart(previous, cfg);
@@ -344,7 +344,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
     await state.save();
     if (record.status !== "interrupted") throw err;
   } finally {
-    await leaveMigratedRoles(state, d.openTarget, out);
+    await leaveRunRoles(state, d.openTarget, out);
     const fr = record.fastRestore;
     if (fr.applied && !fr.reverted) {
       const differing = await revertSettings(d.openTarget, fr.original).catch((err: unknown) => [errorMessage(err)]);
@@ -435,21 +435,6 @@ async function joinMigratedRoles(state: RunState, d: Deps, noOwner: boolean): Pr
   for (const f of failed) d.out.warn(`could not join role ${JSON.stringify(f.role)} (${f.error}): its databases and objects may fail to restore`);
   const joined = join.filter((r) => !failed.some((f) => f.role === r));
   d.out.line(`the target user is not a superuser: joined ${joined.length} migrated role(s) for the run, so that their objects keep their owners; left again at the end`);
-}
-
-/** Leaves the roles a run joined (this run's at its end, an earlier run's when it died before). */
-async function leaveMigratedRoles(state: RunState, openTarget: () => Promise<pg.Client>, out: Output): Promise<void> {
-  const m = state.record.memberships;
-  if (!m || m.revoked || !m.granted.length) return;
-  const client = await openTarget().catch(() => undefined);
-  const failed = client ? await leaveRoles(client, m.granted).finally(() => client.end().catch(() => undefined)) : ["cannot connect to the target"];
-  if (failed.length) {
-    out.warn(`could not leave the role(s) joined for the run (${failed.join("; ")}): the next run tries again, or REVOKE them by hand`);
-    return;
-  }
-  m.revoked = true;
-  await state.save();
-  out.line(`left the ${m.granted.length} role(s) joined for run ${state.runId}`);
 }
 
 function newDbState(d: { name: string; sizeBytes: number; create: DbState["create"] }): DbState {

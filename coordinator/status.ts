@@ -3,7 +3,7 @@
 import Table from "cli-table3";
 import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
+import { openExistingKv, RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
 import { connectionAuth, connectNats, withoutCredentials, type NatsAuth } from "../shared/nats.js";
@@ -65,7 +65,8 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsA
   if (opts.natsUrl) {
     const nc = await connectNats(opts.natsUrl, "pg-migrate-status", opts.natsAuth);
     try {
-      const records = await RunState.recordsInKv(await new Kvm(nc).open(RUNS_BUCKET), opts.runId);
+      const kv = await openExistingKv(new Kvm(nc), RUNS_BUCKET);
+      const records = kv ? await RunState.recordsInKv(kv, opts.runId) : [];
       const newest = records.sort((a, b) => b.startedAt.localeCompare(a.startedAt))[0];
       if (!newest) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} in the KV of ${withoutCredentials(opts.natsUrl)}`);
       return newest;
@@ -82,7 +83,8 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsA
 async function kvHolders(url: string, auth: NatsAuth): ReturnType<typeof kvLockHolders> {
   const nc = await connectNats(url, "pg-migrate-status", auth);
   try {
-    return await kvLockHolders(await new Kvm(nc).open(RUNS_BUCKET));
+    const kv = await openExistingKv(new Kvm(nc), RUNS_BUCKET);
+    return kv ? await kvLockHolders(kv) : [];
   } finally {
     await nc.close().catch(() => undefined);
   }

@@ -118,6 +118,18 @@ function isNotFound(err: unknown): boolean {
 }
 
 /** A bucket as it already is (whatever replicas an earlier run gave it), or created with these options. */
+/** The bucket if it exists; undefined on a broker no run has used yet (Kvm.open itself does not check). */
+export async function openExistingKv(kvm: Kvm, name: string): Promise<KV | undefined> {
+  const kv = await kvm.open(name);
+  try {
+    await kv.status();
+    return kv;
+  } catch (err) {
+    if (/stream not found/i.test(err instanceof Error ? err.message : String(err))) return undefined;
+    throw err;
+  }
+}
+
 export async function openOrCreateKv(kvm: Kvm, name: string, opts: Partial<KvOptions>): Promise<KV> {
   try {
     const kv = await kvm.open(name);

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
-import { psqlExec } from "../../demo/cluster.js";
+import { psqlExec, startNats } from "../../demo/cluster.js";
 import { demoSql } from "../../demo/generate.js";
 import { makeCa, type TestCa } from "../helpers/certs.js";
 import { BIN, cliEnv, databasesOf, errorLines, query, runCli, serverArgs } from "../helpers/cli.js";
@@ -96,6 +96,30 @@ test("verify-full TLS to a hostssl-only source, and NATS with a user, a password
       { sourceTls: { cert: pgCert.certPem, key: pgCert.keyPem, only: true }, natsArgs: ["-c", natsConf] },
     );
   } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("a NATS token from a file is accepted; without it the broker's refusal names the flags", { timeout: 120_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), "pgm-token-"));
+  const token = `Tok-${Date.now()}-q`;
+  const conf = join(dir, "nats.conf");
+  await writeFile(conf, `authorization { token: "${token}" }\n`);
+  const tokenFile = join(dir, "token");
+  await writeFile(tokenFile, `${token}\n`, { mode: 0o600 });
+  const nats = await startNats({ args: ["-c", conf] });
+  try {
+    const env = { HOME: dir };
+    // Connected and authenticated: the KV simply holds no run yet.
+    const ok = await runCli(["status", "--nats-url", nats.url, "--nats-token-file", tokenFile], env, 60_000);
+    assert.match(ok.stderr, /no pg-migrate run in the KV of nats:\/\/127\.0\.0\.1:\d+/, ok.stderr);
+    const viaEnv = await runCli(["status", "--nats-url", nats.url], { ...env, PGMIGRATE_NATS_TOKEN: token }, 60_000);
+    assert.match(viaEnv.stderr, /no pg-migrate run in the KV/, viaEnv.stderr);
+    const refused = await runCli(["status", "--nats-url", nats.url], env, 60_000);
+    assert.notEqual(refused.exitCode, 0);
+    assert.match(refused.stderr, /cannot connect to NATS at .*: the server refused our credentials: set .*PGMIGRATE_NATS_TOKEN \(or --nats-token-file\)/);
+  } finally {
+    await nats.stop();
     await rm(dir, { recursive: true, force: true });
   }
 });
