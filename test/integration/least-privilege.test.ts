@@ -8,6 +8,7 @@ import pg from "pg";
 import { psqlExec, type LocalCluster } from "../../demo/cluster.js";
 import { databasesOf, query, readReport, runCli, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
+import { startCli } from "../helpers/live.js";
 
 const READER_PW = "Reader-Pw-51";
 const MIGRATOR_PW = "Migrator-Pw-88";
@@ -127,5 +128,32 @@ test("a source user that cannot read pg_authid: refused with the flag to use, th
     assert.ok((await ownersOf(target, "app")).every((x) => x.o === "migrator"), "every object owned by the target user");
     const noPassword = await query<{ r: string }>(target, "postgres", "SELECT rolname AS r FROM pg_authid WHERE rolname IN ('app_writer', 'reader') AND rolpassword IS NULL ORDER BY 1");
     assert.deepEqual(noPassword.map((x) => x.r), ["app_writer", "reader"]);
+  });
+});
+
+test("roles joined by a coordinator that was killed are left by revert-settings, and the resumed run finishes", { timeout: 600_000 }, async () => {
+  await withTestEnv(async ({ source, target, home }) => {
+    await seed(source, false);
+    await psqlExec(source, "postgres", `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}' IN ROLE pg_read_all_data`);
+    await psqlExec(target, "postgres", `CREATE ROLE migrator LOGIN PASSWORD '${MIGRATOR_PW}' CREATEDB CREATEROLE`);
+    const memberships = async () =>
+      (await query<{ r: string }>(target, "postgres", "SELECT b.rolname AS r FROM pg_auth_members m JOIN pg_roles a ON a.oid = m.member JOIN pg_roles b ON b.oid = m.roleid WHERE a.rolname = 'migrator' ORDER BY 1")).map((x) => x.r);
+
+    const live = startCli(args(source, target), env(home));
+    await live.waitFor(/joined \d+ migrated role\(s\) for the run/);
+    live.child.kill("SIGKILL");
+    await live.result;
+    assert.deepEqual(await memberships(), ["app_owner", "app_writer", "reader"], "the dead run's memberships are still there");
+
+    const revert = await runCli(["revert-settings", "--to-host", target.host, "--to-port", String(target.port), "--to-user", "migrator"], env(home));
+    assert.equal(revert.exitCode, 0, revert.stderr);
+    assert.match(revert.stderr, /left the 3 role\(s\) joined for run/);
+    assert.deepEqual(await memberships(), []);
+
+    const r = await runCli(args(source, target), env(home));
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stderr, /resuming run/);
+    for (const db of ["app", "legacy"]) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), `row counts of ${db}`);
+    assert.deepEqual(await memberships(), [], "left again at the end of the resumed run");
   });
 });
