@@ -48,3 +48,10 @@ test("absolute dump roots stay; the embedded worker count follows --max-parallel
   assert.equal(c.dumpRoot, "/mnt/dumps");
   assert.equal(c.workers, 3);
 });
+
+test("--wait is off by default and takes seconds, also from PGMIGRATE_WAIT", () => {
+  assert.equal(parse([]).waitMs, 0);
+  assert.equal(parse(["--wait", "30"]).waitMs, 30_000);
+  assert.equal(parse([], { PGMIGRATE_WAIT: "120" }).waitMs, 120_000);
+  assert.throws(() => parse(["--wait", "soon"]), /--wait.*whole number of at least 0/);
+});
