@@ -1,7 +1,7 @@
 // pg-migrate: the coordinator's command line. The one place where an error becomes a message and an exit code.
 import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
-import { bool, nonEmpty, port, positiveInt } from "../shared/cli-values.js";
+import { bool, nonEmpty, nonNegativeInt, port, positiveInt } from "../shared/cli-values.js";
 import { ConfigError, errorMessage, InterruptedError, PreflightError, ToolError } from "../shared/errors.js";
 import { natsAuthFrom, natsAuthOptions, NatsConnectError, withoutCredentials, type NatsAuthFlags } from "../shared/nats.js";
 import { ConnectError, type ServerSpec } from "../shared/pg/connect.js";
@@ -24,7 +24,7 @@ type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[
 type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & NatsAuthFlags & {
   jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean;
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
-  keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
+  keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; wait: number; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number; report?: string; logLevel?: string;
 };
 
@@ -119,6 +119,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--restart", "start a new run instead of resuming an unfinished one, after dropping the databases the old run created").default(false))
     .addOption(new Option("-y, --yes", "confirm what --restart drops without asking").default(false))
     .addOption(new Option("--dry-run", "print what a run would do and change nothing (the same as pg-migrate plan)").default(false))
+    .addOption(new Option("--wait <seconds>", "keep trying the source, the target and NATS this long before giving up (servers starting alongside, as in a compose stack); 0: no waiting").default(0).env("PGMIGRATE_WAIT").argParser(nonNegativeInt))
     .addOption(new Option("--worker-wait <seconds>", "how long to wait for the first worker").default(60).argParser(positiveInt))
     .addOption(new Option("--ack-wait <seconds>", "seconds a silent worker keeps a job before it is redelivered").default(DEFAULT_ACK_WAIT_MS / 1000).argParser(positiveInt))
     .addOption(new Option("--max-deliver <n>", "deliveries of a job before its database fails").default(DEFAULT_MAX_DELIVER).argParser(positiveInt))
@@ -155,6 +156,7 @@ export function toConfig(program: Command): MigrateConfig {
     keepDumps: o.keepDumps,
     restart: o.restart,
     yes: o.yes,
+    waitMs: o.wait * 1000,
     workerWaitMs: o.workerWait * 1000,
     ackWaitMs: o.ackWait * 1000,
     maxDeliver: o.maxDeliver,

@@ -34,6 +34,8 @@ export interface MigrateConfig {
   restart: boolean;
   /** Confirms what --restart drops, without asking. */
   yes: boolean;
+  /** --wait: how long to keep trying the source, the target and NATS before the preflight (0: no waiting). */
+  waitMs: number;
   workerWaitMs: number;
   ackWaitMs: number;
   maxDeliver: number;

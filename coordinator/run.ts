@@ -33,6 +33,7 @@ import { checkDumpVolume, checkServers, inspect, pairKey } from "./preflight.js"
 import { summaryTable, writeReport } from "./report.js";
 import { Scheduler } from "./scheduler.js";
 import { newRunId, RunState, type DbState, type RunRecord } from "./state.js";
+import { natsService, postgresService, waitForServices } from "./wait.js";
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, preflight: 3, interrupted: 130 } as const;
 
@@ -42,6 +43,14 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
   const opened: pg.Client[] = [];
   let lock: TargetLock | undefined;
   try {
+    if (cfg.waitMs > 0) {
+      const services = [postgresService(cfg.source, cfg.sourceDb), postgresService(cfg.target, cfg.targetDb)];
+      if (cfg.natsUrl) services.push(natsService(cfg.natsUrl, cfg.natsAuth));
+      const started = Date.now();
+      out.line(`waiting up to ${Math.round(cfg.waitMs / 1000)}s for ${services.map((s) => s.name).join(", ")} (--wait)`);
+      await waitForServices(services, cfg.waitMs, signal);
+      out.line(`all answered after ${Math.round((Date.now() - started) / 1000)}s`);
+    }
     out.line(`checking the ${describe(cfg.source, cfg.sourceDb)} and the ${describe(cfg.target, cfg.targetDb)}`);
     const src = await inspect(cfg.source, cfg.sourceDb);
     opened.push(src.client);

@@ -85,3 +85,10 @@ test("NATS auth: the password only from the environment or a file, and never in 
   assert.throws(() => parse(["--nats-url", "nats://b"], { PGMIGRATE_NATS_PASS: "p" }), /no user: add --nats-user/);
   assert.throws(() => parse(["--nats-ca", "/nonexistent/ca.pem"]), /--nats-ca/);
 });
+
+test("--wait is off by default and takes seconds, also from PGMIGRATE_WAIT", () => {
+  assert.equal(parse([]).waitMs, 0);
+  assert.equal(parse(["--wait", "30"]).waitMs, 30_000);
+  assert.equal(parse([], { PGMIGRATE_WAIT: "120" }).waitMs, 120_000);
+  assert.throws(() => parse(["--wait", "soon"]), /--wait.*whole number of at least 0/);
+});
