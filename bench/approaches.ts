@@ -84,27 +84,7 @@ export const APPROACHES: Approach[] = [
       return { wallMs: await sh(ctx, `${globalsStep(ctx)}; ${perDatabase(ctx, 2, body)}`) };
     },
   },
-  {
-    name: "pg-migrate (defaults, embedded)",
-    async run(ctx) {
-      const home = join(ctx.work, "home");
-      await mkdir(home, { recursive: true });
-      const rss = new PeakRss((argv) => argv.some((a) => a.endsWith("bin/pg-migrate.js")));
-      const t0 = performance.now();
-      const r = await execa(
-        process.execPath,
-        [BIN, "--from-host", ctx.source.host, "--from-port", String(ctx.source.port), "--to-host", ctx.target.host, "--to-port", String(ctx.target.port), "--pg-bin", ctx.pgBin],
-        { env: { HOME: home, PGMIGRATE_FROM_PASS: ctx.source.password, PGMIGRATE_TO_PASS: ctx.target.password }, reject: false, all: true },
-      );
-      const wallMs = performance.now() - t0;
-      const peaks = rss.stop();
-      if (r.exitCode !== 0) throw new Error(`pg-migrate exited ${r.exitCode}:\n${String(r.all).slice(-3000)}`);
-      const worker = Math.max(0, ...[...peaks].filter(([argv]) => argv.includes(" worker ")).map(([, b]) => b));
-      const coordinator = Math.max(0, ...[...peaks].filter(([argv]) => !argv.includes(" worker ")).map(([, b]) => b));
-      await rm(home, { recursive: true, force: true });
-      return { wallMs, rss: { coordinator, worker } };
-    },
-  },
+  pgMigrate("pg-migrate (defaults, embedded)", []),
   {
     name: "floor: pg_restore -j4 of existing uncompressed dumps",
     async prepare(ctx) {
@@ -128,6 +108,31 @@ function shellLoop(name: string, compress: string): Approach {
         `pg_dump ${conn(ctx.source)} -Fd ${compress} -j4 -f "${ctx.work}/$DB" "$DB" && ` +
         `pg_restore ${conn(ctx.target)} -j4 -d "$DB" "${ctx.work}/$DB" && rm -rf "${ctx.work}/$DB"`;
       return { wallMs: await sh(ctx, `${globalsStep(ctx)}; ${perDatabase(ctx, 2, body)}`) };
+    },
+  };
+}
+
+/** pg-migrate in embedded mode with these extra flags (none: its defaults). */
+export function pgMigrate(name: string, extra: string[]): Approach {
+  return {
+    name,
+    async run(ctx) {
+      const home = join(ctx.work, "home");
+      await mkdir(home, { recursive: true });
+      const rss = new PeakRss((argv) => argv.some((a) => a.endsWith("bin/pg-migrate.js")));
+      const t0 = performance.now();
+      const r = await execa(
+        process.execPath,
+        [BIN, "--from-host", ctx.source.host, "--from-port", String(ctx.source.port), "--to-host", ctx.target.host, "--to-port", String(ctx.target.port), "--pg-bin", ctx.pgBin, ...extra],
+        { env: { HOME: home, PGMIGRATE_FROM_PASS: ctx.source.password, PGMIGRATE_TO_PASS: ctx.target.password }, reject: false, all: true },
+      );
+      const wallMs = performance.now() - t0;
+      const peaks = rss.stop();
+      if (r.exitCode !== 0) throw new Error(`pg-migrate exited ${r.exitCode}:\n${String(r.all).slice(-3000)}`);
+      const worker = Math.max(0, ...[...peaks].filter(([argv]) => argv.includes(" worker ")).map(([, b]) => b));
+      const coordinator = Math.max(0, ...[...peaks].filter(([argv]) => !argv.includes(" worker ")).map(([, b]) => b));
+      await rm(home, { recursive: true, force: true });
+      return { wallMs, rss: { coordinator, worker } };
     },
   };
 }

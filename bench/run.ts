@@ -3,6 +3,7 @@
 // count checked against the source. Prints medians, spreads and ratios, and writes the results as JSON.
 //
 //   npm run bench -- [--scale 16] [--dbs 6] [--tiny 30] [--runs 6] [--only name,name] [--json bench/results.json]
+//                    [--variant="--compress 0 -m 2"]…   pg-migrate with other flags too, side by side with its defaults
 //   npm run bench -- --mode many     30 and then 300 tiny databases: how time grows with the number of databases
 //   npm run bench -- --mode large    one database of --scale, then one 4× its size: how time grows with size
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -12,7 +13,7 @@ import { parseArgs } from "node:util";
 import Table from "cli-table3";
 import { execa } from "execa";
 import { postgresBinDir, startCluster, type LocalCluster } from "../demo/cluster.js";
-import { APPROACHES, type Approach, type BenchContext, type RunResult } from "./approaches.js";
+import { APPROACHES, pgMigrate, type Approach, type BenchContext, type RunResult } from "./approaches.js";
 import { generate, resetTarget, rowCounts, userDatabases, withClient, type DatasetSpec } from "./dataset.js";
 import { summarize, type Summary } from "./stats.js";
 
@@ -24,6 +25,7 @@ const { values: o } = parseArgs({
     tiny: { type: "string", default: "30" },
     runs: { type: "string", default: "6" },
     only: { type: "string" },
+    variant: { type: "string", multiple: true },
     json: { type: "string", default: "bench/results.json" },
   },
 });
@@ -105,7 +107,10 @@ async function withBench<T>(fn: (ctx: BenchContext, c: Cluster2) => Promise<T>):
   }
 }
 
-async function available(approaches: Approach[]): Promise<Approach[]> {
+async function available(base: Approach[]): Promise<Approach[]> {
+  const variants = (o.variant ?? []).map((v) => pgMigrate(`pg-migrate ${v.trim()}`, v.trim().split(/\s+/)));
+  const at = base.findIndex((a) => a.name.startsWith("pg-migrate"));
+  const approaches = [...base.slice(0, at + 1), ...variants, ...base.slice(at + 1)];
   const pgcopydb = await execa("bash", ["-c", "command -v pgcopydb"], { reject: false });
   const only = o.only?.split(",").map((x) => x.trim().toLowerCase());
   return approaches.filter((a) => {

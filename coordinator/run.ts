@@ -132,7 +132,8 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
           await previous.save();
           out.line(`reverted the fast-restore settings run ${previous.runId} had left on the target`);
         }
-        await leaveRunRoles(previous, openTarget, out);
+        // With --restart, its roles are left after its databases are dropped: dropping them may need the membership.
+        if (!cfg.restart) await leaveRunRoles(previous, openTarget, out);
         if (cfg.restart) {
           // Asked now, before anything changes; done once workers are known to be there.
           await confirmRestart(previous, cfg);
@@ -207,7 +208,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         );
       }
       out.line(`${present} worker(s) ready`);
-      if (abandoned) await abandon(abandoned, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
+      if (abandoned) {
+        await abandon(abandoned, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
+        await leaveRunRoles(abandoned, openTarget, out);
+      }
       } catch (err) {
         // The record must not say "running" for a run that never got to its jobs (status and watch read it).
         state.record.status = signal.aborted || err instanceof InterruptedError ? "interrupted" : "failed";
@@ -443,6 +447,10 @@ async function joinMigratedRoles(state: RunState, d: Deps, noOwner: boolean): Pr
   const failed = await joinRoles(d.tgtClient, join);
   for (const f of failed) d.out.warn(`could not join role ${JSON.stringify(f.role)} (${f.error}): its databases and objects may fail to restore`);
   const joined = join.filter((r) => !failed.some((f) => f.role === r));
+  if (failed.length) {
+    state.record.memberships.granted = granted.filter((r) => !failed.some((f) => f.role === r));
+    await state.save();
+  }
   d.out.line(`the target user is not a superuser: joined ${joined.length} migrated role(s) for the run, so that their objects keep their owners; left again at the end`);
 }
 

@@ -20,13 +20,21 @@ export function describe(s: ServerSpec, db?: string): string {
   return `${s.role} ${s.host}:${s.port}${db ? `/${db}` : ""} as ${s.user}`;
 }
 
+/** Servers that answered "no TLS" to a prefer/allow connection: later connections go plain at once. */
+const withoutTls = new Set<string>();
+
 export async function connect(s: ServerSpec, database: string, appName = "pg-migrate"): Promise<pg.Client> {
   const { ssl, fallback } = driverSsl(s, s.role);
-  try {
-    return await connectWith(s, database, appName, ssl);
-  } catch (err) {
-    // prefer/allow: a server without TLS is fine, as with libpq.
-    if (!fallback || !/does not support SSL/i.test(errorMessage(err))) throw wrap(s, database, err);
+  const server = `${s.host}:${s.port}`;
+  if (!(fallback && withoutTls.has(server))) {
+    try {
+      return await connectWith(s, database, appName, ssl);
+    } catch (err) {
+      // prefer/allow: a server without TLS is fine, as with libpq (which goes on in the same connection; the
+      // driver cannot, so it opens a second one, once per server).
+      if (!fallback || !/does not support SSL/i.test(errorMessage(err))) throw wrap(s, database, err);
+      withoutTls.add(server);
+    }
   }
   try {
     return await connectWith(s, database, appName, false);
