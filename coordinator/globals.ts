@@ -36,10 +36,11 @@ export function adaptForNonSuperuser(parts: ScriptPart[]): { parts: ScriptPart[]
       );
       return { ...p, text: /^\s*;?\s*$/.test(attrs) ? "" : `${alter[1]}${attrs}` };
     }
-    const grant = /^GRANT\s[\s\S]*?(\s+GRANTED\s+BY\s+("(?:[^"]|"")*"|[^\s;]+))\s*;$/i.exec(p.text);
+    // Only the clause that ends the statement: the same words inside a quoted role name are a name.
+    const grant = /^GRANT\s/i.test(p.text) ? /\s+GRANTED\s+BY\s+("(?:[^"]|"")*"|[^\s;"]+)\s*;$/i.exec(p.text) : null;
     if (grant) {
-      const statement = p.text.replace(grant[1]!, "");
-      notApplied.push(`grantor ${grant[2]} of ${statement}`);
+      const statement = `${p.text.slice(0, grant.index)};`;
+      notApplied.push(`grantor ${grant[1]} of ${statement}`);
       return { ...p, text: statement };
     }
     return p;
@@ -73,7 +74,7 @@ export function loginRolesCreated(parts: ScriptPart[], alreadyExisted: Set<strin
     if (role === undefined) continue;
     if (/^CREATE\s+ROLE/i.test(p.text) && !alreadyExisted.has(p.text)) created.add(role);
     // pg_dumpall spells every attribute out: "... NOLOGIN ..." or "... LOGIN ...".
-    if (/^ALTER\s+ROLE/i.test(p.text) && /\sLOGIN[\s;]/i.test(p.text.replace(/"(?:[^"]|"")*"/g, '""'))) login.add(role);
+    if (/^ALTER\s+ROLE/i.test(p.text) && /\sLOGIN[\s;]/i.test(p.text.replace(/'(?:[^']|'')*'|"(?:[^"]|"")*"/g, "''"))) login.add(role);
   }
   return [...created].filter((r) => login.has(r)).sort();
 }
@@ -123,5 +124,30 @@ export async function migrateGlobals(
     else outcome.failed.push({ statement: p.text, error });
   }
   if (!opts.rolePasswords) outcome.withoutPassword = loginRolesCreated(parts, new Set(outcome.alreadyExisted));
-  return outcome;
+  // What is kept (state, KV, report) and printed never holds a password verifier.
+  return {
+    ...outcome,
+    removed: outcome.removed.map(redactPasswords),
+    alreadyExisted: outcome.alreadyExisted.map(redactPasswords),
+    failed: outcome.failed.map((f) => ({ statement: redactPasswords(f.statement), error: f.error })),
+  };
+}
+
+/** Pure: the statement with every PASSWORD '…' literal (a SCRAM or md5 verifier from pg_dumpall) blanked out. */
+export function redactPasswords(statement: string): string {
+  return statement.replace(/(\bPASSWORD\s+)'(?:[^']|'')*'/gi, (whole, keyword: string, offset: number) =>
+    insideDoubleQuotes(statement, offset) ? whole : `${keyword}'(redacted)'`,
+  );
+}
+
+/** Whether position `at` of a statement lies inside a double-quoted identifier. */
+function insideDoubleQuotes(text: string, at: number): boolean {
+  let inside = false;
+  for (let i = 0; i < at; i++) {
+    if (text[i] === "'" && !inside) {
+      const end = text.indexOf("'", i + 1);
+      i = end < 0 ? text.length : end; // a literal: its quotes do not count
+    } else if (text[i] === '"') inside = !inside;
+  }
+  return inside;
 }

@@ -12,7 +12,7 @@ import { connect } from "@nats-io/transport-node";
 import { execa } from "execa";
 import { psqlExec } from "../../demo/cluster.js";
 import { demoSql } from "../../demo/generate.js";
-import { BIN, cliEnv, readReport, runCli, serverArgs, tableCounts } from "../helpers/cli.js";
+import { BIN, cliEnv, query, readReport, runCli, serverArgs, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 import { listProcesses } from "../helpers/procs.js";
 
@@ -38,7 +38,10 @@ test("no password and no shared key in argv, on NATS, in the streams or in any f
     await withTestEnv(async ({ source, target, home, nats }) => {
       await psqlExec(source, "postgres", demoSql());
       const secret = `Shared-Key-${Date.now()}-zq`;
-      const secrets = [source.password, target.password, secret, natsPass];
+      // Role password verifiers are secrets too: pg_dumpall hands them over, and they must go nowhere but the target.
+      const verifiers = (await query<{ v: string }>(source, "postgres", "SELECT rolpassword AS v FROM pg_authid WHERE rolpassword IS NOT NULL")).map((r) => r.v);
+      assert.ok(verifiers.length >= 1, "the source has password verifiers");
+      const secrets = [source.password, target.password, secret, natsPass, ...verifiers];
       // The source password from a file (outside HOME, which is searched below), the target's from the environment.
       const sourcePassFile = join(outside, "source.pw");
       await writeFile(sourcePassFile, `${source.password}\n`, { mode: 0o600 });

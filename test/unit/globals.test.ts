@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { adaptForNonSuperuser, filterGlobals, loginRolesCreated } from "../../coordinator/globals.js";
+import { adaptForNonSuperuser, filterGlobals, loginRolesCreated, redactPasswords } from "../../coordinator/globals.js";
 import { roleStatementTarget, splitScript } from "../../coordinator/sql-split.js";
 
 const DUMPALL = `--
@@ -82,4 +82,23 @@ GRANT app TO other;
     "GRANT app TO other;",
   ]);
   assert.deepEqual(notApplied, ['role "Repl \\"SUPERUSER\\"": SUPERUSER', 'role "Repl \\"SUPERUSER\\"": REPLICATION', 'role "Repl \\"SUPERUSER\\"": BYPASSRLS', 'grantor postgres of GRANT app TO "x y";']);
+});
+
+test("GRANTED BY is cut only where it ends the statement, never inside a quoted role name", () => {
+  const { parts, notApplied } = adaptForNonSuperuser(splitScript(`GRANT "admin GRANTED BY migrator" TO eve GRANTED BY migrator;\nGRANT app TO "b GRANTED BY c";\n`));
+  assert.deepEqual(parts.map((p) => p.text), ['GRANT "admin GRANTED BY migrator" TO eve;', 'GRANT app TO "b GRANTED BY c";']);
+  assert.deepEqual(notApplied, ['grantor migrator of GRANT "admin GRANTED BY migrator" TO eve;']);
+});
+
+test("redactPasswords blanks every verifier, and only verifiers", () => {
+  assert.equal(
+    redactPasswords(`ALTER ROLE "PASSWORD 'x'" WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:a''b' VALID UNTIL 'infinity';`),
+    `ALTER ROLE "PASSWORD 'x'" WITH LOGIN PASSWORD '(redacted)' VALID UNTIL 'infinity';`,
+  );
+  assert.equal(redactPasswords("ALTER ROLE app WITH PASSWORD 'md5abc';"), "ALTER ROLE app WITH PASSWORD '(redacted)';");
+});
+
+test("loginRolesCreated ignores LOGIN inside a quoted value", () => {
+  const parts = splitScript(`CREATE ROLE x;\nALTER ROLE x WITH NOLOGIN;\nALTER ROLE x SET search_path TO 'LOGIN here';\n`);
+  assert.deepEqual(loginRolesCreated(parts, new Set()), []);
 });
