@@ -148,7 +148,8 @@ export function toConfig(program: Command): MigrateConfig {
     rolePasswords: o.rolePasswords,
     noOwner: !o.owner,
     natsUrl: o.natsUrl,
-    natsAuth: natsAuthFrom(o),
+    // Embedded mode talks to its own plain loopback broker: the user's NATS settings are not read.
+    natsAuth: o.natsUrl ? natsAuthFrom(o) : {},
     workers: o.workers ?? o.maxParallel,
     fastRestore: o.fastRestore,
     compress: o.compress,
@@ -222,7 +223,7 @@ function warnAboutArgv(program: Command, out: Output): void {
   }
   const url = program.opts<RawOptions>().natsUrl;
   if (url && program.getOptionValueSource("natsUrl") === "cli" && withoutCredentials(url) !== url) {
-    out.warn("--nats-url holds credentials, which puts them in the process list; --nats-user with PGMIGRATE_NATS_PASS keeps them out");
+    out.warn("--nats-url holds credentials, which puts them in the process list; --nats-user with PGMIGRATE_NATS_PASS (or PGMIGRATE_NATS_URL) keeps them out");
   }
 }
 

@@ -91,7 +91,10 @@ export class LocalWorkers {
   private async spawn(index: number): Promise<void> {
     const env: NodeJS.ProcessEnv = { ...process.env, [SECRET_ENV]: this.opts.secret };
     // Local workers get passwords only sealed inside their jobs.
-    for (const name of ["PGMIGRATE_FROM_PASS", "PGMIGRATE_TO_PASS", "PGMIGRATE_FROM_PASS_FILE", "PGMIGRATE_TO_PASS_FILE", "PGMIGRATE_NATS_PASS", "PGMIGRATE_NATS_TOKEN"]) delete env[name];
+    // Nor any NATS setting of the user's: their broker is this plain loopback one.
+    for (const name of Object.keys(env)) {
+      if (/^PGMIGRATE_(FROM_PASS|TO_PASS|NATS_)/.test(name)) delete env[name];
+    }
     const out = openSync(join(this.opts.logDir, `worker-${index}.log`), "a", 0o600);
     const args = [BIN, "worker", "--nats-url", this.opts.natsUrl, "--dump-root", this.opts.dumpRoot, "--id", `local-${index}`, "--retry-delay", String(this.opts.retryDelayS)];
     if (this.opts.pgBin) args.push("--pg-bin", this.opts.pgBin);

@@ -6,7 +6,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { openExistingKv, RUNS_BUCKET, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
 import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
-import { connectionAuth, connectNats, withoutCredentials, type NatsAuth } from "../shared/nats.js";
+import { natsConnectOptions, connectNats, withoutCredentials, type NatsAuth } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { bytes, seconds, type Output } from "./output.js";
 import { fileLockHolders, isStale, kvLockHolders } from "./lock.js";
@@ -94,7 +94,7 @@ async function liveWorkers(url: string | undefined, auth: NatsAuth): Promise<Sta
   if (!url) return null;
   let nc: NatsConnection | undefined;
   try {
-    nc = await connect({ ...connectionAuth(auth), servers: url.split(","), name: "pg-migrate-status", timeout: 2_000, maxReconnectAttempts: 0 });
+    nc = await connect({ ...natsConnectOptions(url, auth), name: "pg-migrate-status", timeout: 2_000, maxReconnectAttempts: 0 });
     const present = await readPresence(await new Kvm(nc).open(WORKERS_BUCKET));
     return [...present].map(([id, p]) => ({ id, ...p })).sort((a, b) => a.id.localeCompare(b.id));
   } catch {

@@ -78,8 +78,27 @@ export interface NatsEndpoint {
   auth: NatsAuth;
 }
 
-/** The connect options that carry the auth and TLS (for the few connections that set their own timeouts). */
-export function connectionAuth(a: NatsAuth): Partial<ConnectionOptions> {
+/**
+ * The servers and the connect options that carry the auth and TLS. A tls:// URL insists on TLS (nats.js itself
+ * goes by the options, not the scheme), and user:password@ or token@ in a URL is used when no flag gives
+ * credentials (nats.js ignores them there).
+ */
+export function natsConnectOptions(url: string, a: NatsAuth): Partial<ConnectionOptions> & { servers: string[] } {
+  const servers = url.split(",").map((s) => s.trim()).filter(Boolean);
+  const auth = { ...a };
+  for (const s of servers) {
+    if (/^tls:\/\//i.test(s)) auth.tls = true;
+    const cred = /^(?:[a-z]+:\/\/)?([^@/]*)@/i.exec(s)?.[1];
+    if (cred && !auth.user && !auth.token && !auth.creds) {
+      const [user, pass] = cred.split(/:(.*)/s) as [string, string | undefined];
+      if (pass !== undefined) Object.assign(auth, { user: decodeURIComponent(user), pass: decodeURIComponent(pass) });
+      else auth.token = decodeURIComponent(user);
+    }
+  }
+  return { ...connectionAuth(auth), servers: servers.map((s) => s.replace(/^((?:[a-z]+:\/\/)?)[^@/]*@/i, "$1")) };
+}
+
+function connectionAuth(a: NatsAuth): Partial<ConnectionOptions> {
   const opts: Partial<ConnectionOptions> = {};
   if (a.user) {
     opts.user = a.user;
@@ -93,7 +112,7 @@ export function connectionAuth(a: NatsAuth): Partial<ConnectionOptions> {
 
 /** NATS URLs as they may be stored, logged and shown: any user:password@ part removed. */
 export function withoutCredentials(urls: string): string {
-  return urls.split(",").map((u) => u.trim().replace(/\/\/[^@/]*@/, "//")).join(",");
+  return urls.split(",").map((u) => u.trim().replace(/^((?:[a-z]+:\/\/)?)[^@/]*@/i, "$1")).join(",");
 }
 
 export class NatsConnectError extends Error {
@@ -103,8 +122,7 @@ export class NatsConnectError extends Error {
 export async function connectNats(url: string, name: string, auth: NatsAuth = {}): Promise<NatsConnection> {
   try {
     return await connect({
-      ...connectionAuth(auth),
-      servers: url.split(",").map((s) => s.trim()).filter(Boolean),
+      ...natsConnectOptions(url, auth),
       name,
       // A long migration outlives a broker restart: keep trying rather than giving up on the run.
       maxReconnectAttempts: -1,

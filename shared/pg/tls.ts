@@ -39,7 +39,12 @@ export function driverSsl(t: PgTls, role: string): { ssl: false | ConnectionOpti
   const ca = rootCert(t, role);
   // require checks nothing, unless a root certificate is given: then, as in libpq, it means verify-ca.
   if (mode === "require" && !ca) return { ssl: { rejectUnauthorized: false, ...files }, fallback: false };
-  const verify: ConnectionOptions = { rejectUnauthorized: true, ...files, ...(ca ? { ca } : {}) };
+  if (!ca) {
+    // As libpq: verifying against no CA of one's own would trust every public CA, and verify-ca then any name.
+    const flag = `--${role === "source" ? "from" : "to"}-sslrootcert`;
+    throw new ConfigError(`--${role === "source" ? "from" : "to"}-sslmode ${mode} needs the CA that signed the ${role}'s certificate: give it with ${flag} (or put it in ~/.postgresql/root.crt)`, flag);
+  }
+  const verify: ConnectionOptions = { rejectUnauthorized: true, ca, ...files };
   if (mode !== "verify-full") verify.checkServerIdentity = () => undefined;
   return { ssl: verify, fallback: false };
 }

@@ -21,6 +21,7 @@ test("verify-full TLS to a hostssl-only source, and NATS with a user, a password
   const dir = await mkdtemp(join(tmpdir(), "pgm-tls-"));
   try {
     const ca: TestCa = await makeCa(dir);
+    const otherCa: TestCa = await makeCa(await mkdtemp(join(dir, "other-")));
     // The PostgreSQL certificate names only the address the tool is given: verify-full checks that.
     const pgCert = await ca.leaf("pg-source", ["IP:127.0.0.1"]);
     const natsCert = await ca.leaf("nats", ["IP:127.0.0.1", "DNS:localhost"]);
@@ -64,10 +65,14 @@ test("verify-full TLS to a hostssl-only source, and NATS with a user, a password
         );
         assert.notEqual(noCa.exitCode, 0);
         assert.match(noCa.stderr, /--nats-ca/, noCa.stderr);
-        // verify-full without the CA, and by a name the certificate does not hold: refused, naming the fix.
-        const untrusted = await runCli(["plan", ...serverArgs(source, target), "--from-sslmode", "verify-full"], cliEnv(home, source, target));
+        // verify-full without a CA (libpq refuses it too), against another CA, and by a name the certificate does
+        // not hold: refused, naming the fix.
+        const noRoot = await runCli(["plan", ...serverArgs(source, target), "--from-sslmode", "verify-full"], cliEnv(home, source, target));
+        assert.equal(noRoot.exitCode, 2, noRoot.stderr);
+        assert.match(noRoot.stderr, /--from-sslmode verify-full needs the CA .*--from-sslrootcert/);
+        const untrusted = await runCli(["plan", ...serverArgs(source, target), "--from-sslmode", "verify-ca", "--from-sslrootcert", otherCa.caFile], cliEnv(home, source, target));
         assert.equal(untrusted.exitCode, 3, untrusted.stderr);
-        assert.match(untrusted.stderr, /--from-sslrootcert/);
+        assert.match(untrusted.stderr, /not signed by a CA this host trusts .*--from-sslrootcert/);
         const wrongName = await runCli(["plan", ...serverArgs(source, target), ...sourceTls, "--from-host", "localhost"], cliEnv(home, source, target));
         assert.equal(wrongName.exitCode, 3, wrongName.stderr);
         assert.match(wrongName.stderr, /does not name localhost/);

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildProgram, toConfig } from "../../coordinator/cli.js";
 import { publicOptions } from "../../coordinator/config.js";
+import { natsConnectOptions, withoutCredentials } from "../../shared/nats.js";
 
 function parse(args: string[], env: Record<string, string> = {}) {
   const saved = { ...process.env };
@@ -83,7 +84,7 @@ test("NATS auth: the password only from the environment or a file, and never in 
   assert.doesNotMatch(JSON.stringify(publicOptions(c)), /nats-secret/);
   assert.equal(publicOptions(c).natsAuth, "user mig");
   assert.throws(() => parse(["--nats-url", "nats://b"], { PGMIGRATE_NATS_PASS: "p" }), /no user: add --nats-user/);
-  assert.throws(() => parse(["--nats-ca", "/nonexistent/ca.pem"]), /--nats-ca/);
+  assert.throws(() => parse(["--nats-url", "nats://b", "--nats-ca", "/nonexistent/ca.pem"]), /--nats-ca/);
 });
 
 test("--wait is off by default and takes seconds, also from PGMIGRATE_WAIT", () => {
@@ -91,4 +92,20 @@ test("--wait is off by default and takes seconds, also from PGMIGRATE_WAIT", () 
   assert.equal(parse(["--wait", "30"]).waitMs, 30_000);
   assert.equal(parse([], { PGMIGRATE_WAIT: "120" }).waitMs, 120_000);
   assert.throws(() => parse(["--wait", "soon"]), /--wait.*whole number of at least 0/);
+});
+
+test("NATS URLs: tls:// insists on TLS, credentials in a URL are used (and never shown)", () => {
+  const tls = natsConnectOptions("tls://broker:4222", {});
+  assert.deepEqual([tls.servers, tls.tls], [["tls://broker:4222"], {}]);
+  assert.equal(natsConnectOptions("nats://broker:4222", {}).tls, undefined);
+  const withPass = natsConnectOptions("nats://mig:p%40ss@b1:4222, nats://b2:4222", {});
+  assert.deepEqual([withPass.servers, withPass.user, withPass.pass], [["nats://b1:4222", "nats://b2:4222"], "mig", "p@ss"]);
+  assert.equal(natsConnectOptions("nats://s3cret@b1:4222", {}).token, "s3cret");
+  // A flag's credentials win over the URL's.
+  assert.equal(natsConnectOptions("nats://u:p@b1", { user: "flag-user", pass: "x" }).user, "flag-user");
+  assert.equal(withoutCredentials("nats://u:p@b1:4222,u:p@b2:4222,tls://b3"), "nats://b1:4222,b2:4222,tls://b3");
+});
+
+test("embedded mode ignores the user's NATS settings", () => {
+  assert.deepEqual(parse([], { PGMIGRATE_NATS_CA: "/nonexistent/ca.pem", PGMIGRATE_NATS_PASS: "p" }).natsAuth, {});
 });
