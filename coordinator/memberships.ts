@@ -6,29 +6,40 @@ import type pg from "pg";
 import { errorMessage } from "../shared/errors.js";
 import { ident } from "../shared/pg/quote.js";
 import type { Output } from "./output.js";
-import type { RunState } from "./state.js";
+import type { RunRecord, RunState } from "./state.js";
 
 export interface Memberships {
   granted: string[];
   revoked: boolean;
 }
 
+/**
+ * PostgreSQL 16 split membership into ADMIN, INHERIT and SET, and gives a CREATEROLE user an ADMIN-only
+ * membership in each role it creates: there, giving an object to a role needs SET, and reading its tables INHERIT.
+ */
+const splitMembership = (versionNum: number) => versionNum >= 160000;
+
 /** Source roles the target user must join: on the target, not superusers, not predefined, not joined yet. */
-export async function rolesToJoin(target: pg.Client, sourceRoles: string[]): Promise<{ join: string[]; superusers: string[] }> {
+export async function rolesToJoin(target: pg.Client, sourceRoles: string[], versionNum: number): Promise<{ join: string[]; superusers: string[] }> {
+  const joined = splitMembership(versionNum)
+    ? "pg_has_role(current_user, r.oid, 'SET') AND pg_has_role(current_user, r.oid, 'USAGE')"
+    : "pg_has_role(current_user, r.oid, 'MEMBER')";
   const { rows } = await target.query<{ rolname: string; rolsuper: boolean }>(
     `SELECT r.rolname, r.rolsuper FROM pg_roles r
       WHERE r.rolname = ANY($1) AND r.rolname <> current_user AND r.rolname !~ '^pg_'
-        AND NOT pg_has_role(current_user, r.oid, 'MEMBER') ORDER BY 1`,
+        AND NOT (${joined}) ORDER BY 1`,
     [sourceRoles],
   );
   return { join: rows.filter((r) => !r.rolsuper).map((r) => r.rolname), superusers: rows.filter((r) => r.rolsuper).map((r) => r.rolname) };
 }
 
 /** GRANT each role to the current user; returns the roles that could not be joined, with why. */
-export async function joinRoles(target: pg.Client, roles: string[]): Promise<{ role: string; error: string }[]> {
+export async function joinRoles(target: pg.Client, roles: string[], versionNum: number): Promise<{ role: string; error: string }[]> {
   const failed: { role: string; error: string }[] = [];
+  // On 16+ a grant of our own, beside the ADMIN one CREATEROLE gave us: the REVOKE at the end takes only ours.
+  const options = splitMembership(versionNum) ? " WITH INHERIT TRUE, SET TRUE" : "";
   for (const role of roles) {
-    await target.query(`GRANT ${ident(role)} TO CURRENT_USER`).catch((err: unknown) => failed.push({ role, error: errorMessage(err) }));
+    await target.query(`GRANT ${ident(role)} TO CURRENT_USER${options}`).catch((err: unknown) => failed.push({ role, error: errorMessage(err) }));
   }
   return failed;
 }
@@ -42,6 +53,14 @@ export async function leaveRoles(target: pg.Client, roles: string[]): Promise<st
     });
   }
   return failed;
+}
+
+/** Whether a run joined roles on its target and has not left them yet. */
+export const rolesLeft = (r: RunRecord): boolean => Boolean(r.memberships && !r.memberships.revoked && r.memberships.granted.length);
+
+/** Whether a record's target is this server: by system identifier when both are known, else by address. */
+export function sameTarget(r: RunRecord, systemId: string | null, host: string, port: number): boolean {
+  return systemId !== null && r.target.systemId !== null ? r.target.systemId === systemId : r.target.host === host && r.target.port === port;
 }
 
 /** Leaves the roles a run joined (this run's at its end, an earlier run's when it died before). */

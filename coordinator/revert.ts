@@ -11,7 +11,7 @@ import { appDir } from "../shared/paths.js";
 import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
 import { revertSettings } from "./fast-restore.js";
 import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
-import { leaveRunRoles } from "./memberships.js";
+import { leaveRunRoles, rolesLeft, sameTarget } from "./memberships.js";
 import type { Output } from "./output.js";
 import { inspect } from "./preflight.js";
 import { RunState, type RunRecord } from "./state.js";
@@ -27,11 +27,8 @@ export async function revertByHand(target: ServerSpec, targetDb: string, nats: N
     lock = await TargetLock.acquire(home, lockKey, `${target.host}:${target.port}`, log);
     await holdOnTarget(client, `${target.host}:${target.port}`);
     if (nats) nc = await connectNats(nats.url, "pg-migrate-revert-settings", nats.auth);
-    const sameTarget = (r: RunRecord) =>
-      info.systemId !== null && r.target.systemId !== null ? r.target.systemId === info.systemId : r.target.host === target.host && r.target.port === target.port;
     const settingsLeft = (r: RunRecord) => r.fastRestore.applied && !r.fastRestore.reverted;
-    const rolesLeft = (r: RunRecord) => Boolean(r.memberships && !r.memberships.revoked && r.memberships.granted.length);
-    const pending = (r: RunRecord) => sameTarget(r) && (settingsLeft(r) || rolesLeft(r));
+    const pending = (r: RunRecord) => sameTarget(r, info.systemId, target.host, target.port) && (settingsLeft(r) || rolesLeft(r));
 
     const states = (await RunState.all(home, log)).filter((s) => pending(s.record));
     if (nc) {

@@ -25,7 +25,7 @@ import { discoverDatabases, existingDatabases, MAINTENANCE_DB, userObjectCount }
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
-import { joinRoles, leaveRunRoles, rolesToJoin } from "./memberships.js";
+import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin, sameTarget } from "./memberships.js";
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
@@ -134,6 +134,14 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         }
         // With --restart, its roles are left after its databases are dropped: dropping them may need the membership.
         if (!cfg.restart) await leaveRunRoles(previous, openTarget, out);
+      }
+      // Roles an ended run could not leave (the target was gone at its end, say): left now.
+      for (const other of await RunState.all(home, bootLog)) {
+        if (other.runId !== previous?.runId && rolesLeft(other.record) && sameTarget(other.record, tgt.info.systemId, cfg.target.host, cfg.target.port)) {
+          await leaveRunRoles(other, openTarget, out);
+        }
+      }
+      if (previous) {
         if (cfg.restart) {
           // Asked now, before anything changes; done once workers are known to be there.
           await confirmRestart(previous, cfg);
@@ -221,7 +229,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
 
       presence = watchPresence(workersKv, jetstream(nc), state.runId, log);
       const sourceRoles = (await src.client.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'")).rows.map((r) => r.rolname);
-      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles });
+      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles, targetVersionNum: tgt.info.versionNum });
     } finally {
       presence?.stop();
       await workers?.stop();
@@ -288,6 +296,7 @@ interface Deps {
   superuser: boolean;
   /** Role names on the source: the ones a target user that is not a superuser joins for the run. */
   sourceRoles: string[];
+  targetVersionNum: number;
 }
 
 /** Everything that changes the target, inside the try whose finally puts its settings back. */
@@ -433,7 +442,7 @@ async function createDatabases(cfg: MigrateConfig, state: RunState, d: Deps): Pr
 
 /** A target user that is not a superuser joins the migrated roles, so that their databases and objects keep their owners. */
 async function joinMigratedRoles(state: RunState, d: Deps, noOwner: boolean): Promise<void> {
-  const { join, superusers } = await rolesToJoin(d.tgtClient, d.sourceRoles);
+  const { join, superusers } = await rolesToJoin(d.tgtClient, d.sourceRoles, d.targetVersionNum);
   if (superusers.length && !noOwner) {
     d.out.warn(
       `${superusers.map((r) => JSON.stringify(r)).join(", ")} ${superusers.length === 1 ? "is a superuser" : "are superusers"} on the target: objects they own on the source cannot be restored by a target user that is not one; a database holding such objects fails, unless --no-owner gives every object to the target user`,
@@ -441,10 +450,11 @@ async function joinMigratedRoles(state: RunState, d: Deps, noOwner: boolean): Pr
   }
   if (!join.length) return;
   // Recorded before the first GRANT, so a crash in between is mended by the next run.
-  const granted = [...new Set([...(state.record.memberships?.granted ?? []), ...join])];
+  const earlier = state.record.memberships && !state.record.memberships.revoked ? state.record.memberships.granted : [];
+  const granted = [...new Set([...earlier, ...join])];
   state.record.memberships = { granted, revoked: false };
   await state.save();
-  const failed = await joinRoles(d.tgtClient, join);
+  const failed = await joinRoles(d.tgtClient, join, d.targetVersionNum);
   for (const f of failed) d.out.warn(`could not join role ${JSON.stringify(f.role)} (${f.error}): its databases and objects may fail to restore`);
   const joined = join.filter((r) => !failed.some((f) => f.role === r));
   if (failed.length) {

@@ -117,7 +117,6 @@ function isNotFound(err: unknown): boolean {
   return err instanceof Error && /not found/i.test(err.message);
 }
 
-/** A bucket as it already is (whatever replicas an earlier run gave it), or created with these options. */
 /** The bucket if it exists; undefined on a broker no run has used yet (Kvm.open itself does not check). */
 export async function openExistingKv(kvm: Kvm, name: string): Promise<KV | undefined> {
   const kv = await kvm.open(name);
@@ -130,6 +129,7 @@ export async function openExistingKv(kvm: Kvm, name: string): Promise<KV | undef
   }
 }
 
+/** A bucket as it already is (whatever replicas an earlier run gave it), or created with these options. */
 export async function openOrCreateKv(kvm: Kvm, name: string, opts: Partial<KvOptions>): Promise<KV> {
   try {
     const kv = await kvm.open(name);
