@@ -5,6 +5,7 @@ import { hostname } from "node:os";
 import { Option } from "commander";
 import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-node";
 import { ConfigError, errorMessage } from "./errors.js";
+import { readFlagFile } from "./flag-file.js";
 import { readSecretFile } from "./secrets.js";
 
 /** How to prove who we are to the broker and whether to insist on TLS. Secrets come from files or the environment. */
@@ -53,12 +54,7 @@ export function natsAuthFrom(o: NatsAuthFlags, env: NodeJS.ProcessEnv = process.
   if (pass && !o.natsUser) throw new ConfigError("a NATS password is set but no user: add --nats-user (PGMIGRATE_NATS_USER)", "--nats-user");
   if ((o.natsCert === undefined) !== (o.natsKey === undefined)) throw new ConfigError("--nats-cert and --nats-key go together", o.natsCert ? "--nats-key" : "--nats-cert");
   for (const [flag, file] of [["--nats-creds", o.natsCreds], ["--nats-ca", o.natsCa], ["--nats-cert", o.natsCert], ["--nats-key", o.natsKey]] as const) {
-    if (file === undefined) continue;
-    try {
-      readFileSync(file);
-    } catch (err) {
-      throw new ConfigError(`cannot read ${file} (${flag}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`, flag, { cause: err });
-    }
+    if (file !== undefined) readFlagFile(file, flag);
   }
   const tls = o.natsTls === true || o.natsTls === "true" || o.natsTls === "1";
   return { user: o.natsUser, pass, token, creds: o.natsCreds, ca: o.natsCa, cert: o.natsCert, key: o.natsKey, tls };

@@ -1,8 +1,8 @@
 // Passwords cross NATS only sealed with AES-256-GCM under a key the coordinator and the workers share.
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import type { Sealed } from "./contracts/messages.js";
 import { ConfigError } from "./errors.js";
+import { readFlagFile } from "./flag-file.js";
 
 export const SECRET_ENV = "PGMIGRATE_SECRET";
 export const SECRET_FILE_ENV = "PGMIGRATE_SECRET_FILE";
@@ -24,22 +24,12 @@ export function sharedKeyFromEnv(env: NodeJS.ProcessEnv = process.env): SharedKe
   if (inline) return keyFrom(inline);
   const file = env[SECRET_FILE_ENV];
   if (!file) return undefined;
-  try {
-    return keyFrom(readFileSync(file, "utf8").trim());
-  } catch (err) {
-    throw new ConfigError(`cannot read the shared key file ${file} (${SECRET_FILE_ENV}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`, SECRET_FILE_ENV, { cause: err });
-  }
+  return keyFrom(readFlagFile(file, SECRET_FILE_ENV, "the shared key file").trim());
 }
 
 /** A password or token kept in a file (first line, as psql's passfile habits suggest); the flag names the file's option. */
 export function readSecretFile(file: string, flag: string): string {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    throw new ConfigError(`cannot read ${file} (${flag}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`, flag, { cause: err });
-  }
-  const first = text.split(/\r?\n/)[0] ?? "";
+  const first = readFlagFile(file, flag).split(/\r?\n/)[0] ?? "";
   if (!first) throw new ConfigError(`${file} (${flag}) is empty: put the secret on its first line`, flag);
   return first;
 }

@@ -1,10 +1,11 @@
 // TLS to PostgreSQL, the same for the pg driver and for the native tools: libpq's sslmode and its certificate
 // files, turned into node's TLS options for the driver and into PGSSL* variables for pg_dump and friends.
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import type { ConnectionOptions } from "node:tls";
 import { ConfigError } from "../errors.js";
+import { readFlagFile } from "../flag-file.js";
 
 export const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const;
 export type SslMode = (typeof SSL_MODES)[number];
@@ -68,10 +69,5 @@ function defaultFile(name: string): string | undefined {
 }
 
 function readPem(file: string, role: string, what: string): string {
-  try {
-    return readFileSync(file, "utf8");
-  } catch (err) {
-    const flag = `--${role === "source" ? "from" : "to"}-${what}`;
-    throw new ConfigError(`cannot read the ${role}'s ${what} file ${file} (${flag}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`, flag, { cause: err });
-  }
+  return readFlagFile(file, `--${role === "source" ? "from" : "to"}-${what}`, `the ${role}'s ${what} file`);
 }
