@@ -2,6 +2,7 @@
 // alter the target's own migration user, applied with psql -X (the script holds psql meta-commands).
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
+import { runPsqlScript } from "../shared/pg/psql-script.js";
 import { runTool, type Toolset } from "../shared/tools.js";
 import { roleStatementTarget, splitScript, type ScriptPart } from "./sql-split.js";
 
@@ -99,22 +100,13 @@ export async function migrateGlobals(
     startLines.push({ line: lines.length + 1, text: p.text });
     lines.push(...p.text.split("\n"));
   }
-  // "-f -": only with a file name does psql put the "psql:<stdin>:LINE:" location on each error.
-  const { stderr } = await runTool(tools, "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-", dbnameArg(targetDb)], {
-    conn: target,
-    input: lines.join("\n") + "\n",
-    signal,
-  });
+  const errors = await runPsqlScript(tools, target, targetDb, lines.join("\n"), signal);
   const outcome: GlobalsOutcome = { applied: 0, removed: filtered.removed, alreadyExisted: [], failed: [], withoutPassword: [], notApplied };
   const errorsByStatement = new Map<string, string>();
-  for (const m of stderr.matchAll(/^psql:<stdin>:(\d+): ERROR:\s+(.*)$/gm)) {
-    const line = Number(m[1]);
-    const owner = [...startLines].reverse().find((s) => s.line <= line);
-    if (owner) errorsByStatement.set(owner.text, m[2]!);
-  }
-  // An error psql reported some other way is still an error: never counted as applied.
-  for (const line of stderr.split("\n")) {
-    if (/\b(ERROR|FATAL):/.test(line) && !/^psql:<stdin>:\d+: ERROR:/.test(line)) outcome.failed.push({ statement: "(psql)", error: line.trim() });
+  for (const e of errors) {
+    const owner = e.line === null ? undefined : [...startLines].reverse().find((s) => s.line <= e.line!);
+    if (owner) errorsByStatement.set(owner.text, e.error);
+    else outcome.failed.push({ statement: "(psql)", error: e.error });
   }
   for (const p of parts) {
     if (p.meta) continue;

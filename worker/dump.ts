@@ -35,7 +35,8 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
     const dumping = runTool(
       ctx.tools,
       "pg_dump",
-      ["--format=directory", `--jobs=${job.jobs}`, `--snapshot=${snapshot}`, `--compress=${job.compress}`, `--file=${attemptDir}`, dbnameArg(job.db.name)],
+      // --create: the dump also records the database's own properties, applied after verification.
+      ["--format=directory", "--create", `--jobs=${job.jobs}`, `--snapshot=${snapshot}`, `--compress=${job.compress}`, `--file=${attemptDir}`, dbnameArg(job.db.name)],
       { conn: server, signal: run.signal, appName: "pg-migrate pg_dump" },
     );
     // Count while pg_dump runs: same snapshot, so the counts describe exactly what is being dumped.

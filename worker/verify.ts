@@ -1,10 +1,12 @@
-// verify: read-only. Lists and counts the target's tables exactly as the dump counted the source's, compares
-// them with the manifest, and names every difference.
+// verify: lists and counts the target's tables exactly as the dump counted the source's, compares them with the
+// manifest, and names every difference; then, and only for a database that matched, applies its own properties
+// (settings, connection limit, comment, grants), the one change this step makes.
 import { join, relative } from "node:path";
 import { CONTRACT_VERSION, type Manifest, type Mismatch, type VerifyTable } from "../shared/contracts/messages.js";
 import { withClient } from "../shared/pg/connect.js";
 import { countRows, largeObjectCount, listTables, sequenceValues } from "../shared/pg/catalog.js";
 import { serverFor, type Handler } from "./context.js";
+import { applyDatabaseProperties } from "./db-properties.js";
 import { readManifest } from "./dump.js";
 import { writeFileAtomic } from "./files.js";
 
@@ -23,6 +25,8 @@ export const verify: Handler<"verify"> = async (job, run, ctx) => {
   }), run.signal);
 
   const { tables, mismatches } = compare(manifest, target);
+  // Only a verified database gets its own properties: a connection limit or a setting must not hinder the checks.
+  if (mismatches.length === 0) mismatches.push(...(await applyDatabaseProperties(ctx.tools, dir, server, job.db.name, run.signal)));
   const detailPath = join(dir, VERIFY_FILE);
   await writeFileAtomic(detailPath, JSON.stringify({ v: CONTRACT_VERSION, tables }));
   return {

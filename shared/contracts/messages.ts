@@ -103,7 +103,7 @@ const Manifest = z.object({
 export type Manifest = z.infer<typeof Manifest>;
 
 const Mismatch = z.object({
-  what: z.enum(["table-missing", "table-extra", "row-count", "sequence", "large-objects"]),
+  what: z.enum(["table-missing", "table-extra", "row-count", "sequence", "large-objects", "database-property"]),
   object: z.string(),
   source: z.string().nullable(),
   target: z.string().nullable(),

@@ -2,6 +2,7 @@
 // awkward name, one that exercises what plain table copies miss, and roles with a membership and grants.
 import type { LocalCluster } from "../../demo/cluster.js";
 import { psqlExec } from "../../demo/cluster.js";
+import { query } from "./cli.js";
 import { loadChinook, loadPagila } from "./corpus.js";
 
 export const ODD_NAME = `Odd "Db" O'Neil.x*>`;
@@ -41,4 +42,32 @@ export async function loadCoreFixture(source: LocalCluster): Promise<void> {
      GRANT USAGE ON SCHEMA "Sales" TO app_group;
      GRANT SELECT, INSERT ON "Sales"."OrderLines" TO app_group;`,
   );
+  // The database's own properties, which only pg_dump --create records.
+  await psqlExec(
+    source,
+    "postgres",
+    `ALTER DATABASE features CONNECTION LIMIT 40;
+     ALTER DATABASE features SET work_mem = '7MB';
+     ALTER DATABASE features SET search_path = "Sales", public;
+     ALTER ROLE app_group IN DATABASE features SET statement_timeout = '45s';
+     COMMENT ON DATABASE features IS 'features: grants, settings and a comment';
+     REVOKE ALL ON DATABASE features FROM PUBLIC;
+     GRANT CONNECT, TEMPORARY ON DATABASE features TO app_group;`,
+  );
+}
+
+/** A database's own properties as the catalogs hold them, with role names rather than oids. */
+export async function databaseProperties(c: LocalCluster, db: string): Promise<unknown> {
+  const [props] = await query<Record<string, unknown>>(
+    c,
+    "postgres",
+    `SELECT d.datconnlimit, d.datallowconn, shobj_description(d.oid, 'pg_database') AS comment,
+            (SELECT array_agg(format('%s:%s:%s', CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable) ORDER BY 1)
+               FROM aclexplode(d.datacl) a) AS acl,
+            (SELECT array_agg(format('%s:%s', coalesce(pg_get_userbyid(NULLIF(s.setrole, 0)), '*'), array_to_string(s.setconfig, ',')) ORDER BY 1)
+               FROM pg_db_role_setting s WHERE s.setdatabase = d.oid) AS settings
+       FROM pg_database d WHERE d.datname = $1`,
+    [db],
+  );
+  return props;
 }

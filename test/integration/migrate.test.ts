@@ -9,7 +9,7 @@ import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, databasesOf, query, readReport, runCli, sequencesOf, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
-import { APP_LOGIN_PASSWORD, loadCoreFixture } from "../helpers/fixtures.js";
+import { APP_LOGIN_PASSWORD, databaseProperties, loadCoreFixture } from "../helpers/fixtures.js";
 
 test("embedded mode migrates every database, role and row, and puts the target's settings back", { timeout: 600_000 }, async () => {
   await withTestEnv(async ({ source, target, home }) => {
@@ -59,6 +59,9 @@ test("embedded mode migrates every database, role and row, and puts the target's
     await self.end();
 
     assert.deepEqual(await settingsOf(target), settingsBefore);
+    // The databases' own properties: settings (also per role), connection limit, comment and grants.
+    for (const db of sourceDbs) assert.deepEqual(await databaseProperties(target, db), await databaseProperties(source, db), `properties of ${db}`);
+    assert.match(JSON.stringify(await databaseProperties(target, "features")), /"datconnlimit":40.*features: grants.*app_group:CONNECT.*app_group:statement_timeout=45s/);
 
     const report = await readReport(home, r.stderr);
     assert.equal(report.status, "finished");

@@ -52,3 +52,10 @@ test("compare names every difference", () => {
   assert.equal(tables.length, 4);
   assert.deepEqual(compare({ tables: [t("a", 1)], sequences: [], largeObjects: 0 }, { tables: [t("a", 1)], sequences: [], largeObjects: 0 }).mismatches, []);
 });
+
+test("withoutCreate keeps what follows pg_restore's CREATE DATABASE part, and nothing when there is no \\connect", async () => {
+  const { withoutCreate } = await import("../../worker/db-properties.js");
+  const script = `SET a = 1;\nCREATE DATABASE "x\\\\connect y";\nALTER DATABASE x OWNER TO postgres;\n\\connect -reuse-previous=on "dbname='x'"\nALTER DATABASE x SET work_mem TO '7MB';\n`;
+  assert.equal(withoutCreate(script), `\\connect -reuse-previous=on "dbname='x'"\nALTER DATABASE x SET work_mem TO '7MB';\n`);
+  assert.equal(withoutCreate("CREATE DATABASE x;\n"), "");
+});
