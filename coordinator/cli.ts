@@ -22,7 +22,7 @@ interface ServerFlags {
 }
 type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[K] };
 type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & NatsAuthFlags & {
-  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean;
+  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean; includeDb: string[]; excludeDb: string[];
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
   keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; wait: number; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number; report?: string; logLevel?: string;
@@ -73,6 +73,8 @@ function serverSpec(side: Side, o: RawOptions, program: Command): ServerSpec {
   return spec;
 }
 
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
 function withOptions(program: Command, options: Option[]): Command {
   for (const o of options) program.addOption(o);
   return program;
@@ -106,6 +108,8 @@ export function buildProgram(): Command {
     .addOption(new Option("--dump-root <dir>", "dump volume shared by the workers (relative to $HOME)").default("pg_dumps").env("PGMIGRATE_DUMP_ROOT"))
     .addOption(new Option("--migrate-globals [bool]", "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)").default(true).argParser(bool))
     .addOption(new Option("--no-migrate-globals", "do not migrate roles and tablespaces"))
+    .addOption(new Option("--include-db <pattern>", "migrate only the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
+    .addOption(new Option("--exclude-db <pattern>", "leave out the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
     .addOption(new Option("--no-owner", "restore every object owned by the target user (pg_restore --no-owner), for a target user that cannot become the source's owners (a superuser, say)"))
     .addOption(new Option("--no-role-passwords", "create the roles without their passwords, for sources that refuse to read pg_authid (managed services); the report lists them"))
     .addOption(new Option("--nats-url <url>", "NATS server(s) of a distributed run (absent: embedded mode, a local nats-server and local workers)").env("PGMIGRATE_NATS_URL"));
@@ -146,6 +150,8 @@ export function toConfig(program: Command): MigrateConfig {
     dumpRoot: resolveDumpRoot(o.dumpRoot),
     migrateGlobals: o.migrateGlobals,
     rolePasswords: o.rolePasswords,
+    includeDb: o.includeDb,
+    excludeDb: o.excludeDb,
     noOwner: !o.owner,
     natsUrl: o.natsUrl,
     // Embedded mode talks to its own plain loopback broker: the user's NATS settings are not read.

@@ -19,6 +19,9 @@ export interface MigrateConfig {
   migrateGlobals: boolean;
   /** false (--no-role-passwords): roles without their password verifiers, for sources that hide pg_authid. */
   rolePasswords: boolean;
+  /** --include-db / --exclude-db: shell-style name patterns that narrow the databases a new run takes. */
+  includeDb: string[];
+  excludeDb: string[];
   /** --no-owner: restore every object owned by the target user (a target that is not a superuser cannot give objects to one). */
   noOwner: boolean;
   /** Absent: embedded mode (a local nats-server and local workers). */

@@ -1,6 +1,7 @@
 // Discovery: every source database that allows connections, but the templates.
 import type pg from "pg";
 import type { CreateSpec } from "../shared/contracts/messages.js";
+import { ConfigError } from "../shared/errors.js";
 
 export interface SourceDatabase {
   name: string;
@@ -59,4 +60,31 @@ export async function userObjectCount(client: pg.Client): Promise<number> {
 export async function existingDatabases(client: pg.Client): Promise<Set<string>> {
   const { rows } = await client.query<{ datname: string }>("SELECT datname FROM pg_database");
   return new Set(rows.map((r) => r.datname));
+}
+
+/** A database-name pattern as --include-db and --exclude-db take it: `*` and `?` as in a shell, the rest literal. */
+export function namePattern(pattern: string): RegExp {
+  const body = [...pattern].map((c) => (c === "*" ? "[\\s\\S]*" : c === "?" ? "[\\s\\S]" : c.replace(/[.+^${}()|[\]\\]/g, "\\$&"))).join("");
+  return new RegExp(`^${body}$`, "u");
+}
+
+/**
+ * Pure: the databases a run takes — all but the maintenance database, narrowed by --include-db and then by
+ * --exclude-db — and why each other one is left out. An include pattern that matches nothing is refused: a
+ * typo there would otherwise move less than the user meant.
+ */
+export function selectDatabases<T extends { name: string }>(all: T[], include: string[], exclude: string[]): { selected: T[]; skipped: { name: string; reason: string }[] } {
+  const candidates = all.filter((d) => d.name !== MAINTENANCE_DB);
+  for (const p of include) {
+    if (!candidates.some((d) => namePattern(p).test(d.name))) throw new ConfigError(`--include-db ${JSON.stringify(p)} matches no database on the source`, "--include-db");
+  }
+  const selected: T[] = [];
+  const skipped: { name: string; reason: string }[] = [];
+  for (const d of candidates) {
+    const excludedBy = exclude.find((p) => namePattern(p).test(d.name));
+    if (include.length && !include.some((p) => namePattern(p).test(d.name))) skipped.push({ name: d.name, reason: "not matched by --include-db" });
+    else if (excludedBy !== undefined) skipped.push({ name: d.name, reason: `excluded by --exclude-db ${JSON.stringify(excludedBy)}` });
+    else selected.push(d);
+  }
+  return { selected, skipped };
 }

@@ -11,7 +11,7 @@ import { appDir } from "../shared/paths.js";
 import { describe } from "../shared/pg/connect.js";
 import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
-import { discoverDatabases, existingDatabases, MAINTENANCE_DB } from "./discovery.js";
+import { discoverDatabases, existingDatabases, selectDatabases } from "./discovery.js";
 import { settingsFor } from "./fast-restore.js";
 import { bytes, type Output } from "./output.js";
 import { checkServers, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
@@ -47,7 +47,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const w = (line = "") => process.stdout.write(`${line}\n`);
 
     const all = await discoverDatabases(src.client, src.info.versionNum);
-    const selected = all.filter((d) => d.name !== MAINTENANCE_DB);
+    const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb);
     const onTarget = await existingDatabases(tgt.client);
     // Databases an unfinished run between these servers created are its own: a run with these flags resumes it.
     const previous = cfg.restart ? undefined : await RunState.findUnfinished(appDir(), pairKey(src.info, tgt.info), createLogger({ level: "silent" }));
@@ -62,6 +62,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
       dbs.push([d.name, bytes(d.sizeBytes), d.create.owner, d.create.encoding, there]);
     }
     w(dbs.toString());
+    for (const x of skipped) w(`left out: ${JSON.stringify(x.name)} (${x.reason})`);
     if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);
     const clash = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name));
     if (clash.length) refusals.push(`the target already has database(s) ${clash.map((d) => JSON.stringify(d.name)).join(", ")}`);

@@ -21,7 +21,7 @@ import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { generateSecret, keyFrom, sharedKeyFromEnv, type SharedKey } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
-import { discoverDatabases, existingDatabases, MAINTENANCE_DB, userObjectCount } from "./discovery.js";
+import { discoverDatabases, existingDatabases, MAINTENANCE_DB, selectDatabases, userObjectCount } from "./discovery.js";
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
@@ -68,8 +68,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
 
     // Discovery.
     const all = await discoverDatabases(src.client, src.info.versionNum);
-    const selected = all.filter((d) => d.name !== MAINTENANCE_DB);
-    const skipped: RunRecord["skipped"] = [];
+    const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb);
     if (all.some((d) => d.name === MAINTENANCE_DB)) {
       const client = cfg.sourceDb === MAINTENANCE_DB ? src.client : await connect(cfg.source, MAINTENANCE_DB);
       if (client !== src.client) opened.push(client);
@@ -80,7 +79,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         out.warn(`source database "${MAINTENANCE_DB}" ${reason}`);
       }
     }
-    out.line(`found ${selected.length} database(s) to migrate on the source`);
+    out.line(`found ${selected.length} database(s) to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
 
     const volume = await checkDumpVolume(cfg.dumpRoot, selected.reduce((s, d) => s + d.sizeBytes, 0));
     for (const w of volume.warnings) out.warn(w);

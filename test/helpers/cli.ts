@@ -86,6 +86,7 @@ export interface Report {
   status: string;
   totals: { databases: number; verified: number; failed: number };
   dumps: { path: string; kept: boolean; why: string };
+  skipped: { name: string; reason: string }[];
   databases: {
     name: string;
     phase: string;

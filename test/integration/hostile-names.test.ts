@@ -64,11 +64,18 @@ test("hostile database, schema, table, column and role names migrate exactly; a 
          COMMENT ON TABLE ${table} IS ${literal(name)};`,
       );
     }
+    // One more database, left out by a pattern; a hostile pattern that matches nothing excludes nothing.
+    await exec(source, "postgres", "CREATE DATABASE left_out_1");
     const sourceDbs = await databasesOf(source);
-    assert.deepEqual([...sourceDbs].sort(), [...HOSTILE].sort());
+    assert.deepEqual([...sourceDbs].sort(), [...HOSTILE, "left_out_1"].sort());
 
-    const r = await runCli([...serverArgs(source, target), "--workers", "2"], cliEnv(home, source, target));
+    const r = await runCli(
+      [...serverArgs(source, target), "--workers", "2", "--exclude-db", "left_out_?", "--exclude-db", `x"; DROP TABLE canary; --*zz`],
+      cliEnv(home, source, target),
+    );
     assert.equal(r.exitCode, 0, r.stderr);
+    // Left out: the excluded one, and "postgres", whose canary makes it a maintenance database with user objects.
+    assert.match(r.stderr, /found 12 database\(s\) to migrate on the source \(2 left out: "left_out_1", "postgres"\)/);
 
     assert.deepEqual(await canaryOf(source), ["alive"], "source canary");
     assert.deepEqual(await canaryOf(target), ["alive"], "target canary");
@@ -85,6 +92,8 @@ test("hostile database, schema, table, column and role names migrate exactly; a 
     const roles = await query<{ rolname: string }>(target, "postgres", "SELECT rolname FROM pg_roles WHERE rolname = ANY($1)", [HOSTILE]);
     assert.equal(roles.length, HOSTILE.length, "every hostile role on the target");
     const report = await readReport(home, r.stderr);
+    assert.deepEqual(report.skipped.find((x) => x.name === "left_out_1"), { name: "left_out_1", reason: 'excluded by --exclude-db "left_out_?"' });
+    assert.deepEqual(report.skipped.map((x) => x.name).sort(), ["left_out_1", "postgres"]);
     assert.deepEqual(report.databases.map((d) => d.name).sort(), [...HOSTILE].sort(), "the report names each database as it is");
     for (const d of report.databases) assert.equal(d.verified, true, `${JSON.stringify(d.name)} verified`);
     assert.equal(existsSync("/tmp/pgm-pwned"), false, "no name reached a shell");

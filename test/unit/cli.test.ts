@@ -109,3 +109,22 @@ test("NATS URLs: tls:// insists on TLS, credentials in a URL are used (and never
 test("embedded mode ignores the user's NATS settings", () => {
   assert.deepEqual(parse([], { PGMIGRATE_NATS_CA: "/nonexistent/ca.pem", PGMIGRATE_NATS_PASS: "p" }).natsAuth, {});
 });
+
+test("--include-db and --exclude-db select databases by shell-style patterns and say why each other one is left out", async () => {
+  const { selectDatabases } = await import("../../coordinator/discovery.js");
+  const all = ["postgres", "shop", "shop_archive", "analytics", "Odd*Name", "a.b"].map((name) => ({ name }));
+  const pick = (inc: string[], exc: string[]) => selectDatabases(all, inc, exc);
+  assert.deepEqual(pick([], []).selected.map((d) => d.name), ["shop", "shop_archive", "analytics", "Odd*Name", "a.b"]);
+  const r = pick(["shop*", "a?b"], ["*_archive"]);
+  assert.deepEqual(r.selected.map((d) => d.name), ["shop", "a.b"]);
+  assert.deepEqual(r.skipped, [
+    { name: "shop_archive", reason: 'excluded by --exclude-db "*_archive"' },
+    { name: "analytics", reason: "not matched by --include-db" },
+    { name: "Odd*Name", reason: "not matched by --include-db" },
+  ]);
+  // Only * and ? are special: a dot is a dot.
+  assert.deepEqual(pick(["a?b"], []).selected.map((d) => d.name), ["a.b"]);
+  assert.deepEqual(pick([], ["a.*"]).selected.map((d) => d.name), ["shop", "shop_archive", "analytics", "Odd*Name"]);
+  assert.throws(() => pick(["shpo"], []), /--include-db "shpo" matches no database on the source/);
+  assert.deepEqual([...parse(["--include-db", "a", "--include-db", "b*"]).includeDb], ["a", "b*"]);
+});
