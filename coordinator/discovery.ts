@@ -62,6 +62,14 @@ export async function existingDatabases(client: pg.Client): Promise<Set<string>>
   return new Set(rows.map((r) => r.datname));
 }
 
+/** The source's logical-replication subscriptions: pg_dump recreates them without connecting, so disabled. */
+export async function subscriptionsOf(client: pg.Client): Promise<{ name: string; db: string }[]> {
+  const { rows } = await client.query<{ name: string; db: string }>(
+    "SELECT s.subname AS name, d.datname AS db FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid ORDER BY 2, 1",
+  );
+  return rows;
+}
+
 /** A database-name pattern as --include-db and --exclude-db take it: `*` and `?` as in a shell, the rest literal. */
 export function namePattern(pattern: string): RegExp {
   const body = [...pattern].map((c) => (c === "*" ? "[\\s\\S]*" : c === "?" ? "[\\s\\S]" : c.replace(/[.+^${}()|[\]\\]/g, "\\$&"))).join("");

@@ -12,6 +12,7 @@ import { ensureJetStream, JOBS_STREAM, kvKeys, openOrCreateKv, RUNS_BUCKET, WORK
 import { CONTRACT_VERSION, encode } from "../shared/contracts/messages.js";
 import { subjects } from "../shared/contracts/jetstream.js";
 import { dbKey } from "../shared/dbkey.js";
+import { ident } from "../shared/pg/quote.js";
 import { ConfigError, errorMessage, InterruptedError, PreflightError } from "../shared/errors.js";
 import { createLogger, type Logger } from "../shared/log.js";
 import { connectNats, withoutCredentials } from "../shared/nats.js";
@@ -21,7 +22,7 @@ import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { generateSecret, keyFrom, sharedKeyFromEnv, type SharedKey } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
-import { discoverDatabases, existingDatabases, MAINTENANCE_DB, selectDatabases, userObjectCount } from "./discovery.js";
+import { discoverDatabases, existingDatabases, MAINTENANCE_DB, selectDatabases, subscriptionsOf, userObjectCount } from "./discovery.js";
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
@@ -228,7 +229,9 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
 
       presence = watchPresence(workersKv, jetstream(nc), state.runId, log);
       const sourceRoles = (await src.client.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'")).rows.map((r) => r.rolname);
-      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles, targetVersionNum: tgt.info.versionNum });
+      const inRun = new Set(state.record.databases.map((d) => d.name));
+      const subscriptions = (await subscriptionsOf(src.client)).filter((s) => inRun.has(s.db));
+      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles, targetVersionNum: tgt.info.versionNum, subscriptions });
     } finally {
       presence?.stop();
       await workers?.stop();
@@ -296,6 +299,8 @@ interface Deps {
   /** Role names on the source: the ones a target user that is not a superuser joins for the run. */
   sourceRoles: string[];
   targetVersionNum: number;
+  /** Subscriptions in the run's databases: they arrive disabled, which the end of the run says. */
+  subscriptions: { name: string; db: string }[];
 }
 
 /** Everything that changes the target, inside the try whose finally puts its settings back. */
@@ -409,6 +414,11 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
     return EXIT.failed;
   }
   if (dumps.kept) out.line(`the dumps are kept under ${dumpDir} (--keep-dumps): they hold every row, so remove them when done`);
+  for (const s of d.subscriptions) {
+    out.warn(
+      `subscription ${JSON.stringify(s.name)} in ${JSON.stringify(s.db)} is disabled on the target (pg_dump recreates subscriptions without connecting): once its publisher expects this server, run ALTER SUBSCRIPTION ${ident(s.name)} ENABLE in that database (and create its slot if it has none)`,
+    );
+  }
   out.line(`all ${record.databases.length} database(s) migrated and verified`);
   return EXIT.ok;
 }

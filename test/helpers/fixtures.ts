@@ -42,6 +42,29 @@ export async function loadCoreFixture(source: LocalCluster): Promise<void> {
      GRANT USAGE ON SCHEMA "Sales" TO app_group;
      GRANT SELECT, INSERT ON "Sales"."OrderLines" TO app_group;`,
   );
+  // What pg_dump treats specially: a large object with an owner and a grant, a publication, a subscription
+  // created without connecting (so disabled), an event trigger, a serial advanced by use, a membership with
+  // ADMIN OPTION.
+  await psqlExec(
+    source,
+    "postgres",
+    `CREATE ROLE lo_reader NOLOGIN;
+     GRANT app_group TO lo_reader WITH ADMIN OPTION;`,
+  );
+  await psqlExec(
+    source,
+    "features",
+    `SELECT lo_from_bytea(424242, convert_to('owned and granted', 'UTF8'));
+     ALTER LARGE OBJECT 424242 OWNER TO app_login;
+     GRANT SELECT ON LARGE OBJECT 424242 TO lo_reader;
+     CREATE TABLE tickets (id serial PRIMARY KEY, title text);
+     INSERT INTO tickets (title) SELECT 't' || g FROM generate_series(1, 31) g;
+     CREATE PUBLICATION people_pub FOR TABLE people;
+     CREATE SUBSCRIPTION people_sub CONNECTION 'host=127.0.0.1 port=1 dbname=nowhere' PUBLICATION people_pub
+       WITH (connect = false, enabled = false, create_slot = false, slot_name = NONE);
+     CREATE FUNCTION note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'ddl: %', tg_tag; END $$;
+     CREATE EVENT TRIGGER note_ddl ON ddl_command_end EXECUTE FUNCTION note_ddl();`,
+  );
   // The database's own properties, which only pg_dump --create records.
   await psqlExec(
     source,

@@ -9,11 +9,15 @@ import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, databasesOf, query, readReport, runCli, sequencesOf, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
+import { loadChinook, loadNorthwind } from "../helpers/corpus.js";
+import { schemaDump, rolesDump } from "../helpers/fidelity.js";
 import { APP_LOGIN_PASSWORD, databaseProperties, loadCoreFixture } from "../helpers/fixtures.js";
 
 test("embedded mode migrates every database, role and row, and puts the target's settings back", { timeout: 600_000 }, async () => {
   await withTestEnv(async ({ source, target, home }) => {
     await loadCoreFixture(source);
+    await loadChinook(source, "autoincrement");
+    await loadNorthwind(source);
     const settingsBefore = await settingsOf(target);
     const sourceDbs = await databasesOf(source);
     assert.ok(sourceDbs.length >= 4, `fixture databases: ${sourceDbs.join(", ")}`);
@@ -30,8 +34,9 @@ test("embedded mode migrates every database, role and row, and puts the target's
     }
     // Spot checks of what the fixture put there on purpose.
     assert.equal((await sequencesOf(target, "features"))["public.ticket_seq"], "1016");
+    assert.equal((await sequencesOf(target, "features"))["public.tickets_id_seq"], "31");
     const lo = await query<{ n: string }>(target, "features", "SELECT count(*) AS n FROM pg_largeobject_metadata");
-    assert.equal(lo[0]!.n, "1");
+    assert.equal(lo[0]!.n, "2");
     const ext = await query<{ extname: string }>(target, "features", "SELECT extname FROM pg_extension WHERE extname = 'citext'");
     assert.equal(ext.length, 1);
 
@@ -59,6 +64,17 @@ test("embedded mode migrates every database, role and row, and puts the target's
     await self.end();
 
     assert.deepEqual(await settingsOf(target), settingsBefore);
+    // pg_upgrade's bar: what pg_dump writes of every database, and pg_dumpall of the roles, is the same on both
+    // sides (the migration user's own lines aside: it keeps its password and attributes on the target).
+    for (const db of sourceDbs) assert.equal(await schemaDump(target, db), await schemaDump(source, db), `pg_dump --schema-only --create of ${db}`);
+    assert.equal(await rolesDump(target, target.user), await rolesDump(source, target.user), "pg_dumpall --roles-only");
+    // What a schema-only dump leaves out: the large object's owner and grant, and that the subscription is off.
+    const blob = await query<{ o: string; acl: string }>(target, "features", "SELECT pg_get_userbyid(lomowner) AS o, lomacl::text AS acl FROM pg_largeobject_metadata WHERE oid = 424242");
+    assert.equal(blob[0]?.o, "app_login");
+    assert.match(blob[0]?.acl ?? "", /lo_reader=r\//);
+    const sub = await query<{ e: boolean }>(target, "features", "SELECT subenabled AS e FROM pg_subscription WHERE subname = 'people_sub'");
+    assert.deepEqual(sub, [{ e: false }]);
+    assert.match(r.stderr, /subscription "people_sub" in "features" is disabled on the target/);
     // The databases' own properties: settings (also per role), connection limit, comment and grants.
     for (const db of sourceDbs) assert.deepEqual(await databaseProperties(target, db), await databaseProperties(source, db), `properties of ${db}`);
     assert.match(JSON.stringify(await databaseProperties(target, "features")), /"datconnlimit":40.*features: grants.*app_group:CONNECT.*app_group:statement_timeout=45s/);
