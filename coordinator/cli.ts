@@ -22,7 +22,7 @@ interface ServerFlags {
 }
 type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[K] };
 type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & NatsAuthFlags & {
-  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean; includeDb: string[]; excludeDb: string[];
+  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean; includeDb: string[]; excludeDb: string[]; verify: "count" | "checksum";
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
   keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; wait: number; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number; report?: string; logLevel?: string;
@@ -108,6 +108,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--dump-root <dir>", "dump volume shared by the workers (relative to $HOME)").default("pg_dumps").env("PGMIGRATE_DUMP_ROOT"))
     .addOption(new Option("--migrate-globals [bool]", "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)").default(true).argParser(bool))
     .addOption(new Option("--no-migrate-globals", "do not migrate roles and tablespaces"))
+    .addOption(new Option("--verify <mode>", "count: every table's exact row count on both sides; checksum: also a hash of every table's content, the source's in the dump's snapshot").choices(["count", "checksum"]).default("count"))
     .addOption(new Option("--include-db <pattern>", "migrate only the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
     .addOption(new Option("--exclude-db <pattern>", "leave out the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
     .addOption(new Option("--no-owner", "restore every object owned by the target user (pg_restore --no-owner), for a target user that cannot become the source's owners (a superuser, say)"))
@@ -150,6 +151,7 @@ export function toConfig(program: Command): MigrateConfig {
     dumpRoot: resolveDumpRoot(o.dumpRoot),
     migrateGlobals: o.migrateGlobals,
     rolePasswords: o.rolePasswords,
+    verify: o.verify,
     includeDb: o.includeDb,
     excludeDb: o.excludeDb,
     noOwner: !o.owner,

@@ -20,6 +20,8 @@ export interface MigrateConfig {
   /** false (--no-role-passwords): roles without their password verifiers, for sources that hide pg_authid. */
   rolePasswords: boolean;
   /** --include-db / --exclude-db: shell-style name patterns that narrow the databases a new run takes. */
+  /** count: every table's exact row count; checksum: also an order-independent hash of its content. */
+  verify: "count" | "checksum";
   includeDb: string[];
   excludeDb: string[];
   /** --no-owner: restore every object owned by the target user (a target that is not a superuser cannot give objects to one). */

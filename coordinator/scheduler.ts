@@ -280,6 +280,7 @@ export class Scheduler {
         v: CONTRACT_VERSION, kind, runId, jobId, db: ref,
         dumpPath: posix.join(runId, db.key, jobId),
         source: this.conn(this.cfg.source), jobs: this.cfg.jobs, compress: this.cfg.compress, estimatedBytes: db.sizeBytes,
+        ...(this.cfg.verify === "checksum" ? { checksum: true } : {}),
       };
     } else if (kind === "restore") {
       job = {

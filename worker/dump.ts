@@ -4,7 +4,7 @@ import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { CONTRACT_VERSION, decodeManifest, type Manifest } from "../shared/contracts/messages.js";
 import { connect, endOnAbort } from "../shared/pg/connect.js";
-import { countRows, largeObjectCount, listTables, sequenceValues } from "../shared/pg/catalog.js";
+import { countRows, largeObjectCount, listTables, sequenceValues, setChecksumSession } from "../shared/pg/catalog.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import { ToolError } from "../shared/errors.js";
 import { runTool } from "../shared/tools.js";
@@ -41,7 +41,8 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
     );
     // Count while pg_dump runs: same snapshot, so the counts describe exactly what is being dumped.
     const counting = (async () => {
-      const tables = await countRows(client, await listTables(client));
+      if (job.checksum) await setChecksumSession(client);
+      const tables = await countRows(client, await listTables(client), { checksum: job.checksum ?? false });
       const sequences = await sequenceValues(client);
       const largeObjects = await largeObjectCount(client);
       return { tables, sequences, largeObjects };

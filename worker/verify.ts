@@ -4,7 +4,7 @@
 import { join, relative } from "node:path";
 import { CONTRACT_VERSION, type Manifest, type Mismatch, type VerifyTable } from "../shared/contracts/messages.js";
 import { withClient } from "../shared/pg/connect.js";
-import { countRows, largeObjectCount, listTables, sequenceValues } from "../shared/pg/catalog.js";
+import { countRows, largeObjectCount, listTables, sequenceValues, setChecksumSession } from "../shared/pg/catalog.js";
 import { serverFor, type Handler } from "./context.js";
 import { applyDatabaseProperties } from "./db-properties.js";
 import { readManifest } from "./dump.js";
@@ -18,11 +18,16 @@ export const verify: Handler<"verify"> = async (job, run, ctx) => {
   const dir = join(ctx.dumpRoot, job.dumpPath);
   const manifest = await readManifest(dir);
   const server = serverFor("target", job.target, ctx);
-  const target = await withClient(server, job.db.name, async (c) => ({
-    tables: await countRows(c, await listTables(c)),
-    sequences: await sequenceValues(c),
-    largeObjects: await largeObjectCount(c),
-  }), run.signal);
+  // The dump hashed the source's tables (--verify checksum): hash the target's the same way.
+  const checksum = manifest.tables.some((t) => t.checksum !== undefined);
+  const target = await withClient(server, job.db.name, async (c) => {
+    if (checksum) await setChecksumSession(c);
+    return {
+      tables: await countRows(c, await listTables(c), { checksum }),
+      sequences: await sequenceValues(c),
+      largeObjects: await largeObjectCount(c),
+    };
+  }, run.signal);
 
   const { tables, mismatches } = compare(manifest, target);
   // Only a verified database gets its own properties: a connection limit or a setting must not hinder the checks.
@@ -53,9 +58,11 @@ export function compare(source: Side, target: Side): { tables: VerifyTable[]; mi
   for (const s of source.tables) {
     const t = targetTables.get(key(s));
     targetTables.delete(key(s));
-    tables.push({ schema: s.schema, name: s.name, source: s.rows, target: t ? t.rows : null });
+    const sums = s.checksum === undefined ? {} : { sourceChecksum: s.checksum, targetChecksum: t?.checksum ?? null };
+    tables.push({ schema: s.schema, name: s.name, source: s.rows, target: t ? t.rows : null, ...sums });
     if (!t) mismatches.push({ what: "table-missing", object: label(s), source: String(s.rows), target: null });
     else if (t.rows !== s.rows) mismatches.push({ what: "row-count", object: label(s), source: String(s.rows), target: String(t.rows) });
+    else if (s.checksum !== undefined && t.checksum !== s.checksum) mismatches.push({ what: "checksum", object: label(s), source: s.checksum, target: t.checksum ?? null });
   }
   for (const t of targetTables.values()) {
     tables.push({ schema: t.schema, name: t.name, source: null, target: t.rows });

@@ -54,6 +54,8 @@ const DumpJob = z.object({
   estimatedBytes: z.number().optional(),
   jobs: z.number().int().positive(),
   compress: z.string(),
+  /** --verify checksum: also hash every table's content in the dump's snapshot. */
+  checksum: z.boolean().optional(),
 });
 const RestoreJob = z.object({
   ...jobBase,
@@ -76,7 +78,13 @@ const Job = z.discriminatedUnion("kind", [DumpJob, RestoreJob, VerifyJob]);
 export type Job = z.infer<typeof Job>;
 export type JobOf<K extends Job["kind"]> = Extract<Job, { kind: K }>;
 
-const TableCount = z.object({ schema: z.string(), name: z.string(), rows: z.number().int().nonnegative() });
+const TableCount = z.object({
+  schema: z.string(),
+  name: z.string(),
+  rows: z.number().int().nonnegative(),
+  /** --verify checksum: an order-independent hash of the table's rows (the sum of each row's md5, as text). */
+  checksum: z.string().optional(),
+});
 export type TableCount = z.infer<typeof TableCount>;
 const SequenceValue = z.object({
   schema: z.string(),
@@ -103,7 +111,7 @@ const Manifest = z.object({
 export type Manifest = z.infer<typeof Manifest>;
 
 const Mismatch = z.object({
-  what: z.enum(["table-missing", "table-extra", "row-count", "sequence", "large-objects", "database-property"]),
+  what: z.enum(["table-missing", "table-extra", "row-count", "checksum", "sequence", "large-objects", "database-property"]),
   object: z.string(),
   source: z.string().nullable(),
   target: z.string().nullable(),
@@ -123,6 +131,9 @@ const VerifyTable = z.object({
   name: z.string(),
   source: z.number().nullable(),
   target: z.number().nullable(),
+  /** With --verify checksum: each side's content hash (null: the table is missing there). */
+  sourceChecksum: z.string().nullable().optional(),
+  targetChecksum: z.string().nullable().optional(),
 });
 export type VerifyTable = z.infer<typeof VerifyTable>;
 const VerifyResult = z.object({

@@ -63,7 +63,16 @@ export const ReportSchema = z.object({
       error: z.string().optional(),
       stderrTail: z.string().optional(),
       /** Every table's exact row count on both sides (null: missing on that side). */
-      tableCounts: z.array(z.object({ schema: z.string(), name: z.string(), source: z.number().nullable(), target: z.number().nullable() })),
+      tableCounts: z.array(
+        z.object({
+          schema: z.string(),
+          name: z.string(),
+          source: z.number().nullable(),
+          target: z.number().nullable(),
+          sourceChecksum: z.string().nullable().optional(),
+          targetChecksum: z.string().nullable().optional(),
+        }),
+      ),
     }),
   ),
 });

@@ -31,18 +31,32 @@ export async function listTables(client: pg.Client): Promise<TableRef[]> {
 const COUNT_BATCH = 100;
 
 /** Exact row counts, a hundred tables to a round trip. */
-export async function countRows(client: pg.Client, tables: TableRef[]): Promise<TableCount[]> {
+/**
+ * Each table's exact row count and, with `checksum`, an order-independent hash of its content: the sum of every
+ * row's md5 (its first 64 bits), as text. Row text depends on a few session settings, so both sides set them alike
+ * (setChecksumSession) before hashing.
+ */
+export async function countRows(client: pg.Client, tables: TableRef[], opts: { checksum?: boolean } = {}): Promise<TableCount[]> {
   const out: TableCount[] = [];
+  const hash = opts.checksum ? `, coalesce(sum(('x' || left(md5(ROW(r.*)::text), 16))::bit(64)::bigint::numeric), 0)::text AS h` : "";
   for (let i = 0; i < tables.length; i += COUNT_BATCH) {
     const batch = tables.slice(i, i + COUNT_BATCH);
     const sql = batch
-      .map((t, j) => `SELECT ${j} AS i, count(*) AS n FROM ONLY ${qualified(t.schema, t.name)}`)
+      .map((t, j) => `SELECT ${j} AS i, count(*) AS n${hash} FROM ONLY ${qualified(t.schema, t.name)} AS r`)
       .join(" UNION ALL ");
-    const { rows } = await client.query<{ i: number; n: string }>(sql);
-    const byIndex = new Map(rows.map((r) => [Number(r.i), Number(r.n)]));
-    batch.forEach((t, j) => out.push({ schema: t.schema, name: t.name, rows: byIndex.get(j) ?? 0 }));
+    const { rows } = await client.query<{ i: number; n: string; h?: string }>(sql);
+    const byIndex = new Map(rows.map((r) => [Number(r.i), r]));
+    batch.forEach((t, j) => {
+      const r = byIndex.get(j);
+      out.push({ schema: t.schema, name: t.name, rows: Number(r?.n ?? 0), ...(opts.checksum ? { checksum: r?.h ?? "0" } : {}) });
+    });
   }
   return out;
+}
+
+/** The settings a row's text depends on, the same on both sides of a checksum. */
+export async function setChecksumSession(client: pg.Client): Promise<void> {
+  await client.query("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'");
 }
 
 export async function sequenceValues(client: pg.Client): Promise<SequenceValue[]> {

@@ -95,7 +95,7 @@ export interface Report {
     stderrTail?: string;
     attempts: Record<string, number>;
     workers: Record<string, string>;
-    tableCounts: { source: number | null; target: number | null }[];
+    tableCounts: { source: number | null; target: number | null; sourceChecksum?: string | null; targetChecksum?: string | null }[];
   }[];
 }
 

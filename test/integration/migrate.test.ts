@@ -22,7 +22,7 @@ test("embedded mode migrates every database, role and row, and puts the target's
     const sourceDbs = await databasesOf(source);
     assert.ok(sourceDbs.length >= 4, `fixture databases: ${sourceDbs.join(", ")}`);
 
-    const r = await runCli([...serverArgs(source, target), "--workers", "2", "--fast-restore", "full"], cliEnv(home, source, target));
+    const r = await runCli([...serverArgs(source, target), "--workers", "2", "--fast-restore", "full", "--verify", "checksum"], cliEnv(home, source, target));
     assert.equal(r.exitCode, 0, `exit ${r.exitCode}\n${r.stderr}`);
 
     assert.deepEqual(await databasesOf(target), sourceDbs);
@@ -86,6 +86,8 @@ test("embedded mode migrates every database, role and row, and puts the target's
     for (const d of report.databases) {
       assert.equal(d.verified, true, `${d.name} verified`);
       assert.ok(d.tableCounts.length > 0 && d.tableCounts.every((t) => t.source === t.target), `${d.name} per-table counts`);
+      // --verify checksum: every table's content hash, the same on both sides.
+      assert.ok(d.tableCounts.every((t) => typeof t.sourceChecksum === "string" && t.sourceChecksum === t.targetChecksum), `${d.name} per-table checksums`);
     }
   });
 });

@@ -42,3 +42,42 @@ test("a table that differs after the restore is reported as a mismatch and the r
     { nats: false },
   );
 });
+
+test("--verify checksum: one row changed on the target after its restore (same count, other content) is a mismatch, exit 1", { timeout: 600_000 }, async () => {
+  await withTestEnv(
+    async ({ source, target, home }) => {
+      await psqlExec(source, "postgres", demoSql({ scale: 5 }));
+      const run = startCli([...serverArgs(source, target), "-m", "1", "--workers", "1", "--verify", "checksum"], cliEnv(home, source, target));
+      await run.waitFor(/restore "shop" started/);
+      const c = new pg.Client({ host: target.host, port: target.port, user: target.user, password: target.password, database: "shop" });
+      await c.connect();
+      const leaf = "public.page_views_2024_01";
+      try {
+        await waitFor("the restore to create the table", async () => (await c.query("SELECT to_regclass($1) AS t", [leaf])).rows[0].t !== null, 60_000, 5);
+        await waitFor("the COPY into it to commit", async () => (await c.query(`SELECT EXISTS (SELECT FROM ${leaf}) AS e`)).rows[0].e === true, 60_000, 5);
+        await c.query(`BEGIN; LOCK TABLE ${leaf} IN ACCESS EXCLUSIVE MODE`);
+        // One value of one row, nothing else: the row count stays the same.
+        const { rows: cols } = await c.query<{ a: string }>(
+          "SELECT quote_ident(attname) AS a FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND atttypid = 'text'::regtype LIMIT 1",
+          [leaf],
+        );
+        assert.ok(cols[0], "a text column to change");
+        const { rowCount } = await c.query(`UPDATE ${leaf} SET ${cols[0].a} = ${cols[0].a} || ' (changed)' WHERE ctid = (SELECT ctid FROM ${leaf} LIMIT 1)`);
+        assert.equal(rowCount, 1);
+        await c.query("COMMIT");
+      } finally {
+        await c.end();
+      }
+      const r = await run.result;
+      assert.equal(r.exitCode, 1, r.stderr);
+      assert.match(r.stderr, /"shop" failed: verification found 1 difference\(s\): checksum public\.page_views_2024_01 \(source -?\d+, target -?\d+\)/);
+      const report = await readReport(home, r.stderr);
+      const shop = report.databases.find((d) => d.name === "shop")!;
+      const row = shop.tableCounts.find((t) => `public.${(t as { name?: string }).name}` === leaf) as { source: number; target: number; sourceChecksum: string; targetChecksum: string };
+      assert.equal(row.source, row.target, "same count");
+      assert.notEqual(row.sourceChecksum, row.targetChecksum, "different content");
+      for (const d of report.databases) assert.equal(d.verified, d.name !== "shop", d.name);
+    },
+    { nats: false },
+  );
+});
