@@ -126,7 +126,8 @@ const DumpResult = z.object({
   rows: z.number(),
 });
 const RestoreResult = z.object({ kind: z.literal("restore"), restoreMs: z.number(), analyzeMs: z.number() });
-const VerifyTable = z.object({
+/** One table on both sides, as verify saw it (also each row of a report's tableCounts). */
+export const VerifyTable = z.object({
   schema: z.string(),
   name: z.string(),
   source: z.number().nullable(),

@@ -1,6 +1,7 @@
 // The JSON report's schema: what ~/.pg-migrate/reports/<run>.json (and --report PATH) holds. Versioned by
 // reportVersion; fields are only ever added. Published as docs/schemas/report.schema.json.
 import { z } from "zod";
+import { VerifyTable } from "./messages.js";
 
 const Server = z.object({ host: z.string(), port: z.number().int(), user: z.string(), db: z.string(), systemId: z.string().nullable(), version: z.string() });
 const Timings = z.object({ dump: z.number(), restore: z.number(), verify: z.number(), analyze: z.number() }).partial();
@@ -63,16 +64,7 @@ export const ReportSchema = z.object({
       error: z.string().optional(),
       stderrTail: z.string().optional(),
       /** Every table's exact row count on both sides (null: missing on that side). */
-      tableCounts: z.array(
-        z.object({
-          schema: z.string(),
-          name: z.string(),
-          source: z.number().nullable(),
-          target: z.number().nullable(),
-          sourceChecksum: z.string().nullable().optional(),
-          targetChecksum: z.string().nullable().optional(),
-        }),
-      ),
+      tableCounts: z.array(VerifyTable),
     }),
   ),
 });
