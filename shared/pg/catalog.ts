@@ -56,7 +56,9 @@ export async function countRows(client: pg.Client, tables: TableRef[], opts: { c
 
 /** The settings a row's text depends on, the same on both sides of a checksum. */
 export async function setChecksumSession(client: pg.Client): Promise<void> {
-  await client.query("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'");
+  await client.query(
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; SET lc_monetary = 'C'",
+  );
 }
 
 export async function sequenceValues(client: pg.Client): Promise<SequenceValue[]> {
