@@ -14,7 +14,7 @@ import type { MigrateConfig } from "./config.js";
 import { discoverDatabases, existingDatabases, selectDatabases } from "./discovery.js";
 import { settingsFor } from "./fast-restore.js";
 import { bytes, type Output } from "./output.js";
-import { checkServers, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
+import { checkServers, extensionCheck, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
 import { RunState } from "./state.js";
 import { EXIT } from "./run.js";
 
@@ -63,6 +63,9 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     }
     w(dbs.toString());
     for (const x of skipped) w(`left out: ${JSON.stringify(x.name)} (${x.reason})`);
+    for (const [db, names] of await extensionCheck(cfg.source, selected.map((d) => d.name), tgt.client)) {
+      warnings.push(`${JSON.stringify(db)} ${extensionProblem(names)}: a run fails that database before creating it`);
+    }
     if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);
     const clash = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name));
     if (clash.length) refusals.push(`the target already has database(s) ${clash.map((d) => JSON.stringify(d.name)).join(", ")}`);

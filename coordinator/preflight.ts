@@ -6,7 +6,7 @@ import { access, mkdir, rm, statfs, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type pg from "pg";
 import { PreflightError } from "../shared/errors.js";
-import { ConnectError, connect, describe, type ServerSpec } from "../shared/pg/connect.js";
+import { ConnectError, connect, describe, withClient, type ServerSpec } from "../shared/pg/connect.js";
 import type { Toolset } from "../shared/tools.js";
 
 export interface ServerInfo {
@@ -144,4 +144,32 @@ export async function checkDumpVolume(dumpRoot: string, sourceBytes: number): Pr
     warnings.push(`the dump volume ${dumpRoot} has ${gib(freeBytes)} free and the source holds ${gib(sourceBytes)}: compressed dumps usually fit, but watch it`);
   }
   return { freeBytes, warnings };
+}
+
+export const extensionProblem = (names: string[]): string =>
+  `uses extension(s) ${names.map((n) => JSON.stringify(n)).join(", ")} that the target has not installed`;
+
+/** Pure: per database, the extensions it uses that the target cannot create (no such extension installed there). */
+export function extensionsMissing(used: Map<string, string[]>, availableOnTarget: Set<string>): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const [db, names] of used) {
+    const missing = names.filter((n) => !availableOnTarget.has(n));
+    if (missing.length) out.set(db, missing);
+  }
+  return out;
+}
+
+/** The extensions each database uses on the source (a few databases at a time), and what the target can install. */
+export async function extensionCheck(source: ServerSpec, databases: string[], target: pg.Client): Promise<Map<string, string[]>> {
+  const { rows } = await target.query<{ name: string }>("SELECT name FROM pg_available_extensions");
+  const used = new Map<string, string[]>();
+  const queue = [...databases];
+  const worker = async () => {
+    for (let db = queue.shift(); db !== undefined; db = queue.shift()) {
+      const name = db;
+      used.set(name, await withClient(source, name, async (c) => (await c.query<{ e: string }>("SELECT extname AS e FROM pg_extension ORDER BY 1")).rows.map((r) => r.e)));
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(4, databases.length) }, worker));
+  return extensionsMissing(used, new Set(rows.map((r) => r.name)));
 }

@@ -30,7 +30,7 @@ import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin, sameTarget } from "./
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
-import { checkDumpVolume, checkServers, inspect, pairKey } from "./preflight.js";
+import { checkDumpVolume, checkServers, extensionCheck, extensionProblem, inspect, pairKey } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
 import { Scheduler } from "./scheduler.js";
 import { newRunId, RunState, type DbState, type RunRecord } from "./state.js";
@@ -82,6 +82,9 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     }
     out.line(`found ${selected.length} database(s) to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
 
+    // An extension the target cannot create fails that database now, before anything is created for it.
+    const missingExtensions = await extensionCheck(cfg.source, selected.map((d) => d.name), tgt.client);
+    for (const [db, names] of missingExtensions) out.warn(`${JSON.stringify(db)} ${extensionProblem(names)}; that database fails now, the others go on`);
     const volume = await checkDumpVolume(cfg.dumpRoot, selected.reduce((s, d) => s + d.sizeBytes, 0));
     for (const w of volume.warnings) out.warn(w);
 
@@ -191,6 +194,13 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         // The run's own key, kept beside its local record: jobs adopted on resume were sealed with it.
         secret = await state.embeddedSecret(generateSecret);
         key = keyFrom(secret);
+      }
+      for (const d of state.record.databases) {
+        const missing = missingExtensions.get(d.name);
+        if (missing && d.phase === "planned" && !d.created) {
+          d.phase = "failed";
+          d.error = `${extensionProblem(missing)}: install ${missing.length === 1 ? "it" : "them"} on the target host and run the same command again`;
+        }
       }
       state.record.broker = withoutCredentials(natsUrl);
       state.attachKv(runsKv);

@@ -128,3 +128,9 @@ test("--include-db and --exclude-db select databases by shell-style patterns and
   assert.throws(() => pick(["shpo"], []), /--include-db "shpo" matches no database on the source/);
   assert.deepEqual([...parse(["--include-db", "a", "--include-db", "b*"]).includeDb], ["a", "b*"]);
 });
+
+test("extensionsMissing names, per database, the extensions the target has not installed", async () => {
+  const { extensionsMissing } = await import("../../coordinator/preflight.js");
+  const used = new Map([["gis", ["plpgsql", "postgis", "citext"]], ["plain", ["plpgsql"]]]);
+  assert.deepEqual([...extensionsMissing(used, new Set(["plpgsql", "citext"]))], [["gis", ["postgis"]]]);
+});

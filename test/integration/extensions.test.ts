@@ -1,0 +1,43 @@
+// A database that uses an extension the target has not installed fails before anything is created for it, by
+// name, and the other databases migrate. Both test clusters share one PostgreSQL installation, so the extension
+// is made to exist only while the source creates it: its control file is added to the installation's extension
+// folder and removed again at once (a private name, gone before the run starts).
+import assert from "node:assert/strict";
+import { rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { execa } from "execa";
+import { nanoid } from "nanoid";
+import { postgresBinDir, psqlExec } from "../../demo/cluster.js";
+import { demoSql } from "../../demo/generate.js";
+import { cliEnv, databasesOf, readReport, runCli, serverArgs, tableCounts } from "../helpers/cli.js";
+import { withTestEnv } from "../helpers/env.js";
+
+test("a database using an extension the target lacks fails first, by name; the others migrate", { timeout: 600_000 }, async () => {
+  await withTestEnv(
+    async ({ source, target, home }) => {
+      await psqlExec(source, "postgres", demoSql());
+      const ext = `pgm_test_ext_${nanoid(8).toLowerCase().replace(/[^a-z0-9]/g, "x")}`;
+      const dir = join((await execa(join(await postgresBinDir(), "pg_config"), ["--sharedir"])).stdout.trim(), "extension");
+      const files = [join(dir, `${ext}.control`), join(dir, `${ext}--1.0.sql`)];
+      try {
+        await writeFile(files[0]!, "default_version = '1.0'\nrelocatable = true\n");
+        await writeFile(files[1]!, "CREATE FUNCTION pgm_test_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n");
+        await psqlExec(source, "inventory", `CREATE EXTENSION ${ext}`);
+      } finally {
+        for (const f of files) await rm(f, { force: true });
+      }
+
+      const r = await runCli(serverArgs(source, target), cliEnv(home, source, target));
+      assert.equal(r.exitCode, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`"inventory" uses extension\\(s\\) "${ext}" that the target has not installed; that database fails now`));
+      assert.ok(!(await databasesOf(target)).includes("inventory"), "nothing created for it");
+      for (const db of ["shop", "analytics"]) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
+      const report = await readReport(home, r.stderr);
+      const inv = report.databases.find((d) => d.name === "inventory")!;
+      assert.equal(inv.phase, "failed");
+      assert.match(inv.error ?? "", new RegExp(`"${ext}" that the target has not installed: install it on the target host`));
+    },
+    { nats: false },
+  );
+});
