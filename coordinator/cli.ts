@@ -22,7 +22,7 @@ interface ServerFlags {
 }
 type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[K] };
 type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & NatsAuthFlags & {
-  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean; includeDb: string[]; excludeDb: string[]; verify: "count" | "checksum";
+  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean; includeDb: string[]; excludeDb: string[]; verify: "count" | "checksum"; tablespaces: boolean; tablespaceLocation: string[];
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
   keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; wait: number; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number; report?: string; logLevel?: string;
@@ -75,6 +75,18 @@ function serverSpec(side: Side, o: RawOptions, program: Command): ServerSpec {
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
+function tablespaceLocations(values: string[]): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const v of values) {
+    const at = v.indexOf("=");
+    if (at <= 0 || at === v.length - 1) throw new ConfigError(`--tablespace-location wants NAME=PATH, got ${JSON.stringify(v)}`, "--tablespace-location");
+    const path = v.slice(at + 1);
+    if (!path.startsWith("/")) throw new ConfigError(`--tablespace-location ${JSON.stringify(v)}: the path must be absolute (it is on the target host)`, "--tablespace-location");
+    map.set(v.slice(0, at), path);
+  }
+  return map;
+}
+
 function withOptions(program: Command, options: Option[]): Command {
   for (const o of options) program.addOption(o);
   return program;
@@ -109,6 +121,8 @@ export function buildProgram(): Command {
     .addOption(new Option("--migrate-globals [bool]", "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)").default(true).argParser(bool))
     .addOption(new Option("--no-migrate-globals", "do not migrate roles and tablespaces"))
     .addOption(new Option("--verify <mode>", "count: every table's exact row count on both sides; checksum: also a hash of every table's content, the source's in the dump's snapshot").choices(["count", "checksum"]).default("count"))
+    .addOption(new Option("--tablespace-location <name=path>", "create this source tablespace at this path on the target (repeatable; two servers on one host cannot share a path)").argParser(collect).default([]))
+    .addOption(new Option("--no-tablespaces", "create no tablespace: everything goes to the target's default tablespace"))
     .addOption(new Option("--include-db <pattern>", "migrate only the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
     .addOption(new Option("--exclude-db <pattern>", "leave out the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
     .addOption(new Option("--no-owner", "restore every object owned by the target user (pg_restore --no-owner), for a target user that cannot become the source's owners (a superuser, say)"))
@@ -152,6 +166,8 @@ export function toConfig(program: Command): MigrateConfig {
     migrateGlobals: o.migrateGlobals,
     rolePasswords: o.rolePasswords,
     verify: o.verify,
+    noTablespaces: !o.tablespaces,
+    tablespaceLocations: tablespaceLocations(o.tablespaceLocation),
     includeDb: o.includeDb,
     excludeDb: o.excludeDb,
     noOwner: !o.owner,

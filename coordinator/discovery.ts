@@ -25,10 +25,11 @@ export async function discoverDatabases(client: pg.Client, versionNum: number): 
     provider: string;
     icu: string | null;
     size: string;
+    tablespace: string;
   }>(`SELECT d.datname AS name, pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS encoding,
              d.datcollate AS collate, d.datctype AS ctype, ${provider} AS provider, ${icu} AS icu,
-             pg_database_size(d.oid) AS size
-        FROM pg_database d
+             pg_database_size(d.oid) AS size, t.spcname AS tablespace
+        FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace
        WHERE d.datallowconn AND NOT d.datistemplate
        ORDER BY pg_database_size(d.oid) DESC, d.datname`);
   return rows.map((r) => ({
@@ -41,8 +42,50 @@ export async function discoverDatabases(client: pg.Client, versionNum: number): 
       ctype: r.ctype,
       localeProvider: r.provider === "i" ? "icu" : "libc",
       iculocale: r.icu,
+      ...(r.tablespace !== "pg_default" ? { tablespace: r.tablespace } : {}),
     },
   }));
+}
+
+export interface SourceTablespace {
+  name: string;
+  owner: string;
+  location: string;
+}
+
+/** The source's tablespaces other than pg_default and pg_global. */
+export async function tablespacesOf(client: pg.Client): Promise<SourceTablespace[]> {
+  const { rows } = await client.query<SourceTablespace>(
+    `SELECT spcname AS name, pg_get_userbyid(spcowner) AS owner, pg_tablespace_location(oid) AS location
+       FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1`,
+  );
+  return rows;
+}
+
+/**
+ * Pure: what happens to each source tablespace on the target, decided and said before anything is created:
+ * left out (--no-tablespaces), already there, or created at --tablespace-location's path or else the source's.
+ */
+export function planTablespaces(
+  source: SourceTablespace[],
+  onTarget: Set<string>,
+  opts: { none: boolean; locations: ReadonlyMap<string, string> },
+): { relocate: Map<string, string>; lines: string[] } {
+  for (const name of opts.locations.keys()) {
+    if (!source.some((t) => t.name === name)) throw new ConfigError(`--tablespace-location ${JSON.stringify(name)}: the source has no such tablespace`, "--tablespace-location");
+  }
+  const relocate = new Map<string, string>();
+  const lines = source.map((t) => {
+    const what = `tablespace ${JSON.stringify(t.name)} (${t.location} on the source)`;
+    if (opts.none) return `${what}: not created (--no-tablespaces); its objects go to the target's default tablespace`;
+    if (onTarget.has(t.name)) return `${what}: already on the target, used as it is`;
+    const path = opts.locations.get(t.name);
+    if (path) relocate.set(t.name, path);
+    return path
+      ? `${what}: created at ${path} on the target (--tablespace-location)`
+      : `${what}: created at the same path on the target, which needs that directory there, empty and the server's (else --tablespace-location ${t.name}=PATH, or --no-tablespaces)`;
+  });
+  return { relocate, lines };
 }
 
 /** User objects in a database (relations, functions, types outside the system schemas). */

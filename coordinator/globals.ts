@@ -3,6 +3,7 @@
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 import { runPsqlScript } from "../shared/pg/psql-script.js";
+import { literal } from "../shared/pg/quote.js";
 import { runTool, type Toolset } from "../shared/tools.js";
 import { roleStatementTarget, splitScript, type ScriptPart } from "./sql-split.js";
 
@@ -54,6 +55,18 @@ function mapUnquoted(text: string, fn: (chunk: string) => string): string {
   return text.split(/('(?:[^']|'')*'|"(?:[^"]|"")*")/).map((chunk, i) => (i % 2 === 1 ? chunk : fn(chunk))).join("");
 }
 
+/** Pure: CREATE TABLESPACE statements with the LOCATION --tablespace-location gives their tablespace. */
+export function relocateTablespaces(parts: ScriptPart[], relocate: ReadonlyMap<string, string>): ScriptPart[] {
+  if (!relocate.size) return parts;
+  return parts.map((p) => {
+    const m = /^(CREATE\s+TABLESPACE\s+("(?:[^"]|"")*"|[^\s;]+)\s[\s\S]*?\bLOCATION\s+)'(?:[^']|'')*'(\s*;)$/i.exec(p.text);
+    if (p.meta || !m) return p;
+    const name = m[2]!.startsWith('"') ? m[2]!.slice(1, -1).replace(/""/g, '"') : m[2]!.toLowerCase();
+    const path = relocate.get(name);
+    return path === undefined ? p : { ...p, text: `${m[1]}${literal(path)}${m[3]}` };
+  });
+}
+
 /** Pure: the script without the statements about `user`, and what was removed. */
 export function filterGlobals(script: string, user: string): { parts: ScriptPart[]; removed: string[] } {
   const parts: ScriptPart[] = [];
@@ -87,11 +100,12 @@ export async function migrateGlobals(
   target: ServerSpec,
   targetDb: string,
   signal: AbortSignal,
-  opts: { rolePasswords: boolean; targetSuperuser: boolean },
+  opts: { rolePasswords: boolean; targetSuperuser: boolean; noTablespaces: boolean; relocate: ReadonlyMap<string, string> },
 ): Promise<GlobalsOutcome> {
-  const args = ["--globals-only", ...(opts.rolePasswords ? [] : ["--no-role-passwords"]), dbnameArg(sourceDb)];
+  const args = ["--globals-only", ...(opts.rolePasswords ? [] : ["--no-role-passwords"]), ...(opts.noTablespaces ? ["--no-tablespaces"] : []), dbnameArg(sourceDb)];
   const { stdout } = await runTool(tools, "pg_dumpall", args, { conn: source, signal });
   const filtered = filterGlobals(stdout, target.user);
+  filtered.parts = relocateTablespaces(filtered.parts, opts.relocate);
   const { parts, notApplied } = opts.targetSuperuser ? { parts: filtered.parts, notApplied: [] } : adaptForNonSuperuser(filtered.parts);
   // One statement per line-range we know, so psql's "psql:<stdin>:LINE:" errors map back to statements.
   const lines: string[] = [];

@@ -11,7 +11,7 @@ import { appDir } from "../shared/paths.js";
 import { describe } from "../shared/pg/connect.js";
 import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
-import { discoverDatabases, existingDatabases, selectDatabases } from "./discovery.js";
+import { discoverDatabases, existingDatabases, planTablespaces, selectDatabases, tablespacesOf } from "./discovery.js";
 import { settingsFor } from "./fast-restore.js";
 import { bytes, type Output } from "./output.js";
 import { checkServers, extensionCheck, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
@@ -63,6 +63,8 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     }
     w(dbs.toString());
     for (const x of skipped) w(`left out: ${JSON.stringify(x.name)} (${x.reason})`);
+    const targetTablespaces = new Set((await tgt.client.query<{ n: string }>("SELECT spcname AS n FROM pg_tablespace")).rows.map((r) => r.n));
+    for (const line of planTablespaces(await tablespacesOf(src.client), targetTablespaces, { none: cfg.noTablespaces, locations: cfg.tablespaceLocations }).lines) w(line);
     for (const [db, names] of await extensionCheck(cfg.source, selected.map((d) => d.name), tgt.client)) {
       warnings.push(`${JSON.stringify(db)} ${extensionProblem(names)}: a run fails that database before creating it`);
     }

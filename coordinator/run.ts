@@ -22,7 +22,7 @@ import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { generateSecret, keyFrom, sharedKeyFromEnv, type SharedKey } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
-import { discoverDatabases, existingDatabases, MAINTENANCE_DB, selectDatabases, subscriptionsOf, userObjectCount } from "./discovery.js";
+import { discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, subscriptionsOf, tablespacesOf, userObjectCount } from "./discovery.js";
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
@@ -82,6 +82,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     }
     out.line(`found ${selected.length} database(s) to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
 
+    // Tablespaces: decided and said before anything is created.
+    const targetTablespaces = new Set((await tgt.client.query<{ n: string }>("SELECT spcname AS n FROM pg_tablespace")).rows.map((r) => r.n));
+    const tablespaces = planTablespaces(await tablespacesOf(src.client), targetTablespaces, { none: cfg.noTablespaces, locations: cfg.tablespaceLocations });
+    for (const line of tablespaces.lines) out.line(line);
     // An extension the target cannot create fails that database now, before anything is created for it.
     const missingExtensions = await extensionCheck(cfg.source, selected.map((d) => d.name), tgt.client);
     for (const [db, names] of missingExtensions) out.warn(`${JSON.stringify(db)} ${extensionProblem(names)}; that database fails now, the others go on`);
@@ -241,7 +245,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       const sourceRoles = (await src.client.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'")).rows.map((r) => r.rolname);
       const inRun = new Set(state.record.databases.map((d) => d.name));
       const subscriptions = (await subscriptionsOf(src.client)).filter((s) => inRun.has(s.db));
-      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles, targetVersionNum: tgt.info.versionNum, subscriptions });
+      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles, targetVersionNum: tgt.info.versionNum, subscriptions, tablespaceRelocations: tablespaces.relocate });
     } finally {
       presence?.stop();
       await workers?.stop();
@@ -309,6 +313,8 @@ interface Deps {
   /** Role names on the source: the ones a target user that is not a superuser joins for the run. */
   sourceRoles: string[];
   targetVersionNum: number;
+  /** --tablespace-location's paths for the tablespaces the globals create. */
+  tablespaceRelocations: ReadonlyMap<string, string>;
   /** Subscriptions in the run's databases: they arrive disabled, which the end of the run says. */
   subscriptions: { name: string; db: string }[];
 }
@@ -356,7 +362,12 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
     if (signal.aborted) throw new InterruptedError("interrupted");
 
     if (cfg.migrateGlobals && !record.globals.done) {
-      const g = await migrateGlobals(d.tools, cfg.source, cfg.sourceDb, cfg.target, cfg.targetDb, signal, { rolePasswords: cfg.rolePasswords, targetSuperuser: d.superuser });
+      const g = await migrateGlobals(d.tools, cfg.source, cfg.sourceDb, cfg.target, cfg.targetDb, signal, {
+        rolePasswords: cfg.rolePasswords,
+        targetSuperuser: d.superuser,
+        noTablespaces: cfg.noTablespaces,
+        relocate: d.tablespaceRelocations,
+      });
       record.globals = { done: true, ...g };
       await state.save();
       out.line(`globals: ${g.applied} statement(s) applied, ${g.alreadyExisted.length} already existed, ${g.removed.length} about the migration user ${JSON.stringify(cfg.target.user)} left out`);
@@ -438,6 +449,11 @@ async function createDatabases(cfg: MigrateConfig, state: RunState, d: Deps): Pr
   const roles = new Map(rows.map((r) => [r.rolname, r.rolsuper]));
   for (const db of state.record.databases) {
     if (db.created || db.phase !== "planned") continue;
+    if (cfg.noTablespaces && db.create.tablespace) {
+      // --no-tablespaces: the database lives in the target's default tablespace, and a retried restore recreates it so.
+      const { tablespace: _dropped, ...rest } = db.create;
+      db.create = rest;
+    }
     const owner = db.create.owner;
     if (!roles.has(owner) || (!d.superuser && roles.get(owner) && owner !== cfg.target.user)) {
       const why = roles.has(owner) ? `is a superuser on the target, which ${JSON.stringify(cfg.target.user)} (not one) cannot give a database to` : "does not exist on the target";

@@ -288,6 +288,7 @@ export class Scheduler {
         target: this.conn(this.cfg.target), jobs: this.cfg.jobs, create: db.create, estimatedBytes: db.sizeBytes,
         maintenanceDb: this.cfg.targetDb,
         ...(this.cfg.noOwner ? { noOwner: true } : {}),
+        ...(this.cfg.noTablespaces ? { noTablespaces: true } : {}),
         // A database from an earlier session of this run may hold a partial restore.
         recreate: resumed || this.state.record.resumedAt.length > 0,
       };

@@ -189,7 +189,7 @@ async function locateServerAccount(): Promise<ServerAccount | undefined> {
   return { prefix, uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
 }
 
-async function giveToServerAccount(path: string): Promise<void> {
+export async function giveToServerAccount(path: string): Promise<void> {
   const account = await serverOsAccount();
   if (account) await chown(path, account.uid, account.gid);
 }

@@ -31,7 +31,7 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
   const progress = startSizeProgress(server, job.maintenanceDb, job.db.name, job.estimatedBytes ?? null, run.progress);
   const started = Date.now();
   try {
-    await runTool(ctx.tools, "pg_restore", [`--jobs=${job.jobs}`, "--exit-on-error", ...(job.noOwner ? ["--no-owner"] : []), dbnameArg(job.db.name), dir], {
+    await runTool(ctx.tools, "pg_restore", [`--jobs=${job.jobs}`, "--exit-on-error", ...(job.noOwner ? ["--no-owner"] : []), ...(job.noTablespaces ? ["--no-tablespaces"] : []), dbnameArg(job.db.name), dir], {
       conn: server,
       signal: run.signal,
       appName: "pg-migrate pg_restore",

@@ -34,6 +34,8 @@ const CreateSpec = z.object({
   ctype: z.string(),
   localeProvider: z.enum(["libc", "icu"]),
   iculocale: z.string().nullable(),
+  /** The database's default tablespace when it is not pg_default (absent: pg_default, or --no-tablespaces). */
+  tablespace: z.string().optional(),
 });
 export type CreateSpec = z.infer<typeof CreateSpec>;
 
@@ -65,6 +67,8 @@ const RestoreJob = z.object({
   create: CreateSpec,
   /** pg_restore --no-owner: every object owned by the target user (--no-owner, for targets that cannot give objects to their owners). */
   noOwner: z.boolean().optional(),
+  /** pg_restore --no-tablespaces (--no-tablespaces). */
+  noTablespaces: z.boolean().optional(),
   /** The target database the worker connects to when it must drop and recreate the restored one. */
   maintenanceDb: z.string(),
   /** Drop and recreate the (run-created) database before restoring: set when an earlier attempt may have written. */

@@ -13,6 +13,7 @@ export function createDatabaseSql(name: string, spec: CreateSpec): string {
   if (spec.localeProvider === "icu") {
     parts.push(`LOCALE_PROVIDER icu`, `ICU_LOCALE ${literal(spec.iculocale ?? "und")}`);
   }
+  if (spec.tablespace) parts.push(`TABLESPACE ${ident(spec.tablespace)}`);
   return parts.join(" ");
 }
 

@@ -3,9 +3,12 @@
 // The run skips fast-restore and says so, joins the migrated roles for the run so objects keep their owners,
 // gives a superuser's database to the target user with a warning, and leaves the roles again at the end.
 import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import pg from "pg";
-import { psqlExec, type LocalCluster } from "../../demo/cluster.js";
+import { giveToServerAccount, psqlExec, type LocalCluster } from "../../demo/cluster.js";
 import { databasesOf, query, readReport, runCli, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 import { startCli } from "../helpers/live.js";
@@ -100,9 +103,15 @@ test("a pg_read_all_data source user and a CREATEDB CREATEROLE target user migra
   });
 });
 
-test("a source user that cannot read pg_authid: refused with the flag to use, then --no-role-passwords (and --no-owner) lists the roles left without one", { timeout: 600_000 }, async () => {
+test("a source user that cannot read pg_authid: refused with the flag to use, then --no-role-passwords (with --no-owner and --no-tablespaces) lists the roles left without one", { timeout: 600_000 }, async (t) => {
   await withTestEnv(async ({ source, target, home }) => {
     await seed(source, true);
+    // A tablespace on the source, which a target user that is not a superuser can never create: --no-tablespaces.
+    const space = await mkdtemp(join(tmpdir(), "pgm-ts-"));
+    t.after(() => rm(space, { recursive: true, force: true }));
+    await giveToServerAccount(space);
+    await psqlExec(source, "postgres", `CREATE TABLESPACE cold_ts LOCATION '${space}'`);
+    await psqlExec(source, "app", "CREATE TABLE public.cold (id int PRIMARY KEY) TABLESPACE cold_ts; INSERT INTO public.cold SELECT generate_series(1, 12); ALTER TABLE public.cold OWNER TO app_writer;");
     // Plain grants, no pg_read_all_data: pg_authid stays out of reach, as on a managed service.
     await psqlExec(source, "postgres", `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}'`);
     for (const db of ["app", "legacy"]) {
@@ -118,12 +127,15 @@ test("a source user that cannot read pg_authid: refused with the flag to use, th
     assert.match(refused.stderr, /cannot read pg_authid, .*: add --no-role-passwords/);
     assert.deepEqual(await databasesOf(target), [], "nothing created by the refused run");
 
-    const r = await runCli([...args(source, target), "--no-role-passwords", "--no-owner"], env(home));
+    const r = await runCli([...args(source, target), "--no-role-passwords", "--no-owner", "--no-tablespaces"], env(home));
     assert.equal(r.exitCode, 0, r.stderr);
     assert.match(r.stderr, /--no-role-passwords: 2 login role\(s\) created without a password .*: "app_writer", "reader"/);
     const report = await readReport(home, r.stderr);
     assert.deepEqual((report as unknown as { globals: { withoutPassword: string[] } }).globals.withoutPassword, ["app_writer", "reader"]);
     for (const db of ["app", "legacy"]) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), `row counts of ${db}`);
+    assert.match(r.stderr, /tablespace "cold_ts" \(.* on the source\): not created \(--no-tablespaces\)/);
+    const cold = await query<{ ts: string | null }>(target, "app", "SELECT (SELECT spcname FROM pg_tablespace WHERE oid = reltablespace) AS ts FROM pg_class WHERE relname = 'cold'");
+    assert.deepEqual(cold, [{ ts: null }], "the table is in the default tablespace");
     // --no-owner: everything restored belongs to the target user.
     assert.ok((await ownersOf(target, "app")).every((x) => x.o === "migrator"), "every object owned by the target user");
     const noPassword = await query<{ r: string }>(target, "postgres", "SELECT rolname AS r FROM pg_authid WHERE rolname IN ('app_writer', 'reader') AND rolpassword IS NULL ORDER BY 1");

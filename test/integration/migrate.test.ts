@@ -2,10 +2,12 @@
 // named database and a database of the objects plain copies miss. Then the same migration in distributed mode.
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { test } from "node:test";
 import { execa } from "execa";
 import pg from "pg";
-import { psqlExec } from "../../demo/cluster.js";
+import { giveToServerAccount, psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, databasesOf, query, readReport, runCli, sequencesOf, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
@@ -13,16 +15,27 @@ import { loadChinook, loadNorthwind } from "../helpers/corpus.js";
 import { schemaDump, rolesDump } from "../helpers/fidelity.js";
 import { APP_LOGIN_PASSWORD, databaseProperties, loadCoreFixture } from "../helpers/fixtures.js";
 
-test("embedded mode migrates every database, role and row, and puts the target's settings back", { timeout: 600_000 }, async () => {
+test("embedded mode migrates every database, role and row, and puts the target's settings back", { timeout: 600_000 }, async (t) => {
   await withTestEnv(async ({ source, target, home }) => {
     await loadCoreFixture(source);
     await loadChinook(source, "autoincrement");
     await loadNorthwind(source);
+    // A non-default tablespace with a table in it; on one host the target's must live elsewhere.
+    const spaces = await mkdtemp(join(tmpdir(), "pgm-ts-"));
+    const [srcSpace, tgtSpace] = [join(spaces, "source"), join(spaces, "target")];
+    for (const dir of [srcSpace, tgtSpace]) await mkdir(dir);
+    for (const dir of [spaces, srcSpace, tgtSpace]) await giveToServerAccount(dir);
+    t.after(() => rm(spaces, { recursive: true, force: true }));
+    await psqlExec(source, "postgres", `CREATE TABLESPACE archive_ts LOCATION '${srcSpace}'`);
+    await psqlExec(source, "features", "CREATE TABLE archive (id int PRIMARY KEY, note text) TABLESPACE archive_ts; INSERT INTO archive SELECT g, 'a' || g FROM generate_series(1, 77) g;");
     const settingsBefore = await settingsOf(target);
     const sourceDbs = await databasesOf(source);
     assert.ok(sourceDbs.length >= 4, `fixture databases: ${sourceDbs.join(", ")}`);
 
-    const r = await runCli([...serverArgs(source, target), "--workers", "2", "--fast-restore", "full", "--verify", "checksum"], cliEnv(home, source, target));
+    const r = await runCli(
+      [...serverArgs(source, target), "--workers", "2", "--fast-restore", "full", "--verify", "checksum", "--tablespace-location", `archive_ts=${tgtSpace}`],
+      cliEnv(home, source, target),
+    );
     assert.equal(r.exitCode, 0, `exit ${r.exitCode}\n${r.stderr}`);
 
     assert.deepEqual(await databasesOf(target), sourceDbs);
@@ -68,6 +81,10 @@ test("embedded mode migrates every database, role and row, and puts the target's
     // sides (the migration user's own lines aside: it keeps its password and attributes on the target).
     for (const db of sourceDbs) assert.equal(await schemaDump(target, db), await schemaDump(source, db), `pg_dump --schema-only --create of ${db}`);
     assert.equal(await rolesDump(target, target.user), await rolesDump(source, target.user), "pg_dumpall --roles-only");
+    // The tablespace, created where --tablespace-location said, holding the table it held on the source.
+    assert.match(r.stderr, new RegExp(`tablespace "archive_ts" \\(${srcSpace} on the source\\): created at ${tgtSpace} on the target`));
+    const ts = await query<{ l: string; t: string }>(target, "features", "SELECT pg_tablespace_location(t.oid) AS l, c.relname AS t FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE t.spcname = 'archive_ts' AND c.relkind = 'r'");
+    assert.deepEqual(ts, [{ l: tgtSpace, t: "archive" }]);
     // What a schema-only dump leaves out: the large object's owner and grant, and that the subscription is off.
     const blob = await query<{ o: string; acl: string }>(target, "features", "SELECT pg_get_userbyid(lomowner) AS o, lomacl::text AS acl FROM pg_largeobject_metadata WHERE oid = 424242");
     assert.equal(blob[0]?.o, "app_login");

@@ -134,3 +134,10 @@ test("extensionsMissing names, per database, the extensions the target has not i
   const used = new Map([["gis", ["plpgsql", "postgis", "citext"]], ["plain", ["plpgsql"]]]);
   assert.deepEqual([...extensionsMissing(used, new Set(["plpgsql", "citext"]))], [["gis", ["postgis"]]]);
 });
+
+test("--tablespace-location takes NAME=/absolute/path, repeatable", () => {
+  assert.deepEqual([...parse(["--tablespace-location", "a=/t/a", "--tablespace-location", "b=/t/b=x"]).tablespaceLocations], [["a", "/t/a"], ["b", "/t/b=x"]]);
+  assert.throws(() => parse(["--tablespace-location", "a"]), /--tablespace-location wants NAME=PATH/);
+  assert.throws(() => parse(["--tablespace-location", "a=rel/path"]), /must be absolute/);
+  assert.equal(parse(["--no-tablespaces"]).noTablespaces, true);
+});

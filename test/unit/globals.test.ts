@@ -102,3 +102,26 @@ test("loginRolesCreated ignores LOGIN inside a quoted value", () => {
   const parts = splitScript(`CREATE ROLE x;\nALTER ROLE x WITH NOLOGIN;\nALTER ROLE x SET search_path TO 'LOGIN here';\n`);
   assert.deepEqual(loginRolesCreated(parts, new Set()), []);
 });
+
+test("relocateTablespaces moves only the named tablespaces, quoted names included", async () => {
+  const { relocateTablespaces } = await import("../../coordinator/globals.js");
+  const parts = splitScript(`CREATE TABLESPACE archive_ts OWNER postgres LOCATION '/src/a';\nCREATE TABLESPACE "Cold ""ts""" OWNER app LOCATION '/src/it''s';\nCREATE TABLESPACE other OWNER postgres LOCATION '/src/o';\n`);
+  const moved = relocateTablespaces(parts, new Map([["archive_ts", "/tgt/a"], ['Cold "ts"', "/tgt/o'k"]]));
+  assert.deepEqual(moved.map((p) => p.text), [
+    "CREATE TABLESPACE archive_ts OWNER postgres LOCATION '/tgt/a';",
+    `CREATE TABLESPACE "Cold ""ts""" OWNER app LOCATION '/tgt/o''k';`,
+    "CREATE TABLESPACE other OWNER postgres LOCATION '/src/o';",
+  ]);
+});
+
+test("planTablespaces says what becomes of each tablespace, and refuses a location for one the source lacks", async () => {
+  const { planTablespaces } = await import("../../coordinator/discovery.js");
+  const src = [{ name: "a", owner: "postgres", location: "/s/a" }, { name: "b", owner: "postgres", location: "/s/b" }, { name: "c", owner: "postgres", location: "/s/c" }];
+  const p = planTablespaces(src, new Set(["c"]), { none: false, locations: new Map([["a", "/t/a"]]) });
+  assert.deepEqual([...p.relocate], [["a", "/t/a"]]);
+  assert.match(p.lines[0]!, /"a" \(\/s\/a on the source\): created at \/t\/a on the target/);
+  assert.match(p.lines[1]!, /"b" .*created at the same path on the target/);
+  assert.match(p.lines[2]!, /"c" .*already on the target/);
+  assert.match(planTablespaces(src, new Set(), { none: true, locations: new Map() }).lines[0]!, /not created \(--no-tablespaces\)/);
+  assert.throws(() => planTablespaces(src, new Set(), { none: false, locations: new Map([["zz", "/t"]]) }), /--tablespace-location "zz": the source has no such tablespace/);
+});
