@@ -9,7 +9,7 @@ export interface SourceDatabase {
   create: CreateSpec;
 }
 
-/** The maintenance database: it exists on every target, so its contents are not moved in this version. */
+/** The maintenance database: it exists on every target; its user objects, when it has any, are restored into it. */
 export const MAINTENANCE_DB = "postgres";
 
 export async function discoverDatabases(client: pg.Client, versionNum: number): Promise<SourceDatabase[]> {
@@ -88,18 +88,6 @@ export function planTablespaces(
   return { relocate, lines };
 }
 
-/** User objects in a database (relations, functions, types outside the system schemas). */
-export async function userObjectCount(client: pg.Client): Promise<number> {
-  const { rows } = await client.query<{ n: string }>(`
-    SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
-               AND n.nspname NOT LIKE 'pg\\_temp\\_%')
-         + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
-         + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql') AS n`);
-  return Number(rows[0]?.n ?? 0);
-}
-
 export async function existingDatabases(client: pg.Client): Promise<Set<string>> {
   const { rows } = await client.query<{ datname: string }>("SELECT datname FROM pg_database");
   return new Set(rows.map((r) => r.datname));
@@ -124,8 +112,13 @@ export function namePattern(pattern: string): RegExp {
  * --exclude-db — and why each other one is left out. An include pattern that matches nothing is refused: a
  * typo there would otherwise move less than the user meant.
  */
-export function selectDatabases<T extends { name: string }>(all: T[], include: string[], exclude: string[]): { selected: T[]; skipped: { name: string; reason: string }[] } {
-  const candidates = all.filter((d) => d.name !== MAINTENANCE_DB);
+export function selectDatabases<T extends { name: string }>(
+  all: T[],
+  include: string[],
+  exclude: string[],
+  withMaintenance = false,
+): { selected: T[]; skipped: { name: string; reason: string }[] } {
+  const candidates = all.filter((d) => withMaintenance || d.name !== MAINTENANCE_DB);
   for (const p of include) {
     if (!candidates.some((d) => namePattern(p).test(d.name))) throw new ConfigError(`--include-db ${JSON.stringify(p)} matches no database on the source`, "--include-db");
   }

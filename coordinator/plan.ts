@@ -11,7 +11,9 @@ import { appDir } from "../shared/paths.js";
 import { describe } from "../shared/pg/connect.js";
 import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
-import { discoverDatabases, existingDatabases, planTablespaces, selectDatabases, tablespacesOf } from "./discovery.js";
+import { userObjectCount } from "../shared/pg/catalog.js";
+import { withClient } from "../shared/pg/connect.js";
+import { discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, tablespacesOf } from "./discovery.js";
 import { settingsFor } from "./fast-restore.js";
 import { bytes, type Output } from "./output.js";
 import { checkServers, extensionCheck, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
@@ -47,7 +49,12 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const w = (line = "") => process.stdout.write(`${line}\n`);
 
     const all = await discoverDatabases(src.client, src.info.versionNum);
-    const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb);
+    const maintenanceObjects = all.some((d) => d.name === MAINTENANCE_DB) ? await withClient(cfg.source, MAINTENANCE_DB, userObjectCount) : 0;
+    const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb, maintenanceObjects > 0);
+    if (selected.some((d) => d.name === MAINTENANCE_DB)) {
+      const theirs = await withClient(cfg.target, MAINTENANCE_DB, userObjectCount);
+      if (theirs > 0) refusals.push(`the source's "${MAINTENANCE_DB}" holds ${maintenanceObjects} user object(s) to restore into the target's, which holds ${theirs} of its own (empty it, or --exclude-db ${MAINTENANCE_DB})`);
+    }
     const onTarget = await existingDatabases(tgt.client);
     // Databases an unfinished run between these servers created are its own: a run with these flags resumes it.
     const previous = cfg.restart ? undefined : await RunState.findUnfinished(appDir(), pairKey(src.info, tgt.info), createLogger({ level: "silent" }));
@@ -58,7 +65,9 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     w(`databases: ${selected.length}, ${bytes(total)} in all, migrated largest first, ${cfg.maxParallel} at a time`);
     const dbs = new Table({ head: ["database", "size", "owner", "encoding", "on the target"], style: { head: [], border: [] } });
     for (const d of selected) {
-      const there = !onTarget.has(d.name) ? "-" : ours.has(d.name) ? `created by run ${previous!.runId}` : "EXISTS: refused";
+      const there = d.name === MAINTENANCE_DB
+        ? "restored into the target's own"
+        : !onTarget.has(d.name) ? "-" : ours.has(d.name) ? `created by run ${previous!.runId}` : "EXISTS: refused";
       dbs.push([d.name, bytes(d.sizeBytes), d.create.owner, d.create.encoding, there]);
     }
     w(dbs.toString());
@@ -69,7 +78,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
       warnings.push(`${JSON.stringify(db)} ${extensionProblem(names)}: a run fails that database before creating it`);
     }
     if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);
-    const clash = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name));
+    const clash = selected.filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name));
     if (clash.length) refusals.push(`the target already has database(s) ${clash.map((d) => JSON.stringify(d.name)).join(", ")}`);
 
     const roles = await rolesOf(src.client);

@@ -17,12 +17,13 @@ import { ConfigError, errorMessage, InterruptedError, PreflightError } from "../
 import { createLogger, type Logger } from "../shared/log.js";
 import { connectNats, withoutCredentials } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
-import { connect, describe } from "../shared/pg/connect.js";
+import { connect, describe, withClient } from "../shared/pg/connect.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { generateSecret, keyFrom, sharedKeyFromEnv, type SharedKey } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
-import { discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, subscriptionsOf, tablespacesOf, userObjectCount } from "./discovery.js";
+import { discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, subscriptionsOf, tablespacesOf } from "./discovery.js";
+import { userObjectCount } from "../shared/pg/catalog.js";
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
@@ -69,17 +70,9 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
 
     // Discovery.
     const all = await discoverDatabases(src.client, src.info.versionNum);
-    const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb);
-    if (all.some((d) => d.name === MAINTENANCE_DB)) {
-      const client = cfg.sourceDb === MAINTENANCE_DB ? src.client : await connect(cfg.source, MAINTENANCE_DB);
-      if (client !== src.client) opened.push(client);
-      const n = await userObjectCount(client);
-      if (n > 0) {
-        const reason = `holds ${n} user object(s); the maintenance database is not migrated by this version, and the target's own "${MAINTENANCE_DB}" is left as it is`;
-        skipped.push({ name: MAINTENANCE_DB, reason });
-        out.warn(`source database "${MAINTENANCE_DB}" ${reason}`);
-      }
-    }
+    // The maintenance database is migrated when it holds user objects: into the target's own, which must hold none.
+    const maintenanceObjects = all.some((d) => d.name === MAINTENANCE_DB) ? await withClient(cfg.source, MAINTENANCE_DB, userObjectCount) : 0;
+    const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb, maintenanceObjects > 0);
     out.line(`found ${selected.length} database(s) to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
 
     // Tablespaces: decided and said before anything is created.
@@ -122,11 +115,20 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       // The target must not already hold any database we would create, unless that run created it.
       const onTarget = await existingDatabases(tgt.client);
       const ours = previous?.createdDatabases() ?? new Set<string>();
-      const conflicts = selected.filter((d) => onTarget.has(d.name) && !ours.has(d.name)).map((d) => JSON.stringify(d.name));
+      const conflicts = selected.filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name)).map((d) => JSON.stringify(d.name));
       if (conflicts.length) {
         throw new PreflightError(
           `the target already has database(s) ${conflicts.join(", ")} that this run did not create; nothing was changed: drop or rename them on the target first`,
         );
+      }
+      const intoMaintenance = previous?.record.databases.find((d) => d.name === MAINTENANCE_DB);
+      if (selected.some((d) => d.name === MAINTENANCE_DB) && (!intoMaintenance || intoMaintenance.phase === "planned")) {
+        const n = await withClient(cfg.target, MAINTENANCE_DB, userObjectCount);
+        if (n > 0) {
+          throw new PreflightError(
+            `the source's "${MAINTENANCE_DB}" database holds ${maintenanceObjects} user object(s) to restore into the target's, which holds ${n} of its own; nothing was changed: empty the target's "${MAINTENANCE_DB}", or leave it out with --exclude-db ${MAINTENANCE_DB}`,
+          );
+        }
       }
 
       if (previous) {
@@ -449,6 +451,8 @@ async function createDatabases(cfg: MigrateConfig, state: RunState, d: Deps): Pr
   const roles = new Map(rows.map((r) => [r.rolname, r.rolsuper]));
   for (const db of state.record.databases) {
     if (db.created || db.phase !== "planned") continue;
+    // The maintenance database is there already: its objects are restored into it as it is.
+    if (db.name === MAINTENANCE_DB) continue;
     if (cfg.noTablespaces && db.create.tablespace) {
       // --no-tablespaces: the database lives in the target's default tablespace, and a retried restore recreates it so.
       const { tablespace: _dropped, ...rest } = db.create;

@@ -12,6 +12,7 @@ import { nanoid } from "nanoid";
 import { EVENTS_STREAM, JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
 import { CONTRACT_VERSION, decodeEvent, encode, type ConnSpec, type Job, type JobEvent } from "../shared/contracts/messages.js";
 import { JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
+import { MAINTENANCE_DB } from "./discovery.js";
 import { errorMessage } from "../shared/errors.js";
 import { retry } from "../shared/retry.js";
 import type { Logger } from "../shared/log.js";
@@ -289,6 +290,7 @@ export class Scheduler {
         maintenanceDb: this.cfg.targetDb,
         ...(this.cfg.noOwner ? { noOwner: true } : {}),
         ...(this.cfg.noTablespaces ? { noTablespaces: true } : {}),
+        ...(db.name === MAINTENANCE_DB ? { intoExisting: true } : {}),
         // A database from an earlier session of this run may hold a partial restore.
         recreate: resumed || this.state.record.resumedAt.length > 0,
       };

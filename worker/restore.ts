@@ -3,6 +3,7 @@
 // half-finished attempt can never leave duplicate rows.
 import { join } from "node:path";
 import { connect, withClient } from "../shared/pg/connect.js";
+import { userObjectCount } from "../shared/pg/catalog.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import type { Progress } from "../shared/contracts/messages.js";
@@ -19,7 +20,15 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
   });
   const server = serverFor("target", job.target, ctx);
 
-  if (job.recreate || run.attempt > 1) {
+  if (job.intoExisting) {
+    // Not ours to drop: restored into only while it holds no user objects (an earlier attempt's, or its own).
+    const n = await withClient(server, job.db.name, userObjectCount, run.signal);
+    if (n > 0) {
+      throw new PermanentJobError(
+        `the target's ${JSON.stringify(job.db.name)} database holds ${n} user object(s) (an earlier attempt's, or its own), and pg-migrate restores into it only while it holds none: empty it and run again, or leave it out with --exclude-db`,
+      );
+    }
+  } else if (job.recreate || run.attempt > 1) {
     await withClient(server, job.maintenanceDb, async (c) => {
       const { rows } = await c.query<{ n: number }>("SELECT current_setting('server_version_num')::int AS n");
       await c.query(dropDatabaseSql(job.db.name, rows[0]!.n >= 130000));

@@ -67,6 +67,8 @@ const RestoreJob = z.object({
   create: CreateSpec,
   /** pg_restore --no-owner: every object owned by the target user (--no-owner, for targets that cannot give objects to their owners). */
   noOwner: z.boolean().optional(),
+  /** Restore into a database that was there before the run (the maintenance database): never dropped or created. */
+  intoExisting: z.boolean().optional(),
   /** pg_restore --no-tablespaces (--no-tablespaces). */
   noTablespaces: z.boolean().optional(),
   /** The target database the worker connects to when it must drop and recreate the restored one. */

@@ -88,3 +88,15 @@ export async function largeObjectCount(client: pg.Client): Promise<number> {
   const { rows } = await client.query<{ n: string }>("SELECT count(*) AS n FROM pg_largeobject_metadata");
   return Number(rows[0]?.n ?? 0);
 }
+
+/** User objects in a database (relations, functions, types outside the system schemas). */
+export async function userObjectCount(client: pg.Client): Promise<number> {
+  const { rows } = await client.query<{ n: string }>(`
+    SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
+               AND n.nspname NOT LIKE 'pg\\_temp\\_%')
+         + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
+         + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql') AS n`);
+  return Number(rows[0]?.n ?? 0);
+}

@@ -78,6 +78,23 @@ test("bad input is refused with one line and leaves the target untouched", { tim
         }
       });
 
+      await t.test("objects in the source's postgres database are refused while the target's holds objects of its own", async () => {
+        await psqlExec(source, "postgres", "CREATE TABLE ops_notes (id int)");
+        await psqlExec(target, "postgres", "CREATE TABLE local_notes (id int)");
+        try {
+          const r = await runCli(serverArgs(source, target), cliEnv(home, source, target));
+          assert.equal(r.exitCode, 3, r.stderr);
+          const errors = errorLines(r.stderr);
+          assert.equal(errors.length, 1, r.stderr);
+          assert.match(errors[0]!, /the source's "postgres" database holds 1 user object\(s\) to restore into the target's, which holds 1 of its own; nothing was changed: empty the target's "postgres", or leave it out with --exclude-db postgres/);
+          assert.deepEqual(await databasesOf(target), []);
+          assert.deepEqual(await settingsOf(target), before);
+        } finally {
+          await psqlExec(source, "postgres", "DROP TABLE ops_notes");
+          await psqlExec(target, "postgres", "DROP TABLE local_notes");
+        }
+      });
+
       await t.test("a target database of the same name is refused by name and left as it is", async () => {
         await psqlExec(target, "postgres", "CREATE DATABASE shop");
         await psqlExec(target, "shop", "CREATE TABLE mine (x int); INSERT INTO mine VALUES (1), (2), (3);");

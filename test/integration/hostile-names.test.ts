@@ -70,12 +70,12 @@ test("hostile database, schema, table, column and role names migrate exactly; a 
     assert.deepEqual([...sourceDbs].sort(), [...HOSTILE, "left_out_1"].sort());
 
     const r = await runCli(
-      [...serverArgs(source, target), "--workers", "2", "--exclude-db", "left_out_?", "--exclude-db", `x"; DROP TABLE canary; --*zz`],
+      // The canaries make both "postgres" databases hold a user object: the source's stays out of this run.
+      [...serverArgs(source, target), "--workers", "2", "--exclude-db", "left_out_?", "--exclude-db", `x"; DROP TABLE canary; --*zz`, "--exclude-db", "postgres"],
       cliEnv(home, source, target),
     );
     assert.equal(r.exitCode, 0, r.stderr);
-    // Left out: the excluded one, and "postgres", whose canary makes it a maintenance database with user objects.
-    assert.match(r.stderr, /found 12 database\(s\) to migrate on the source \(2 left out: "left_out_1", "postgres"\)/);
+    assert.match(r.stderr, /found 12 database\(s\) to migrate on the source \(2 left out: ("postgres", "left_out_1"|"left_out_1", "postgres")\)/);
 
     assert.deepEqual(await canaryOf(source), ["alive"], "source canary");
     assert.deepEqual(await canaryOf(target), ["alive"], "target canary");

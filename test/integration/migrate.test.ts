@@ -27,6 +27,8 @@ test("embedded mode migrates every database, role and row, and puts the target's
     for (const dir of [spaces, srcSpace, tgtSpace]) await giveToServerAccount(dir);
     t.after(() => rm(spaces, { recursive: true, force: true }));
     await psqlExec(source, "postgres", `CREATE TABLESPACE archive_ts LOCATION '${srcSpace}'`);
+    // User objects in the maintenance database: they go into the target's, which holds none.
+    await psqlExec(source, "postgres", "CREATE TABLE ops_notes (id int PRIMARY KEY, note text); INSERT INTO ops_notes SELECT g, 'n' || g FROM generate_series(1, 9) g; CREATE FUNCTION ops_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';");
     await psqlExec(source, "features", "CREATE TABLE archive (id int PRIMARY KEY, note text) TABLESPACE archive_ts; INSERT INTO archive SELECT g, 'a' || g FROM generate_series(1, 77) g;");
     const settingsBefore = await settingsOf(target);
     const sourceDbs = await databasesOf(source);
@@ -79,7 +81,8 @@ test("embedded mode migrates every database, role and row, and puts the target's
     assert.deepEqual(await settingsOf(target), settingsBefore);
     // pg_upgrade's bar: what pg_dump writes of every database, and pg_dumpall of the roles, is the same on both
     // sides (the migration user's own lines aside: it keeps its password and attributes on the target).
-    for (const db of sourceDbs) assert.equal(await schemaDump(target, db), await schemaDump(source, db), `pg_dump --schema-only --create of ${db}`);
+    for (const db of [...sourceDbs, "postgres"]) assert.equal(await schemaDump(target, db), await schemaDump(source, db), `pg_dump --schema-only --create of ${db}`);
+    assert.deepEqual(await tableCounts(target, "postgres"), { "public.ops_notes": 9 }, "the maintenance database's objects");
     assert.equal(await rolesDump(target, target.user), await rolesDump(source, target.user), "pg_dumpall --roles-only");
     // The tablespace, created where --tablespace-location said, holding the table it held on the source.
     assert.match(r.stderr, new RegExp(`tablespace "archive_ts" \\(${srcSpace} on the source\\): created at ${tgtSpace} on the target`));
@@ -98,8 +101,9 @@ test("embedded mode migrates every database, role and row, and puts the target's
 
     const report = await readReport(home, r.stderr);
     assert.equal(report.status, "finished");
-    assert.equal(report.totals.databases, sourceDbs.length);
-    assert.deepEqual(report.databases.map((d) => d.name).sort(), [...sourceDbs].sort());
+    // Every database, and the maintenance database, whose user objects were restored into the target's.
+    assert.equal(report.totals.databases, sourceDbs.length + 1);
+    assert.deepEqual(report.databases.map((d) => d.name).sort(), [...sourceDbs, "postgres"].sort());
     for (const d of report.databases) {
       assert.equal(d.verified, true, `${d.name} verified`);
       assert.ok(d.tableCounts.length > 0 && d.tableCounts.every((t) => t.source === t.target), `${d.name} per-table counts`);
