@@ -13,7 +13,7 @@ import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
 import { userObjectCount } from "../shared/pg/catalog.js";
 import { withClient } from "../shared/pg/connect.js";
-import { discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, tablespacesOf } from "./discovery.js";
+import { closedDatabases, discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, tablespacesOf } from "./discovery.js";
 import { settingsFor } from "./fast-restore.js";
 import { bytes, type Output } from "./output.js";
 import { checkServers, extensionCheck, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
@@ -71,7 +71,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
       dbs.push([d.name, bytes(d.sizeBytes), d.create.owner, d.create.encoding, there]);
     }
     w(dbs.toString());
-    for (const x of skipped) w(`left out: ${JSON.stringify(x.name)} (${x.reason})`);
+    for (const x of [...skipped, ...(await closedDatabases(src.client))]) w(`left out: ${JSON.stringify(x.name)} (${x.reason})`);
     const targetTablespaces = new Set((await tgt.client.query<{ n: string }>("SELECT spcname AS n FROM pg_tablespace")).rows.map((r) => r.n));
     for (const line of planTablespaces(await tablespacesOf(src.client), targetTablespaces, { none: cfg.noTablespaces, locations: cfg.tablespaceLocations }).lines) w(line);
     for (const [db, names] of await extensionCheck(cfg.source, selected.map((d) => d.name), tgt.client)) {

@@ -22,7 +22,7 @@ import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { generateSecret, keyFrom, sharedKeyFromEnv, type SharedKey } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
-import { discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, subscriptionsOf, tablespacesOf } from "./discovery.js";
+import { closedDatabases, discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, subscriptionsOf, tablespacesOf } from "./discovery.js";
 import { userObjectCount } from "../shared/pg/catalog.js";
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
@@ -73,6 +73,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     // The maintenance database is migrated when it holds user objects: into the target's own, which must hold none.
     const maintenanceObjects = all.some((d) => d.name === MAINTENANCE_DB) ? await withClient(cfg.source, MAINTENANCE_DB, userObjectCount) : 0;
     const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb, maintenanceObjects > 0);
+    for (const closed of await closedDatabases(src.client)) {
+      skipped.push(closed);
+      out.warn(`source database ${JSON.stringify(closed.name)} ${closed.reason}`);
+    }
     out.line(`found ${selected.length} database(s) to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
 
     // Tablespaces: decided and said before anything is created.
