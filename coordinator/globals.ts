@@ -50,9 +50,12 @@ export function adaptForNonSuperuser(parts: ScriptPart[]): { parts: ScriptPart[]
   return { parts: out.filter((p) => p.text !== ""), notApplied };
 }
 
+/** A statement cut into its quoted parts ('literals' and "identifiers", at odd positions) and the text between. */
+const quotedParts = (text: string): string[] => text.split(/('(?:[^']|'')*'|"(?:[^"]|"")*")/);
+
 /** Applies fn to the parts of a statement outside single and double quotes. */
 function mapUnquoted(text: string, fn: (chunk: string) => string): string {
-  return text.split(/('(?:[^']|'')*'|"(?:[^"]|"")*")/).map((chunk, i) => (i % 2 === 1 ? chunk : fn(chunk))).join("");
+  return quotedParts(text).map((chunk, i) => (i % 2 === 1 ? chunk : fn(chunk))).join("");
 }
 
 /** Pure: CREATE TABLESPACE statements with the LOCATION --tablespace-location gives their tablespace. */
@@ -141,19 +144,6 @@ export async function migrateGlobals(
 
 /** Pure: the statement with every PASSWORD '…' literal (a SCRAM or md5 verifier from pg_dumpall) blanked out. */
 export function redactPasswords(statement: string): string {
-  return statement.replace(/(\bPASSWORD\s+)'(?:[^']|'')*'/gi, (whole, keyword: string, offset: number) =>
-    insideDoubleQuotes(statement, offset) ? whole : `${keyword}'(redacted)'`,
-  );
-}
-
-/** Whether position `at` of a statement lies inside a double-quoted identifier. */
-function insideDoubleQuotes(text: string, at: number): boolean {
-  let inside = false;
-  for (let i = 0; i < at; i++) {
-    if (text[i] === "'" && !inside) {
-      const end = text.indexOf("'", i + 1);
-      i = end < 0 ? text.length : end; // a literal: its quotes do not count
-    } else if (text[i] === '"') inside = !inside;
-  }
-  return inside;
+  const parts = quotedParts(statement);
+  return parts.map((part, i) => (i % 2 === 1 && part.startsWith("'") && /\bPASSWORD\s+$/i.test(parts[i - 1] ?? "") ? "'(redacted)'" : part)).join("");
 }
