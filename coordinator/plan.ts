@@ -11,12 +11,11 @@ import { appDir } from "../shared/paths.js";
 import { describe } from "../shared/pg/connect.js";
 import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
-import { userObjectCount } from "../shared/pg/catalog.js";
-import { withClient } from "../shared/pg/connect.js";
-import { closedDatabases, discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, tablespacesOf } from "./discovery.js";
+import { existingDatabases, MAINTENANCE_DB } from "./discovery.js";
+import { maintenanceClash, survey } from "./survey.js";
 import { settingsFor } from "./fast-restore.js";
 import { bytes, type Output } from "./output.js";
-import { checkServers, extensionCheck, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
+import { checkServers, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
 import { RunState } from "./state.js";
 import { EXIT } from "./run.js";
 
@@ -48,13 +47,10 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     }
     const w = (line = "") => process.stdout.write(`${line}\n`);
 
-    const all = await discoverDatabases(src.client, src.info.versionNum);
-    const maintenanceObjects = all.some((d) => d.name === MAINTENANCE_DB) ? await withClient(cfg.source, MAINTENANCE_DB, userObjectCount) : 0;
-    const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb, maintenanceObjects > 0);
-    if (selected.some((d) => d.name === MAINTENANCE_DB)) {
-      const theirs = await withClient(cfg.target, MAINTENANCE_DB, userObjectCount);
-      if (theirs > 0) refusals.push(`the source's "${MAINTENANCE_DB}" holds ${maintenanceObjects} user object(s) to restore into the target's, which holds ${theirs} of its own (empty it, or --exclude-db ${MAINTENANCE_DB})`);
-    }
+    const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client);
+    const { selected, skipped } = surveyed;
+    const clash = await maintenanceClash(cfg, surveyed);
+    if (clash) refusals.push(clash);
     const onTarget = await existingDatabases(tgt.client);
     // Databases an unfinished run between these servers created are its own: a run with these flags resumes it.
     const previous = cfg.restart ? undefined : await RunState.findUnfinished(appDir(), pairKey(src.info, tgt.info), createLogger({ level: "silent" }));
@@ -71,15 +67,14 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
       dbs.push([d.name, bytes(d.sizeBytes), d.create.owner, d.create.encoding, there]);
     }
     w(dbs.toString());
-    for (const x of [...skipped, ...(await closedDatabases(src.client))]) w(`left out: ${JSON.stringify(x.name)} (${x.reason})`);
-    const targetTablespaces = new Set((await tgt.client.query<{ n: string }>("SELECT spcname AS n FROM pg_tablespace")).rows.map((r) => r.n));
-    for (const line of planTablespaces(await tablespacesOf(src.client), targetTablespaces, { none: cfg.noTablespaces, locations: cfg.tablespaceLocations }).lines) w(line);
-    for (const [db, names] of await extensionCheck(cfg.source, selected.map((d) => d.name), tgt.client)) {
+    for (const x of skipped) w(`left out: ${JSON.stringify(x.name)} (${x.reason})`);
+    for (const line of surveyed.tablespaces.lines) w(line);
+    for (const [db, names] of surveyed.missingExtensions) {
       warnings.push(`${JSON.stringify(db)} ${extensionProblem(names)}: a run fails that database before creating it`);
     }
     if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);
-    const clash = selected.filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name));
-    if (clash.length) refusals.push(`the target already has database(s) ${clash.map((d) => JSON.stringify(d.name)).join(", ")}`);
+    const taken = selected.filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name));
+    if (taken.length) refusals.push(`the target already has database(s) ${taken.map((d) => JSON.stringify(d.name)).join(", ")}`);
 
     const roles = await rolesOf(src.client);
     const migrated = roles.filter((r) => r !== cfg.target.user);

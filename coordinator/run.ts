@@ -17,13 +17,12 @@ import { ConfigError, errorMessage, InterruptedError, PreflightError } from "../
 import { createLogger, type Logger } from "../shared/log.js";
 import { connectNats, withoutCredentials } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
-import { connect, describe, withClient } from "../shared/pg/connect.js";
+import { connect, describe } from "../shared/pg/connect.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { generateSecret, keyFrom, sharedKeyFromEnv, type SharedKey } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
-import { closedDatabases, discoverDatabases, existingDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, subscriptionsOf, tablespacesOf } from "./discovery.js";
-import { userObjectCount } from "../shared/pg/catalog.js";
+import { existingDatabases, MAINTENANCE_DB, subscriptionsOf } from "./discovery.js";
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
@@ -31,9 +30,10 @@ import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin, sameTarget } from "./
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
-import { checkDumpVolume, checkServers, extensionCheck, extensionProblem, inspect, pairKey } from "./preflight.js";
+import { checkDumpVolume, checkServers, extensionProblem, inspect, pairKey } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
 import { Scheduler } from "./scheduler.js";
+import { maintenanceClash, survey } from "./survey.js";
 import { newRunId, RunState, type DbState, type RunRecord } from "./state.js";
 import { natsService, postgresService, waitForServices } from "./wait.js";
 
@@ -68,23 +68,14 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     lock = await TargetLock.acquire(home, lockKey, `${cfg.target.host}:${cfg.target.port}`, bootLog);
     await holdOnTarget(tgt.client, `${cfg.target.host}:${cfg.target.port}`);
 
-    // Discovery.
-    const all = await discoverDatabases(src.client, src.info.versionNum);
-    // The maintenance database is migrated when it holds user objects: into the target's own, which must hold none.
-    const maintenanceObjects = all.some((d) => d.name === MAINTENANCE_DB) ? await withClient(cfg.source, MAINTENANCE_DB, userObjectCount) : 0;
-    const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb, maintenanceObjects > 0);
-    for (const closed of await closedDatabases(src.client)) {
-      skipped.push(closed);
-      out.warn(`source database ${JSON.stringify(closed.name)} ${closed.reason}`);
-    }
+    // Discovery, and what is decided and said before anything is created: the maintenance database (taken when it
+    // holds user objects, into the target's own), the tablespaces, and the databases whose extensions the target lacks.
+    const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client);
+    const { selected, skipped, tablespaces, missingExtensions } = surveyed;
+    for (const closed of surveyed.closed) out.warn(`source database ${JSON.stringify(closed.name)} ${closed.reason}`);
     out.line(`found ${selected.length} database(s) to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
-
-    // Tablespaces: decided and said before anything is created.
-    const targetTablespaces = new Set((await tgt.client.query<{ n: string }>("SELECT spcname AS n FROM pg_tablespace")).rows.map((r) => r.n));
-    const tablespaces = planTablespaces(await tablespacesOf(src.client), targetTablespaces, { none: cfg.noTablespaces, locations: cfg.tablespaceLocations });
     for (const line of tablespaces.lines) out.line(line);
     // An extension the target cannot create fails that database now, before anything is created for it.
-    const missingExtensions = await extensionCheck(cfg.source, selected.map((d) => d.name), tgt.client);
     for (const [db, names] of missingExtensions) out.warn(`${JSON.stringify(db)} ${extensionProblem(names)}; that database fails now, the others go on`);
     const volume = await checkDumpVolume(cfg.dumpRoot, selected.reduce((s, d) => s + d.sizeBytes, 0));
     for (const w of volume.warnings) out.warn(w);
@@ -126,13 +117,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         );
       }
       const intoMaintenance = previous?.record.databases.find((d) => d.name === MAINTENANCE_DB);
-      if (selected.some((d) => d.name === MAINTENANCE_DB) && (!intoMaintenance || intoMaintenance.phase === "planned")) {
-        const n = await withClient(cfg.target, MAINTENANCE_DB, userObjectCount);
-        if (n > 0) {
-          throw new PreflightError(
-            `the source's "${MAINTENANCE_DB}" database holds ${maintenanceObjects} user object(s) to restore into the target's, which holds ${n} of its own; nothing was changed: empty the target's "${MAINTENANCE_DB}", or leave it out with --exclude-db ${MAINTENANCE_DB}`,
-          );
-        }
+      // Unless an earlier session of this run already restored into it (its retry then refuses by itself).
+      if (!intoMaintenance || intoMaintenance.phase === "planned") {
+        const clash = await maintenanceClash(cfg, surveyed);
+        if (clash) throw new PreflightError(clash);
       }
 
       if (previous) {
