@@ -4,6 +4,7 @@
 import { execa } from "execa";
 import pg from "pg";
 import { postgresBinDir, psqlExec, type LocalCluster } from "../demo/cluster.js";
+import { withClient as withServerClient } from "../shared/pg/connect.js";
 
 export interface DatasetSpec {
   /** pgbench databases and their scale. */
@@ -78,14 +79,9 @@ export async function rowCounts(c: LocalCluster): Promise<Record<string, number>
   return counts;
 }
 
-export async function withClient<T>(c: LocalCluster, db: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ host: c.host, port: c.port, user: c.user, password: c.password, database: db });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
+/** The project's own client wrapper, for a throwaway cluster. */
+export function withClient<T>(c: LocalCluster, db: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  return withServerClient({ role: "bench cluster", host: c.host, port: c.port, user: c.user, password: c.password, sslmode: "disable" }, db, fn);
 }
 
 /** The target as it was: no user database, no role but its bootstrap superuser, settings reset. */
