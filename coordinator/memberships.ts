@@ -58,11 +58,6 @@ export async function leaveRoles(target: pg.Client, roles: string[]): Promise<st
 /** Whether a run joined roles on its target and has not left them yet. */
 export const rolesLeft = (r: RunRecord): boolean => Boolean(r.memberships && !r.memberships.revoked && r.memberships.granted.length);
 
-/** Whether a record's target is this server: by system identifier when both are known, else by address. */
-export function sameTarget(r: RunRecord, systemId: string | null, host: string, port: number): boolean {
-  return systemId !== null && r.target.systemId !== null ? r.target.systemId === systemId : r.target.host === host && r.target.port === port;
-}
-
 /** Leaves the roles a run joined (this run's at its end, an earlier run's when it died before). */
 export async function leaveRunRoles(state: RunState, openTarget: () => Promise<pg.Client>, out: Output): Promise<void> {
   const m = state.record.memberships;

@@ -11,10 +11,10 @@ import { appDir } from "../shared/paths.js";
 import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
 import { revertSettings } from "./fast-restore.js";
 import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
-import { leaveRunRoles, rolesLeft, sameTarget } from "./memberships.js";
+import { leaveRunRoles, rolesLeft } from "./memberships.js";
 import type { Output } from "./output.js";
 import { inspect } from "./preflight.js";
-import { RunState, type RunRecord } from "./state.js";
+import { RunState, sameTarget, type RunRecord } from "./state.js";
 
 export async function revertByHand(target: ServerSpec, targetDb: string, nats: NatsEndpoint | undefined, out: Output): Promise<number> {
   const home = appDir();

@@ -26,7 +26,7 @@ import { existingDatabases, MAINTENANCE_DB, subscriptionsOf } from "./discovery.
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
 import { applySettings, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
-import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin, sameTarget } from "./memberships.js";
+import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin } from "./memberships.js";
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { Output } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
@@ -34,7 +34,7 @@ import { checkDumpVolume, checkServers, extensionProblem, inspect, pairKey } fro
 import { summaryTable, writeReport } from "./report.js";
 import { Scheduler } from "./scheduler.js";
 import { maintenanceClash, survey } from "./survey.js";
-import { newRunId, RunState, type DbState, type RunRecord } from "./state.js";
+import { newRunId, RunState, sameTarget, type DbState, type RunRecord } from "./state.js";
 import { natsService, postgresService, waitForServices } from "./wait.js";
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, preflight: 3, interrupted: 130 } as const;

@@ -70,6 +70,11 @@ export interface RunRecord {
   eventsSeq?: number;
 }
 
+/** Whether a record's target is this server: by system identifier when both are known, else by address. */
+export function sameTarget(r: RunRecord, systemId: string | null, host: string, port: number): boolean {
+  return systemId !== null && r.target.systemId !== null ? r.target.systemId === systemId : r.target.host === host && r.target.port === port;
+}
+
 const newId = customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 8);
 export function newRunId(now = new Date()): string {
   const stamp = now.toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
