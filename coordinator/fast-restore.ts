@@ -1,6 +1,9 @@
 // Fast-restore mode: reloadable settings only, never one that needs a restart. The original values are saved
 // in the run record before the first change, and put back exactly — an ALTER SYSTEM value the target already
-// had is set again, anything else is RESET — then a CHECKPOINT.
+// had is set again, anything else is RESET. Then what the mode risked is made durable: after `full` (fsync off)
+// a CHECKPOINT; after `safe` only the commits made with synchronous_commit=off were not yet on disk, and one
+// synchronous commit flushes the WAL up to it — no checkpoint, whose writing of every restored page the bench
+// showed to cost more than the mode saved.
 import type pg from "pg";
 import { errorMessage } from "../shared/errors.js";
 import { ident, literal } from "../shared/pg/quote.js";
@@ -43,9 +46,12 @@ export async function applySettings(client: pg.Client, values: Record<string, st
   await client.query("SELECT pg_reload_conf()");
 }
 
+/** Whether reverting these settings must end with a CHECKPOINT: data files were written without fsync. */
+export const needsCheckpoint = (saved: SavedSetting[]): boolean => saved.some((s) => s.name === "fsync" || s.name === "full_page_writes");
+
 /**
- * Puts every saved setting back, reloads, waits until a new session sees the original values, and
- * checkpoints. Returns the names that still differ (empty when all is well).
+ * Puts every saved setting back, reloads, waits until a new session sees the original values, and makes the
+ * run's writes durable (see the top of this file). Returns the names that still differ (empty when all is well).
  */
 export async function revertSettings(openClient: () => Promise<pg.Client>, saved: SavedSetting[]): Promise<string[]> {
   const client = await openClient();
@@ -67,10 +73,15 @@ export async function revertSettings(openClient: () => Promise<pg.Client>, saved
       const now = await saveSettings(c, saved.map((s) => s.name));
       const byName = new Map(now.map((n) => [n.name, n.setting]));
       differing = saved.filter((s) => byName.get(s.name) !== s.setting).map((s) => s.name);
-      if (!differing.length) {
+      if (!differing.length && needsCheckpoint(saved)) {
         // Files written while fsync was off become durable only through a checkpoint (and an OS sync).
         await c.query("CHECKPOINT").catch((err: unknown) => {
           throw new Error(`CHECKPOINT after reverting failed: ${errorMessage(err)}`);
+        });
+      } else if (!differing.length) {
+        // A commit waits for the WAL to be flushed up to its own record, which follows every earlier one.
+        await c.query("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT").catch((err: unknown) => {
+          throw new Error(`flushing the WAL after reverting failed: ${errorMessage(err)}`);
         });
       }
     } finally {

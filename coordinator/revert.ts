@@ -9,7 +9,7 @@ import { createLogger } from "../shared/log.js";
 import { connectNats, type NatsEndpoint } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
-import { revertSettings } from "./fast-restore.js";
+import { needsCheckpoint, revertSettings } from "./fast-restore.js";
 import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { leaveRunRoles, rolesLeft } from "./memberships.js";
 import type { Output } from "./output.js";
@@ -56,7 +56,7 @@ export async function revertByHand(target: ServerSpec, targetDb: string, nats: N
       if (differing.length) throw new PreflightError(`could not revert ${differing.join(", ")} on ${describe(target)} (run ${state.runId}): check the target's postgresql.auto.conf`);
       fr.reverted = true;
       await state.save();
-      out.line(`run ${state.runId}: reverted ${fr.original.map((s) => `${s.name}=${s.setting}`).join(", ")} and checkpointed`);
+      out.line(`run ${state.runId}: reverted ${fr.original.map((s) => `${s.name}=${s.setting}`).join(", ")} and ${needsCheckpoint(fr.original) ? "checkpointed" : "flushed the WAL"}`);
       if (fr.mode === "full") out.line("fsync was off during that run: run `sync` on the target host (or restart it cleanly) before relying on the data");
     }
     return 0;
