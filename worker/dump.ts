@@ -4,10 +4,11 @@ import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { CONTRACT_VERSION, decodeManifest, type Manifest } from "../shared/contracts/messages.js";
 import { connect, endOnAbort } from "../shared/pg/connect.js";
-import { countRows, largeObjectCount, listTables, sequenceValues, setChecksumSession } from "../shared/pg/catalog.js";
+import { countRows, hasDatabaseProperties, largeObjectCount, listTables, sequenceValues, setChecksumSession } from "../shared/pg/catalog.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
-import { ToolError } from "../shared/errors.js";
+import { errorMessage, ToolError } from "../shared/errors.js";
 import { runTool } from "../shared/tools.js";
+import { chooseCompression, networkFsOf, type Compression } from "../shared/compression.js";
 import { PermanentJobError, serverFor, type Handler } from "./context.js";
 import { directorySize, ensurePrivateDir, removeTree, writeFileAtomic } from "./files.js";
 
@@ -19,6 +20,14 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
   const attemptDir = join(jobDir, `attempt-${run.attempt}`);
   await ensurePrivateDir(jobDir);
   await removeIncompleteAttempts(jobDir);
+
+  let compression: Compression;
+  try {
+    compression = chooseCompression(job.compress, ctx.tools.major, await networkFsOf(ctx.dumpRoot));
+  } catch (err) {
+    throw new PermanentJobError(errorMessage(err));
+  }
+  run.log.info({ compress: compression.arg, why: compression.why }, "dump compression");
 
   const server = serverFor("source", job.source, ctx);
   const client = await connect(server, job.db.name, "pg-migrate dump");
@@ -36,7 +45,7 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
       ctx.tools,
       "pg_dump",
       // --create: the dump also records the database's own properties, applied after verification.
-      ["--format=directory", "--create", `--jobs=${job.jobs}`, `--snapshot=${snapshot}`, `--compress=${job.compress}`, `--file=${attemptDir}`, dbnameArg(job.db.name)],
+      ["--format=directory", "--create", `--jobs=${job.jobs}`, `--snapshot=${snapshot}`, `--compress=${compression.arg}`, `--file=${attemptDir}`, dbnameArg(job.db.name)],
       { conn: server, signal: run.signal, appName: "pg-migrate pg_dump" },
     );
     // Count while pg_dump runs: same snapshot, so the counts describe exactly what is being dumped.
@@ -45,7 +54,8 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
       const tables = await countRows(client, await listTables(client), { checksum: job.checksum ?? false });
       const sequences = await sequenceValues(client);
       const largeObjects = await largeObjectCount(client);
-      return { tables, sequences, largeObjects };
+      const databaseProperties = await hasDatabaseProperties(client);
+      return { tables, sequences, largeObjects, databaseProperties };
     })();
     // Settle both before deciding: a failed count must not leave pg_dump running unobserved.
     const [dumped, counted] = await Promise.allSettled([dumping, counting]);
@@ -63,6 +73,7 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
       pgDumpVersion: ctx.tools.version,
       serverVersion: ver[0]!.v,
       bytes,
+      compression: compression.arg,
       ...counted.value,
     };
     await writeFileAtomic(join(attemptDir, MANIFEST_FILE), JSON.stringify(manifest)).catch(async (err: unknown) => {
@@ -72,6 +83,7 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
       kind: "dump",
       attemptPath: relative(ctx.dumpRoot, attemptDir),
       bytes,
+      compression: compression.arg,
       tables: manifest.tables.length,
       rows: manifest.tables.reduce((sum, t) => sum + t.rows, 0),
     };

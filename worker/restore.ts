@@ -3,7 +3,7 @@
 // half-finished attempt can never leave duplicate rows.
 import { join } from "node:path";
 import { connect, withClient } from "../shared/pg/connect.js";
-import { userObjectCount } from "../shared/pg/catalog.js";
+import { analyzeUserTables, userObjectCount } from "../shared/pg/catalog.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import type { Progress } from "../shared/contracts/messages.js";
@@ -51,7 +51,7 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
   const restoreMs = Date.now() - started;
 
   const analyzeStarted = Date.now();
-  await withClient(server, job.db.name, (c) => c.query("ANALYZE"), run.signal);
+  await withClient(server, job.db.name, analyzeUserTables, run.signal);
   return { kind: "restore", restoreMs, analyzeMs: Date.now() - analyzeStarted };
 };
 

@@ -31,7 +31,8 @@ export const verify: Handler<"verify"> = async (job, run, ctx) => {
 
   const { tables, mismatches } = compare(manifest, target);
   // Only a verified database gets its own properties: a connection limit or a setting must not hinder the checks.
-  if (mismatches.length === 0) mismatches.push(...(await applyDatabaseProperties(ctx.tools, dir, server, job.db.name, run.signal)));
+  // A database with none of its own (the manifest says so) spares the listing of the dump.
+  if (mismatches.length === 0 && manifest.databaseProperties !== false) mismatches.push(...(await applyDatabaseProperties(ctx.tools, dir, server, job.db.name, run.signal)));
   const detailPath = join(dir, VERIFY_FILE);
   await writeFileAtomic(detailPath, JSON.stringify({ v: CONTRACT_VERSION, tables }));
   return {

@@ -110,9 +110,13 @@ const Manifest = z.object({
   pgDumpVersion: z.string(),
   serverVersion: z.string(),
   bytes: z.number().int().nonnegative(),
+  /** The pg_dump --compress value the dump was made with (what --compress auto chose). */
+  compression: z.string().optional(),
   tables: z.array(TableCount),
   sequences: z.array(SequenceValue),
   largeObjects: z.number().int().nonnegative(),
+  /** Whether the database has settings, a connection limit, a comment, labels or grants of its own to apply after verification (absent: look in the dump). */
+  databaseProperties: z.boolean().optional(),
 });
 export type Manifest = z.infer<typeof Manifest>;
 
@@ -128,6 +132,8 @@ const DumpResult = z.object({
   kind: z.literal("dump"),
   attemptPath: z.string(),
   bytes: z.number(),
+  /** The pg_dump --compress value used. */
+  compression: z.string().optional(),
   tables: z.number().int(),
   rows: z.number(),
 });

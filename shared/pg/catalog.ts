@@ -30,7 +30,24 @@ export async function listTables(client: pg.Client): Promise<TableRef[]> {
 
 const COUNT_BATCH = 100;
 
-/** Exact row counts, a hundred tables to a round trip. */
+/**
+ * ANALYZE of what a plain ANALYZE would take of the user's: tables, partitioned tables and materialized views
+ * outside the system schemas — but not the system catalogs, which a fresh database has a hundred of and which
+ * made a bare ANALYZE cost a tiny database more than its restore. Returns how many relations were analyzed.
+ */
+export async function analyzeUserTables(client: pg.Client): Promise<number> {
+  const { rows } = await client.query<{ q: string }>(`
+    SELECT format('%I.%I', n.nspname, c.relname) AS q
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p', 'm') AND c.relpersistence <> 't'
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'`);
+  for (let i = 0; i < rows.length; i += 1000) {
+    await client.query(`ANALYZE ${rows.slice(i, i + 1000).map((r) => r.q).join(", ")}`);
+  }
+  return rows.length;
+}
+
 /**
  * Each table's exact row count and, with `checksum`, an order-independent hash of its content: the sum of every
  * row's md5 (its first 64 bits), as text. Row text depends on a few session settings, so both sides set them alike
@@ -87,6 +104,21 @@ export async function sequenceValues(client: pg.Client): Promise<SequenceValue[]
 export async function largeObjectCount(client: pg.Client): Promise<number> {
   const { rows } = await client.query<{ n: string }>("SELECT count(*) AS n FROM pg_largeobject_metadata");
   return Number(rows[0]?.n ?? 0);
+}
+
+/**
+ * Whether the current database has anything of its own that pg_dump --create writes after its CREATE DATABASE:
+ * settings (for everyone or for a role), a connection limit, template status, a comment, a security label or
+ * grants. When it has none, there is nothing to apply after verification.
+ */
+export async function hasDatabaseProperties(client: pg.Client): Promise<boolean> {
+  const { rows } = await client.query<{ has: boolean }>(`
+    SELECT d.datacl IS NOT NULL OR d.datconnlimit <> -1 OR d.datistemplate OR NOT d.datallowconn
+        OR EXISTS (SELECT 1 FROM pg_db_role_setting s WHERE s.setdatabase = d.oid)
+        OR EXISTS (SELECT 1 FROM pg_shdescription c WHERE c.objoid = d.oid AND c.classoid = 'pg_database'::regclass)
+        OR EXISTS (SELECT 1 FROM pg_shseclabel l WHERE l.objoid = d.oid AND l.classoid = 'pg_database'::regclass) AS has
+      FROM pg_database d WHERE d.datname = current_database()`);
+  return rows[0]?.has ?? true;
 }
 
 /** User objects in a database (relations, functions, types outside the system schemas). */
