@@ -1,4 +1,5 @@
 // pg-migrate: the coordinator's command line. The one place where an error becomes a message and an exit code.
+import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import { bool, nonEmpty, nonNegativeInt, port, positiveInt } from "../shared/cli-values.js";
@@ -7,10 +8,12 @@ import { natsAuthFrom, natsAuthOptions, NatsConnectError, withoutCredentials, ty
 import { ConnectError, type ServerSpec } from "../shared/pg/connect.js";
 import { SSL_MODES } from "../shared/pg/tls.js";
 import { readSecretFile } from "../shared/secrets.js";
+import { COMPRESS_PATTERN } from "../shared/compression.js";
 import { resolveDumpRoot } from "../shared/paths.js";
 import { DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER } from "../shared/contracts/jetstream.js";
 import { FAST_RESTORE_MODES, type FastRestoreMode, type MigrateConfig } from "./config.js";
 import { Output } from "./output.js";
+import { defaultParallelism } from "./parallelism.js";
 import { plan } from "./plan.js";
 import { revertByHand } from "./revert.js";
 import { status } from "./status.js";
@@ -22,7 +25,7 @@ interface ServerFlags {
 }
 type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[K] };
 type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & NatsAuthFlags & {
-  jobs: number; maxParallel: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean; includeDb: string[]; excludeDb: string[]; verify: "count" | "checksum"; tablespaces: boolean; tablespaceLocation: string[];
+  jobs?: number; maxParallel?: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean; includeDb: string[]; excludeDb: string[]; verify: "count" | "checksum"; tablespaces: boolean; tablespaceLocation: string[];
   natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
   keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; wait: number; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
   natsReplicas: number; report?: string; logLevel?: string;
@@ -115,8 +118,8 @@ export function buildProgram(): Command {
     .description("Move every database and the roles of one PostgreSQL server to another, verified row for row, through NATS JetStream workers.");
   withOptions(program, [...serverOptions("from"), ...targetOptions()]);
   program
-    .addOption(new Option("-j, --jobs <n>", "pg_dump/pg_restore -j for one database").default(4).argParser(positiveInt))
-    .addOption(new Option("-m, --max-parallel <n>", "databases in flight at once across all workers").default(4).argParser(positiveInt))
+    .addOption(new Option("-j, --jobs <n>", "pg_dump/pg_restore -j for one database (default: this machine's cores, 2 to 8)").argParser(positiveInt))
+    .addOption(new Option("-m, --max-parallel <n>", "databases restoring at once, with as many dumping ahead (default: half this machine's cores, 2 to 8)").argParser(positiveInt))
     .addOption(new Option("--dump-root <dir>", "dump volume shared by the workers (relative to $HOME)").default("pg_dumps").env("PGMIGRATE_DUMP_ROOT"))
     .addOption(new Option("--migrate-globals [bool]", "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)").default(true).argParser(bool))
     .addOption(new Option("--no-migrate-globals", "do not migrate roles and tablespaces"))
@@ -132,7 +135,7 @@ export function buildProgram(): Command {
   return program
     .addOption(new Option("--workers <n>", "local workers in embedded mode (default: --max-parallel)").argParser(positiveInt))
     .addOption(new Option("--fast-restore <mode>", "target settings during the run: safe, full (also fsync and full_page_writes off) or off").choices(FAST_RESTORE_MODES).default("safe"))
-    .addOption(new Option("--compress <level>", "pg_dump --compress for the dumps (0-9)").default("1"))
+    .addOption(new Option("--compress <how>", "pg_dump --compress for the dumps: auto (none on a local volume, the cheapest method on a network one), a gzip level 0-9, or with pg_dump 16+ none|gzip|lz4|zstd[:level]").default("auto"))
     .addOption(new Option("--pg-bin <dir>", "folder of pg_dump, pg_restore, pg_dumpall and psql (default: PATH)").env("PGMIGRATE_PG_BIN"))
     .addOption(new Option("--keep-dumps", "keep the dumps after a fully verified run").default(false))
     .addOption(new Option("--restart", "start a new run instead of resuming an unfinished one, after dropping the databases the old run created").default(false))
@@ -154,14 +157,16 @@ export function buildProgram(): Command {
 
 export function toConfig(program: Command): MigrateConfig {
   const o = program.opts<RawOptions>();
-  if (!/^\d$/.test(o.compress)) throw new ConfigError(`--compress must be a level from 0 to 9, got ${JSON.stringify(o.compress)}`, "--compress");
+  if (!COMPRESS_PATTERN.test(o.compress)) throw new ConfigError(`--compress must be auto, a gzip level 0-9, or none|gzip|lz4|zstd[:level], got ${JSON.stringify(o.compress)}`, "--compress");
+  const cores = defaultParallelism(availableParallelism());
   return Object.freeze({
     source: serverSpec("from", o, program),
     sourceDb: o.fromDb,
     target: serverSpec("to", o, program),
     targetDb: o.toDb,
-    jobs: o.jobs,
-    maxParallel: o.maxParallel,
+    jobs: o.jobs ?? cores.jobs,
+    maxParallel: o.maxParallel ?? cores.maxParallel,
+    parallelismGiven: { jobs: o.jobs !== undefined, maxParallel: o.maxParallel !== undefined },
     dumpRoot: resolveDumpRoot(o.dumpRoot),
     migrateGlobals: o.migrateGlobals,
     rolePasswords: o.rolePasswords,
@@ -174,7 +179,7 @@ export function toConfig(program: Command): MigrateConfig {
     natsUrl: o.natsUrl,
     // Embedded mode talks to its own plain loopback broker: the user's NATS settings are not read.
     natsAuth: o.natsUrl ? natsAuthFrom(o) : {},
-    workers: o.workers ?? o.maxParallel,
+    workers: o.workers ?? o.maxParallel ?? cores.maxParallel,
     fastRestore: o.fastRestore,
     compress: o.compress,
     pgBin: o.pgBin,

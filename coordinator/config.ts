@@ -14,7 +14,10 @@ export interface MigrateConfig {
   /** The target database used for server settings, globals and CREATE DATABASE. */
   targetDb: string;
   jobs: number;
+  /** Databases restoring at once; as many may be dumping or dumped ahead of them. */
   maxParallel: number;
+  /** Whether -j / -m were given (a given value that does not fit the servers' connections is refused, a default shrinks). */
+  parallelismGiven: { jobs: boolean; maxParallel: boolean };
   dumpRoot: string;
   migrateGlobals: boolean;
   /** false (--no-role-passwords): roles without their password verifiers, for sources that hide pg_authid. */

@@ -18,6 +18,7 @@ import { bytes, type Output } from "./output.js";
 import { checkServers, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
 import { RunState } from "./state.js";
 import { EXIT } from "./run.js";
+import { connectionsNeeded } from "./parallelism.js";
 
 /**
  * Connections one server sees at the peak of a run. Source: per database in flight, the worker's snapshot and
@@ -25,8 +26,8 @@ import { EXIT } from "./run.js";
  * flight, pg_restore's leader and its --jobs workers and the worker's progress session; plus the coordinator.
  */
 export function connectionEstimate(maxParallel: number, jobs: number): { source: number; target: number; formula: string } {
-  const perDatabase = jobs + 2;
-  return { source: maxParallel * perDatabase + 1, target: maxParallel * perDatabase + 1, formula: `max-parallel × (jobs + 2) + 1 = ${maxParallel} × (${jobs} + 2) + 1` };
+  const n = connectionsNeeded({ jobs, maxParallel }) + 1;
+  return { source: n, target: n, formula: `max-parallel × (jobs + 2) + 1 = ${maxParallel} × (${jobs} + 2) + 1` };
 }
 
 export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {

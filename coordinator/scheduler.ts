@@ -1,5 +1,7 @@
-// The scheduler admits databases (largest first, at most --max-parallel in flight), publishes each one's next
-// job, and advances it on the results the workers publish. Results are matched by job id, so a stale result
+// The scheduler admits databases (largest first), publishes each one's next job, and advances it on the results
+// the workers publish. Dumps and restores are pipelined: at most --max-parallel restores run at once, and dumps run
+// ahead of them by up to --max-parallel databases (dumping or dumped and waiting for a restore slot), so the dump
+// of the next database overlaps the restore of the last one instead of waiting for it to be verified. Results are matched by job id, so a stale result
 // from a job an earlier coordinator published is ignored.
 //
 // Resuming: the events of the run are read again from the last one the run record had processed, so a result
@@ -19,6 +21,7 @@ import type { Logger } from "../shared/log.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 import { seal, type SharedKey } from "../shared/secrets.js";
 import type { MigrateConfig } from "./config.js";
+import { jobsFor } from "./parallelism.js";
 import { bytes, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
 
@@ -30,8 +33,14 @@ const EVENTS_SILENCE_MS = 12_000;
 const TROUBLE = new Set(["heartbeats_missed", "no_responders", "consumer_not_found", "stream_not_found", "consumer_deleted", "reset"]);
 
 export class Scheduler {
+  /** Every database between its first job and its end: dumping, waiting for a restore slot, restoring, verifying. */
   private readonly inFlight = new Set<string>();
+  /** Not dumped yet, largest first. */
   private queue: DbState[] = [];
+  /** Dumped and waiting for a restore slot, largest first. */
+  private restoreQueue: DbState[] = [];
+  /** Each database's CREATE DATABASE, started with its dump and awaited before its restore. */
+  private readonly creating = new Map<string, Promise<string | undefined>>();
   private stopped = false;
   private settle: (() => void) | undefined;
   private jsm: JetStreamManager | undefined;
@@ -50,6 +59,8 @@ export class Scheduler {
     private readonly key: SharedKey | undefined,
     private readonly log: Logger,
     private readonly out: Output,
+    /** Creates a database on the target (nothing when it exists already); resolves to why it failed. */
+    private readonly createDatabase: (db: DbState) => Promise<string | undefined>,
   ) {}
 
   async run(signal: AbortSignal): Promise<void> {
@@ -68,6 +79,10 @@ export class Scheduler {
         continue;
       }
       this.inFlight.add(db.key);
+      if (db.phase === "dumped") {
+        this.restoreQueue.push(db); // waits for a restore slot like any other dumped database
+        continue;
+      }
       const kind = nextJobFor(db.phase)!;
       if (db.phase !== JOB_PHASES[kind].running || !db.jobId) {
         next.push({ db, kind });
@@ -130,7 +145,8 @@ export class Scheduler {
         this.out.line(`${kind} ${JSON.stringify(db.name)}: its job from the earlier session is gone without a result; doing it again`);
         await this.publish(db, kind, true);
       }
-      this.queue.sort((a, b) => b.sizeBytes - a.sizeBytes);
+      this.queue.sort(largestFirst);
+      this.restoreQueue.sort(largestFirst);
       this.out.startRun(record.databases.length, record.databases.filter((d) => d.phase === "done" || d.phase === "failed").length);
       await this.admit();
       this.checkFinished();
@@ -246,12 +262,40 @@ export class Scheduler {
     }
   }
 
+  /**
+   * Restores first (the target is the scarce side), then dumps while fewer than --max-parallel databases are
+   * dumping or dumped and waiting: the dump volume never holds more than that many dumps nobody is restoring yet.
+   */
   private async admit(): Promise<void> {
-    while (!this.stopped && this.inFlight.size < this.cfg.maxParallel && this.queue.length) {
+    const m = this.cfg.maxParallel;
+    while (!this.stopped && this.restoreQueue.length && this.running("restoring") < m) {
+      const db = this.restoreQueue.shift()!;
+      const failed = await this.created(db);
+      if (failed) await this.fail(db, failed);
+      else await this.publish(db, "restore", false);
+    }
+    while (!this.stopped && this.queue.length && this.running("dumping") + this.restoreQueue.length < m) {
       const db = this.queue.shift()!;
       this.inFlight.add(db.key);
+      void this.created(db); // created on the target while its dump runs
       await this.publish(db, "dump", false);
     }
+  }
+
+  /** The database's creation on the target, started once; resolves to why it failed, or undefined. */
+  private created(db: DbState): Promise<string | undefined> {
+    let p = this.creating.get(db.key);
+    if (!p) {
+      p = this.createDatabase(db).catch((err: unknown) => `CREATE DATABASE failed: ${errorMessage(err)}`);
+      this.creating.set(db.key, p);
+    }
+    return p;
+  }
+
+  private running(phase: DbPhase): number {
+    let n = 0;
+    for (const key of this.inFlight) if (this.state.db(key)?.phase === phase) n++;
+    return n;
   }
 
   private checkFinished(): void {
@@ -280,13 +324,13 @@ export class Scheduler {
       job = {
         v: CONTRACT_VERSION, kind, runId, jobId, db: ref,
         dumpPath: posix.join(runId, db.key, jobId),
-        source: this.conn(this.cfg.source), jobs: this.cfg.jobs, compress: this.cfg.compress, estimatedBytes: db.sizeBytes,
+        source: this.conn(this.cfg.source), jobs: jobsFor(db.sizeBytes, this.cfg.jobs), compress: this.cfg.compress, estimatedBytes: db.sizeBytes,
         ...(this.cfg.verify === "checksum" ? { checksum: true } : {}),
       };
     } else if (kind === "restore") {
       job = {
         v: CONTRACT_VERSION, kind, runId, jobId, db: ref, dumpPath: db.dumpPath!,
-        target: this.conn(this.cfg.target), jobs: this.cfg.jobs, create: db.create, estimatedBytes: db.sizeBytes,
+        target: this.conn(this.cfg.target), jobs: jobsFor(db.sizeBytes, this.cfg.jobs), create: db.create, estimatedBytes: db.sizeBytes,
         maintenanceDb: this.cfg.targetDb,
         ...(this.cfg.noOwner ? { noOwner: true } : {}),
         ...(this.cfg.noTablespaces ? { noTablespaces: true } : {}),
@@ -360,14 +404,18 @@ export class Scheduler {
       db.dumpBytes = r.bytes;
       db.tables = r.tables;
       db.rows = r.rows;
-      this.out.line(`dump ${name} done in ${seconds(e.durationMs)}: ${r.tables} tables, ${r.rows} rows, ${bytes(r.bytes)}`);
+      this.out.line(`dump ${name} done in ${seconds(e.durationMs)}: ${r.tables} tables, ${r.rows} rows, ${bytes(r.bytes)}${r.compression === undefined ? "" : r.compression === "0" ? " uncompressed" : ` (--compress ${r.compression})`}`);
       await this.setPhase(db, "dumped");
-      await this.publish(db, "restore", false);
+      this.restoreQueue.push(db);
+      this.restoreQueue.sort(largestFirst);
+      await this.admit();
     } else if (r.kind === "restore") {
       db.timings.analyze = r.analyzeMs;
       this.out.line(`restore ${name} done in ${seconds(e.durationMs)} (ANALYZE ${seconds(r.analyzeMs)})`);
       await this.setPhase(db, "restored");
+      // Verifying does not hold a restore slot: the next restore starts now.
       await this.publish(db, "verify", false);
+      await this.admit();
     } else {
       db.verifiedRows = r.rows;
       db.sequences = r.sequences;
@@ -404,6 +452,7 @@ export class Scheduler {
 
   private async release(db: DbState): Promise<void> {
     this.inFlight.delete(db.key);
+    this.restoreQueue = this.restoreQueue.filter((d) => d.key !== db.key);
     const all = this.state.record.databases;
     this.out.finished(db.name, all.filter((d) => d.phase === "done" || d.phase === "failed").length, all.length);
     await this.admit();
@@ -419,3 +468,5 @@ export class Scheduler {
     });
   }
 }
+
+const largestFirst = (a: DbState, b: DbState) => b.sizeBytes - a.sizeBytes;

@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildProgram, toConfig } from "../../coordinator/cli.js";
 import { publicOptions } from "../../coordinator/config.js";
+import { defaultParallelism } from "../../coordinator/parallelism.js";
 import { natsConnectOptions, withoutCredentials } from "../../shared/nats.js";
 
 function parse(args: string[], env: Record<string, string> = {}) {
@@ -21,14 +22,15 @@ function parse(args: string[], env: Record<string, string> = {}) {
   }
 }
 
-test("defaults are the original pg-migrate's", () => {
+test("defaults are the original pg-migrate's, with -j and -m from the cores", () => {
   const c = parse([]);
   assert.deepEqual(
     [c.source.host, c.source.port, c.source.user, c.source.password, c.sourceDb, c.target.host, c.target.port, c.target.user, c.target.password, c.targetDb],
     ["localhost", 5432, "postgres", "oldpass", "postgres", "localhost", 5432, "postgres", "newpass", "postgres"],
   );
-  assert.equal(c.jobs, 4);
-  assert.equal(c.maxParallel, 4);
+  assert.deepEqual({ jobs: c.jobs, maxParallel: c.maxParallel }, defaultParallelism(availableParallelism()));
+  assert.deepEqual(c.parallelismGiven, { jobs: false, maxParallel: false });
+  assert.equal(c.workers, c.maxParallel);
   assert.equal(c.dumpRoot, "/home/u/pg_dumps");
   assert.equal(c.migrateGlobals, true);
   assert.equal(c.natsUrl, undefined);
