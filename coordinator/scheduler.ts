@@ -353,10 +353,15 @@ export class Scheduler {
     await this.setPhase(db, db.phase);
   }
 
+  /**
+   * A phase reached is saved without waiting for the write: a resumed run reads the results again from the EVENTS
+   * stream, from the last event a saved record had handled, so nothing is lost; what must be on disk before it
+   * happens — the intent to publish a job — is saved, and waited for, in publish().
+   */
   private async setPhase(db: DbState, phase: DbPhase, error?: string): Promise<void> {
     db.phase = phase;
     if (error !== undefined) db.error = error;
-    await this.state.save();
+    void this.state.save().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "run record not saved"));
     await this.js
       .publish(
         subjects.event(this.state.runId, "db", phase),

@@ -84,6 +84,11 @@ export function newRunId(now = new Date()): string {
 export class RunState {
   private kv: KV | undefined;
   private saving: Promise<void> = Promise.resolve();
+  /** A write asked for while another runs: every save() in between joins it. */
+  private queued: Promise<void> | undefined;
+  private kvWrittenAt = 0;
+  private kvStatus: string | undefined;
+  private kvTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     readonly record: RunRecord,
@@ -184,24 +189,47 @@ export class RunState {
     return this.record.databases.find((d) => d.key === key);
   }
 
-  /** Writes are serialized; each writes the whole record. */
+  /**
+   * Writes are serialized, and the saves asked for while one is being written share the next write: each save()
+   * resolves once a write that began after it has ended. The local file is written every time. The KV copy (read
+   * by status and watch, and by a resume from another machine) is the whole record too, so it is written at most
+   * once a second, at once when the run's status changes: with hundreds of databases a put per phase change was
+   * most of the coordinator's work and memory. A resume from a KV copy a second old is safe: a job it does not
+   * know of is purged and done again, and a restore again recreates its database.
+   */
   save(): Promise<void> {
-    this.saving = this.saving.then(() => this.write());
-    return this.saving;
+    this.queued ??= this.saving.then(() => {
+      this.queued = undefined;
+      return this.write();
+    });
+    this.saving = this.queued;
+    return this.queued;
   }
 
   private async write(): Promise<void> {
     this.record.updatedAt = new Date().toISOString();
-    const text = JSON.stringify(this.record, null, 1);
+    const text = JSON.stringify(this.record);
     const path = join(this.dir, "run.json");
     const tmp = `${path}.tmp`;
     await writeFile(tmp, text, { mode: 0o600 });
     await rename(tmp, path);
-    if (this.kv) {
-      await this.kv.put(kvKeys.run(this.runId), text).catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "KV run record not updated"));
-    }
+    if (!this.kv) return;
+    const wait = KV_EVERY_MS - (Date.now() - this.kvWrittenAt);
+    if (this.record.status !== this.kvStatus || wait <= 0) await this.putKv(text);
+    else this.kvTimer ??= setTimeout(() => void this.putKv(JSON.stringify(this.record)), wait).unref();
+  }
+
+  private async putKv(text: string): Promise<void> {
+    clearTimeout(this.kvTimer);
+    this.kvTimer = undefined;
+    this.kvWrittenAt = Date.now();
+    this.kvStatus = this.record.status;
+    await this.kv?.put(kvKeys.run(this.runId), text).catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "KV run record not updated"));
   }
 }
+
+/** The KV copy of a run record is refreshed at most this often (and at every change of the run's status). */
+const KV_EVERY_MS = 1000;
 
 function ended(r: RunRecord): boolean {
   return r.status === "finished" || r.status === "abandoned";
