@@ -57,6 +57,16 @@ test("bad input is refused with one line and leaves the target untouched", { tim
         await expectRefusal("same server", r, 3, /source and target are the same server/);
       });
 
+      await t.test("-j and -m that need more connections than the servers have free", async () => {
+        const r = await runCli([...serverArgs(source, target), "-j", "40", "-m", "3"], cliEnv(home, source, target));
+        await expectRefusal("too many connections", r, 3, /-j 40 -m 3 needs 126 connections on each server, but the source has \d+ free and the target \d+ .*: lower -j\/-m or raise max_connections/);
+      });
+
+      await t.test("--compress lz4 with a pg_dump older than 16", async () => {
+        const r = await runCli([...serverArgs(source, target), "--compress", "lz4"], cliEnv(home, source, target));
+        await expectRefusal("lz4 on 15", r, 2, /--compress lz4 needs pg_dump 16 or later \(this one is 15\)/);
+      });
+
       await t.test("nats-server missing in embedded mode", async () => {
         // A PATH with node only, and the system's sbin folders hidden in a private mount namespace (we are root
         // in CI); where that is impossible, PGMIGRATE_NATS_SERVER names a binary that does not exist.
