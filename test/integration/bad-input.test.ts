@@ -150,7 +150,8 @@ test("--help lists every flag with its default", async () => {
   const expected: [string, string][] = [
     ["--from-host", '"localhost"'], ["--from-port", "5432"], ["--from-user", '"postgres"'], ["--from-pass", '"oldpass"'], ["--from-db", '"postgres"'],
     ["--to-host", '"localhost"'], ["--to-port", "5432"], ["--to-user", '"postgres"'], ["--to-pass", '"newpass"'], ["--to-db", '"postgres"'],
-    ["-j, --jobs", "4"], ["-m, --max-parallel", "4"], ["--dump-root", '"pg_dumps"'], ["--migrate-globals", "true"],
+    ["-j, --jobs", "this machine's cores, 2 to 8"], ["-m, --max-parallel", "half this machine's cores, 2 to 8"], ["--dump-root", '"pg_dumps"'], ["--migrate-globals", "true"],
+    ["--compress", '"auto"'], ["--fast-restore", '"safe"'],
   ];
   for (const [flag, def] of expected) {
     const entry = entries.find((e) => e.startsWith(`${flag} `));

@@ -38,7 +38,8 @@ test("a plain subscriber sees claimed → progress → done for every job, and e
       execa(process.execPath, [BIN, "worker", "--nats-url", nats.url, "--dump-root", dumpRoot, "--id", id], { env: { HOME: home, PGMIGRATE_SECRET: secret }, reject: false }),
     );
     try {
-      const r = await runCli([...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot], cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }));
+      // -m 1: one restore at a time, and the next dump ahead of it (asserted below).
+      const r = await runCli([...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "1"], cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }));
       assert.equal(r.exitCode, 0, r.stderr);
       await nc.flush();
     } finally {
@@ -64,5 +65,10 @@ test("a plain subscriber sees claimed → progress → done for every job, and e
       const phases = seen.filter((s) => s.payload.type === "db" && s.payload.db?.name === db).map((s) => s.payload.phase);
       assert.deepEqual(phases, ["dumping", "dumped", "restoring", "restored", "verifying", "done"], db);
     }
+    // Pipelined: the second database's dump starts when the first one's restore does — before that restore ends,
+    // let alone its verification (the coordinator publishes both in one step, and its events arrive in order).
+    const dbEvents = seen.filter((s) => s.payload.type === "db").map((s) => `${s.payload.db?.name}:${s.payload.phase}`);
+    const [first, second] = dbEvents.filter((e) => e.endsWith(":dumping")).map((e) => e.split(":")[0]);
+    assert.ok(dbEvents.indexOf(`${second}:dumping`) < dbEvents.indexOf(`${first}:restored`), `the dump of ${second} overlaps the restore of ${first}: ${dbEvents.join(" ")}`);
   });
 });

@@ -12,7 +12,7 @@ import { cliEnv, databasesOf, errorLines, readReport, runCli, serverArgs, settin
 import { withTestEnv } from "../helpers/env.js";
 import { assertEndState } from "../helpers/faults.js";
 import { startCli } from "../helpers/live.js";
-import { assertNoLeftovers } from "../helpers/procs.js";
+import { assertNoLeftovers, toolsOn, waitFor } from "../helpers/procs.js";
 
 /** Database names of the lines "<kind> "<name>" <what>", the name as the CLI prints it (a JSON string). */
 const named = (stderr: string, kind: string, what: string) =>
@@ -29,10 +29,16 @@ test("SIGKILL the coordinator mid-run; the same command again resumes without re
       const env1 = cliEnv(home, source, target);
 
       const first = startCli(args, env1);
+      await first.waitFor(/dump "[^"]+" started/, 2); // the second database's dump is claimed
+      // Held mid-dump, so that a job is surely in flight when the coordinator dies: dumps run ahead of restores,
+      // and a small one ends in a blink. The first database's restore and verify go on meanwhile.
+      const dumping = () => toolsOn(source.port, "pg_dump");
+      const held = await waitFor("a pg_dump after shop's", () => dumping().find((p) => !p.argv.includes("--dbname=dbname='shop'") && !dumping().some((q) => q.pid === p.ppid)));
+      process.kill(held.pid, "SIGSTOP");
       await first.waitFor(/verify "[^"]+" done/);
-      await first.waitFor(/dump "[^"]+" started/, 2); // the second database's dump is claimed: a job in flight
       first.child.kill("SIGKILL");
       const r1 = await first.result;
+      process.kill(held.pid, "SIGCONT"); // to take the SIGTERM its dying worker sent it
       assert.equal(r1.signal, "SIGKILL");
       const finished = named(r1.stderr, "verify", "done");
       assert.ok(finished.length >= 1);
