@@ -53,6 +53,8 @@ export async function generate(source: LocalCluster, spec: DatasetSpec, log: (li
     await psqlExec(source, tinyName(i), "CREATE TABLE items (id int PRIMARY KEY, label text); INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g;");
   }
   if (spec.tinyDbs) log(`generated ${spec.tinyDbs} tiny databases`);
+  // The generation's dirty pages written now, not by a checkpoint during the first timed run.
+  await psqlExec(source, "postgres", "CHECKPOINT");
 }
 
 /** User databases of a cluster. */

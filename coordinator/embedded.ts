@@ -45,7 +45,7 @@ export async function startEmbeddedNats(storeDir: string, logFile: string, log: 
     let exited = false;
     child.once("exit", () => (exited = true));
     child.once("error", () => (exited = true));
-    for (let i = 0; i < 100 && !exited; i++) {
+    for (let i = 0; i < 500 && !exited; i++) {
       if (await portAnswers(port)) {
         log.info({ port, storeDir }, "embedded nats-server started");
         return {
@@ -53,7 +53,7 @@ export async function startEmbeddedNats(storeDir: string, logFile: string, log: 
           stop: () => stopChild(child, 5000),
         };
       }
-      await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, 20));
     }
     child.kill("SIGKILL");
     if (tries >= 2) throw new ConfigError(`the embedded nats-server (${bin}) did not start; see ${logFile}`, "--nats-url");

@@ -523,7 +523,7 @@ async function waitForWorkers(kv: KV, timeoutMs: number, signal: AbortSignal): P
     let n = 0;
     for await (const _ of keys) n++;
     if (n > 0 || Date.now() > deadline) return n;
-    await new Promise((r) => setTimeout(r, 250));
+    await new Promise((r) => setTimeout(r, 50));
   }
   throw new InterruptedError("interrupted while waiting for workers");
 }

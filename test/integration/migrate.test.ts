@@ -39,6 +39,15 @@ test("embedded mode migrates every database, role and row, and puts the target's
       cliEnv(home, source, target),
     );
     assert.equal(r.exitCode, 0, `exit ${r.exitCode}\n${r.stderr}`);
+    // --compress auto on a local dump volume: no compression.
+    for (const db of sourceDbs) assert.match(r.stderr, new RegExp(`dump ${JSON.stringify(db).replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} done in .* uncompressed`), db);
+    // ANALYZE reached every user table with rows (the dump has no statistics).
+    for (const db of sourceDbs) {
+      const bare = await query<{ rel: string }>(target, db, `SELECT c.oid::regclass::text AS rel FROM pg_class c
+        WHERE c.relkind = 'r' AND c.reltuples > 0 AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+          AND NOT EXISTS (SELECT 1 FROM pg_statistic s WHERE s.starelid = c.oid)`);
+      assert.deepEqual(bare, [], `tables of ${db} without statistics`);
+    }
 
     assert.deepEqual(await databasesOf(target), sourceDbs);
     for (const db of sourceDbs) {
