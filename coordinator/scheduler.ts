@@ -1,8 +1,8 @@
 // The scheduler admits databases (largest first), publishes each one's next job, and advances it on the results
-// the workers publish. Dumps and restores are pipelined: at most --max-parallel restores run at once, and dumps run
-// ahead of them by up to --max-parallel databases (dumping or dumped and waiting for a restore slot), so the dump
-// of the next database overlaps the restore of the last one instead of waiting for it to be verified. Results are matched by job id, so a stale result
-// from a job an earlier coordinator published is ignored.
+// the workers publish. Dumps and restores are pipelined: at most --max-parallel restores run at once, and dumps
+// run ahead of them by up to --max-parallel databases (dumping, or dumped and waiting for a restore slot), so the
+// dump of the next database overlaps the restore of the last one instead of waiting for it to be verified.
+// Results are matched by job id, so a stale result from a job an earlier coordinator published is ignored.
 //
 // Resuming: the events of the run are read again from the last one the run record had processed, so a result
 // published while no coordinator was alive is not lost; a job still in the JOBS stream is adopted (a worker has
