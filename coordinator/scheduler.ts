@@ -373,6 +373,9 @@ export class Scheduler {
   private async onJobEvent(e: JobEvent): Promise<void> {
     const db = this.state.db(e.db.key);
     if (!db || db.jobId !== e.jobId) return; // stale: from a job this coordinator no longer waits for
+    // Handled already: a resumed run reads again the events after the last one its saved record had handled, and a
+    // database found dumped keeps its dump's job id while it waits for a restore slot.
+    if (e.status === "done" && db.phase !== JOB_PHASES[e.kind].running) return;
     const name = JSON.stringify(db.name);
     const log = this.log.child({ db: db.name, job: e.jobId, worker: e.worker });
     this.lastEventAt.set(db.key, Date.now());
@@ -411,7 +414,7 @@ export class Scheduler {
       db.rows = r.rows;
       this.out.line(`dump ${name} done in ${seconds(e.durationMs)}: ${r.tables} tables, ${r.rows} rows, ${bytes(r.bytes)}${r.compression === undefined ? "" : r.compression === "0" ? " uncompressed" : ` (--compress ${r.compression})`}`);
       await this.setPhase(db, "dumped");
-      this.restoreQueue.push(db);
+      if (!this.restoreQueue.includes(db)) this.restoreQueue.push(db);
       this.restoreQueue.sort(largestFirst);
       await this.admit();
     } else if (r.kind === "restore") {
