@@ -4,7 +4,7 @@ import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { CONTRACT_VERSION, decodeManifest, type Manifest } from "../shared/contracts/messages.js";
 import { connect, endOnAbort } from "../shared/pg/connect.js";
-import { countRows, hasDatabaseProperties, largeObjectCount, listTables, sequenceValues, setChecksumSession } from "../shared/pg/catalog.js";
+import { contentsOf, hasDatabaseProperties } from "../shared/pg/catalog.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import { errorMessage, ToolError } from "../shared/errors.js";
 import { runTool } from "../shared/tools.js";
@@ -49,14 +49,10 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
       { conn: server, signal: run.signal, appName: "pg-migrate pg_dump" },
     );
     // Count while pg_dump runs: same snapshot, so the counts describe exactly what is being dumped.
-    const counting = (async () => {
-      if (job.checksum) await setChecksumSession(client);
-      const tables = await countRows(client, await listTables(client), { checksum: job.checksum ?? false });
-      const sequences = await sequenceValues(client);
-      const largeObjects = await largeObjectCount(client);
-      const databaseProperties = await hasDatabaseProperties(client);
-      return { tables, sequences, largeObjects, databaseProperties };
-    })();
+    const counting = (async () => ({
+      ...(await contentsOf(client, { checksum: job.checksum ?? false })),
+      databaseProperties: await hasDatabaseProperties(client),
+    }))();
     // Settle both before deciding: a failed count must not leave pg_dump running unobserved.
     const [dumped, counted] = await Promise.allSettled([dumping, counting]);
     if (dumped.status === "rejected") throw await volumeFull(dumped.reason, ctx.dumpRoot, attemptDir, job.db.name);

@@ -4,7 +4,7 @@
 import { join, relative } from "node:path";
 import { CONTRACT_VERSION, type Manifest, type Mismatch, type VerifyTable } from "../shared/contracts/messages.js";
 import { withClient } from "../shared/pg/connect.js";
-import { countRows, largeObjectCount, listTables, sequenceValues, setChecksumSession } from "../shared/pg/catalog.js";
+import { contentsOf } from "../shared/pg/catalog.js";
 import { serverFor, type Handler } from "./context.js";
 import { applyDatabaseProperties } from "./db-properties.js";
 import { readManifest } from "./dump.js";
@@ -20,14 +20,7 @@ export const verify: Handler<"verify"> = async (job, run, ctx) => {
   const server = serverFor("target", job.target, ctx);
   // The dump hashed the source's tables (--verify checksum): hash the target's the same way.
   const checksum = manifest.tables.some((t) => t.checksum !== undefined);
-  const target = await withClient(server, job.db.name, async (c) => {
-    if (checksum) await setChecksumSession(c);
-    return {
-      tables: await countRows(c, await listTables(c), { checksum }),
-      sequences: await sequenceValues(c),
-      largeObjects: await largeObjectCount(c),
-    };
-  }, run.signal);
+  const target = await withClient(server, job.db.name, (c) => contentsOf(c, { checksum }), run.signal);
 
   const { tables, mismatches } = compare(manifest, target);
   // Only a verified database gets its own properties: a connection limit or a setting must not hinder the checks.

@@ -1,13 +1,16 @@
 // Catalog queries shared by the dump (source side) and the verify (target side) jobs, so both sides count
 // exactly the same set of relations the same way.
 import type pg from "pg";
-import type { SequenceValue, TableCount } from "../contracts/messages.js";
+import type { Manifest, SequenceValue, TableCount } from "../contracts/messages.js";
 import { qualified } from "./quote.js";
 
 export interface TableRef {
   schema: string;
   name: string;
 }
+
+/** The schemas of the user's relations: not the system's, TOAST's or temporary ones (`n` is pg_namespace). */
+const USER_SCHEMAS = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'`;
 
 /**
  * Relations that hold rows pg_dump carries: ordinary tables and partitions (counted ONLY, so a partitioned
@@ -19,8 +22,7 @@ const TABLES_SQL = `
    WHERE c.relkind IN ('r', 'm')
      AND (c.relkind <> 'm' OR c.relispopulated)
      AND c.relpersistence <> 't'
-     AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+     AND ${USER_SCHEMAS}
    ORDER BY 1, 2`;
 
 export async function listTables(client: pg.Client): Promise<TableRef[]> {
@@ -39,9 +41,7 @@ export async function analyzeUserTables(client: pg.Client): Promise<number> {
   const { rows } = await client.query<{ q: string }>(`
     SELECT format('%I.%I', n.nspname, c.relname) AS q
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind IN ('r', 'p', 'm') AND c.relpersistence <> 't'
-       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'`);
+     WHERE c.relkind IN ('r', 'p', 'm') AND c.relpersistence <> 't' AND ${USER_SCHEMAS}`);
   for (let i = 0; i < rows.length; i += 1000) {
     await client.query(`ANALYZE ${rows.slice(i, i + 1000).map((r) => r.q).join(", ")}`);
   }
@@ -76,6 +76,20 @@ export async function setChecksumSession(client: pg.Client): Promise<void> {
   await client.query(
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; SET lc_monetary = 'C'",
   );
+}
+
+/**
+ * What both sides of a migration count, the same way: every table's rows (and with `checksum` its content hash,
+ * under the session settings row text depends on), every sequence's value, and the large objects. The dump reads
+ * it in its snapshot on the source, verification on the target.
+ */
+export async function contentsOf(client: pg.Client, opts: { checksum: boolean }): Promise<Pick<Manifest, "tables" | "sequences" | "largeObjects">> {
+  if (opts.checksum) await setChecksumSession(client);
+  return {
+    tables: await countRows(client, await listTables(client), opts),
+    sequences: await sequenceValues(client),
+    largeObjects: await largeObjectCount(client),
+  };
 }
 
 export async function sequenceValues(client: pg.Client): Promise<SequenceValue[]> {
@@ -125,8 +139,7 @@ export async function hasDatabaseProperties(client: pg.Client): Promise<boolean>
 export async function userObjectCount(client: pg.Client): Promise<number> {
   const { rows } = await client.query<{ n: string }>(`
     SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
-               AND n.nspname NOT LIKE 'pg\\_temp\\_%')
+             WHERE ${USER_SCHEMAS})
          + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
              WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
          + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql') AS n`);
