@@ -22,13 +22,13 @@ export interface MigrateConfig {
   migrateGlobals: boolean;
   /** false (--no-role-passwords): roles without their password verifiers, for sources that hide pg_authid. */
   rolePasswords: boolean;
-  /** --include-db / --exclude-db: shell-style name patterns that narrow the databases a new run takes. */
   /** count: every table's exact row count; checksum: also an order-independent hash of its content. */
   verify: "count" | "checksum";
   /** --no-tablespaces: none created, everything in the target's default tablespace (pg_restore --no-tablespaces). */
   noTablespaces: boolean;
   /** --tablespace-location NAME=PATH: where a source tablespace is created on the target. */
   tablespaceLocations: ReadonlyMap<string, string>;
+  /** --include-db / --exclude-db: shell-style name patterns that narrow the databases a new run takes. */
   includeDb: string[];
   excludeDb: string[];
   /** --no-owner: restore every object owned by the target user (a target that is not a superuser cannot give objects to one). */

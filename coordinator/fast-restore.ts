@@ -73,20 +73,22 @@ export async function revertSettings(openClient: () => Promise<pg.Client>, saved
       const now = await saveSettings(c, saved.map((s) => s.name));
       const byName = new Map(now.map((n) => [n.name, n.setting]));
       differing = saved.filter((s) => byName.get(s.name) !== s.setting).map((s) => s.name);
-      if (!differing.length && needsCheckpoint(saved)) {
-        // Files written while fsync was off become durable only through a checkpoint (and an OS sync).
-        await c.query("CHECKPOINT").catch((err: unknown) => {
-          throw new Error(`CHECKPOINT after reverting failed: ${errorMessage(err)}`);
-        });
-      } else if (!differing.length) {
-        // A commit waits for the WAL to be flushed up to its own record, which follows every earlier one.
-        await c.query("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT").catch((err: unknown) => {
-          throw new Error(`flushing the WAL after reverting failed: ${errorMessage(err)}`);
-        });
-      }
+      if (!differing.length) await makeDurable(c, saved);
     } finally {
       await c.end().catch(() => undefined);
     }
   }
   return differing;
+}
+
+/**
+ * Files written while fsync was off become durable only through a checkpoint (and an OS sync). Otherwise only
+ * asynchronous commits were at risk, and a synchronous commit waits for the WAL up to its own record, which
+ * follows every earlier one.
+ */
+async function makeDurable(c: pg.Client, saved: SavedSetting[]): Promise<void> {
+  const [sql, what] = needsCheckpoint(saved) ? ["CHECKPOINT", "CHECKPOINT"] : ["BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT", "flushing the WAL"];
+  await c.query(sql).catch((err: unknown) => {
+    throw new Error(`${what} after reverting failed: ${errorMessage(err)}`);
+  });
 }

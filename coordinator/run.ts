@@ -405,11 +405,9 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
       else {
         fr.reverted = true;
         out.line(
-          cfg.fastRestore === "full"
+          needsCheckpoint(fr.original)
             ? "target settings reverted and checkpointed; fsync was off during the restore: run `sync` on the target host (or restart it cleanly) before relying on the data"
-            : needsCheckpoint(fr.original)
-              ? "target settings reverted and checkpointed"
-              : "target settings reverted and the WAL flushed",
+            : "target settings reverted and the WAL flushed",
         );
       }
       await state.save();
