@@ -53,7 +53,6 @@ export interface SourceTablespace {
   location: string;
 }
 
-/** The source's tablespaces other than pg_default and pg_global. */
 /** Databases that refuse connections (ALLOW_CONNECTIONS false): pg_dump cannot read them, so a run names them. */
 export async function closedDatabases(client: pg.Client): Promise<{ name: string; reason: string }[]> {
   const { rows } = await client.query<{ name: string }>("SELECT datname AS name FROM pg_database WHERE NOT datallowconn AND NOT datistemplate ORDER BY 1");
@@ -63,6 +62,7 @@ export async function closedDatabases(client: pg.Client): Promise<{ name: string
   }));
 }
 
+/** The source's tablespaces other than pg_default and pg_global. */
 export async function tablespacesOf(client: pg.Client): Promise<SourceTablespace[]> {
   const { rows } = await client.query<SourceTablespace>(
     `SELECT spcname AS name, pg_get_userbyid(spcowner) AS owner, pg_tablespace_location(oid) AS location
