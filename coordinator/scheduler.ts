@@ -22,7 +22,7 @@ import type { ServerSpec } from "../shared/pg/connect.js";
 import { seal, type SharedKey } from "../shared/secrets.js";
 import type { MigrateConfig } from "./config.js";
 import { jobsFor } from "./parallelism.js";
-import { bytes, seconds, type Output } from "./output.js";
+import { bytes, plural, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
 
 /** How long the replay of earlier events may take before undecided jobs are published again anyway. */
@@ -143,7 +143,7 @@ export class Scheduler {
         if (db.jobId !== jobId || this.stopped) continue; // the replayed events settled it
         const kind = nextJobFor(db.phase)!;
         this.out.line(`${kind} ${JSON.stringify(db.name)}: its job from the earlier session is gone without a result; doing it again`);
-        await this.publish(db, kind, true);
+        await this.publish(db, kind, true, unfinishedAttempts(db, kind));
       }
       this.queue.sort(largestFirst);
       this.restoreQueue.sort(largestFirst);
@@ -254,7 +254,7 @@ export class Scheduler {
         const live = await this.jsm?.streams.getMessage(JOBS_STREAM, { last_by_subj: subjects.job(kind, this.state.runId, jobId) }).catch(() => undefined);
         if (live === null && db.jobId === jobId && !this.stopped) {
           this.out.warn(`${kind} ${JSON.stringify(db.name)}: its job ended without a result reaching the coordinator; doing it again`);
-          await this.publish(db, kind, true);
+          await this.publish(db, kind, true, unfinishedAttempts(db, kind));
         } else if (live) this.lastEventAt.set(db.key, Date.now()); // still queued (workers busy): look again later
       }
     } finally {
@@ -315,21 +315,26 @@ export class Scheduler {
     };
   }
 
-  private async publish(db: DbState, kind: JobKind, resumed: boolean): Promise<void> {
+  /**
+   * Publishes the database's next job. attemptsBefore: attempts of this step that earlier jobs used up (0 for a new
+   * step; a job handed back unfinished is published again with the count it had, so it is not an attempt lost).
+   */
+  private async publish(db: DbState, kind: JobKind, resumed: boolean, attemptsBefore = 0): Promise<void> {
     const runId = this.state.runId;
     const jobId = `${kind}-${nanoid(12)}`;
     const ref = { name: db.name, key: db.key };
+    const common = { v: CONTRACT_VERSION, runId, jobId, db: ref, maxAttempts: this.cfg.maxDeliver, ...(attemptsBefore ? { attemptsBefore } : {}) } as const;
     let job: Job;
     if (kind === "dump") {
       job = {
-        v: CONTRACT_VERSION, kind, runId, jobId, db: ref,
+        ...common, kind,
         dumpPath: posix.join(runId, db.key, jobId),
         source: this.conn(this.cfg.source), jobs: jobsFor(db.sizeBytes, this.cfg.jobs), compress: this.cfg.compress, estimatedBytes: db.sizeBytes,
         ...(this.cfg.verify === "checksum" ? { checksum: true } : {}),
       };
     } else if (kind === "restore") {
       job = {
-        v: CONTRACT_VERSION, kind, runId, jobId, db: ref, dumpPath: db.dumpPath!,
+        ...common, kind, dumpPath: db.dumpPath!,
         target: this.conn(this.cfg.target), jobs: jobsFor(db.sizeBytes, this.cfg.jobs), create: db.create, estimatedBytes: db.sizeBytes,
         maintenanceDb: this.cfg.targetDb,
         ...(this.cfg.noOwner ? { noOwner: true } : {}),
@@ -339,12 +344,12 @@ export class Scheduler {
         recreate: resumed || this.state.record.resumedAt.length > 0,
       };
     } else {
-      job = { v: CONTRACT_VERSION, kind, runId, jobId, db: ref, dumpPath: db.dumpPath!, target: this.conn(this.cfg.target) };
+      job = { ...common, kind, dumpPath: db.dumpPath!, target: this.conn(this.cfg.target) };
     }
     // The intent is saved first: a coordinator that dies right after publishing finds the job by its id.
     db.jobId = jobId;
     db.jobSeq = undefined;
-    db.attempts[kind] = 0;
+    db.attempts[kind] = attemptsBefore;
     db.phase = JOB_PHASES[kind].running;
     this.lastEventAt.delete(db.key);
     await this.state.save();
@@ -388,7 +393,18 @@ export class Scheduler {
         this.out.progress(db.name, e.kind, 0, null);
         return;
       case "progress":
-        if (e.progress) this.out.progress(db.name, e.kind, e.progress.bytes, e.progress.totalBytes);
+        if (e.progress) {
+          this.out.progress(db.name, e.kind, e.progress.bytes, e.progress.totalBytes);
+          db.progress = { kind: e.kind, bytes: e.progress.bytes, totalBytes: e.progress.totalBytes, startedAt: db.progress?.kind === e.kind && db.progress.jobId === e.jobId ? db.progress.startedAt : e.at, at: e.at, jobId: e.jobId };
+          void this.state.save().catch(() => undefined);
+        }
+        return;
+      case "released":
+        // A stopping worker gave it back unfinished: offered again at once, as the same attempt.
+        if (this.stopped || db.phase !== JOB_PHASES[e.kind].running) return;
+        if (!this.replaying) this.out.line(`${e.kind} ${name}: ${e.worker} stopped and handed it back; offered again at once (attempt ${e.attempt} was not used up)`);
+        log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} released`);
+        await this.publish(db, e.kind, true, e.attempt - 1);
         return;
       case "failed": {
         const error = e.error!;
@@ -398,7 +414,7 @@ export class Scheduler {
           this.out.warn(`${e.kind} ${name} failed on attempt ${e.attempt} of ${e.maxAttempts}, will retry: ${error.message}`);
           return;
         }
-        await this.fail(db, `${e.kind} failed after ${e.attempt} attempt(s): ${error.message}`);
+        await this.fail(db, `${e.kind} failed after ${plural(e.attempt, "attempt")}: ${error.message}`);
         return;
       }
       case "done":
@@ -412,7 +428,7 @@ export class Scheduler {
       db.dumpBytes = r.bytes;
       db.tables = r.tables;
       db.rows = r.rows;
-      this.out.line(`dump ${name} done in ${seconds(e.durationMs)}: ${r.tables} tables, ${r.rows} rows, ${bytes(r.bytes)}${r.compression === undefined ? "" : r.compression === "0" ? " uncompressed" : ` (--compress ${r.compression})`}`);
+      this.out.line(`dump ${name} done in ${seconds(e.durationMs)}: ${plural(r.tables, "table")}, ${plural(r.rows, "row")}, ${bytes(r.bytes)}${r.compression === undefined ? "" : r.compression === "0" ? " uncompressed" : ` (--compress ${r.compression})`}`);
       await this.setPhase(db, "dumped");
       if (!this.restoreQueue.includes(db)) this.restoreQueue.push(db);
       this.restoreQueue.sort(largestFirst);
@@ -430,13 +446,13 @@ export class Scheduler {
       db.mismatches = r.mismatches;
       db.detailPath = r.detailPath;
       if (r.ok) {
-        this.out.line(`verify ${name} done: ${r.tables} tables and ${r.rows} rows match`);
+        this.out.line(`verify ${name} done: ${plural(r.tables, "table")} and ${plural(r.rows, "row")} match`);
         db.jobId = undefined;
         await this.setPhase(db, "done");
         await this.release(db);
       } else {
         const first = r.mismatches.slice(0, 3).map((m) => `${m.what} ${m.object} (source ${m.source ?? "none"}, target ${m.target ?? "none"})`);
-        await this.fail(db, `verification found ${r.mismatches.length} difference(s): ${first.join("; ")}`);
+        await this.fail(db, `verification found ${plural(r.mismatches.length, "difference")}: ${first.join("; ")}`);
       }
     }
   }
@@ -478,3 +494,6 @@ export class Scheduler {
 }
 
 const largestFirst = (a: DbState, b: DbState) => b.sizeBytes - a.sizeBytes;
+
+/** A job gone without a result: its last claim was interrupted, not failed, so that attempt is offered again. */
+const unfinishedAttempts = (db: DbState, kind: JobKind): number => Math.max(0, (db.attempts[kind] ?? 0) - 1);

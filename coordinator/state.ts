@@ -1,7 +1,7 @@
 // The run record: the coordinator's memory across crashes. Kept as a local file under ~/.pg-migrate/state
 // (written whole, then renamed) and mirrored to the JetStream KV so a coordinator on another host can resume.
 import type { Memberships } from "./memberships.js";
-import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
 import { kvKeys } from "../shared/contracts/jetstream.js";
@@ -10,6 +10,7 @@ import type { CreateSpec, Mismatch } from "../shared/contracts/messages.js";
 import type { DbPhase, JobKind } from "../shared/contracts/phases.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
+import { makeDir } from "../shared/dirs.js";
 
 export interface SavedSetting {
   name: string;
@@ -44,6 +45,8 @@ export interface DbState {
   error?: string | undefined;
   /** The tail of the failing tool's stderr, from the newest failed attempt. */
   stderrTail?: string | undefined;
+  /** The current job's newest progress: what status and watch show as bytes, rate and ETA. */
+  progress?: { kind: JobKind; jobId: string; bytes: number; totalBytes: number | null; startedAt: string; at: string } | undefined;
 }
 
 export interface RunRecord {
@@ -153,7 +156,7 @@ export class RunState {
 
   static async create(home: string, record: RunRecord, log: Logger): Promise<RunState> {
     const dir = join(RunState.stateRoot(home), record.runId);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await makeDir(dir);
     const state = new RunState(record, dir, log);
     await state.save();
     return state;

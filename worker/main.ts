@@ -50,17 +50,17 @@ export class Worker {
   }
 
   /**
-   * Stop pulling, stop the running tools, hand their jobs back for immediate redelivery. Waits (up to graceMs)
-   * for the tools to exit: SIGTERM lets pg_dump and pg_restore end their own parallel workers, which a SIGKILL
-   * of the leader would leave to finish their current table alone.
+   * Stop pulling and stop the running tools; each job is then handed back (released) for immediate redelivery,
+   * without using up an attempt. Waits (up to graceMs) for the tools to exit: SIGTERM lets pg_dump and pg_restore
+   * end their own parallel workers, which a SIGKILL of the leader would leave to finish their current table alone,
+   * and a job handed back while its tool still writes could be taken by another worker too early.
    */
   async stop(graceMs = 6_000): Promise<void> {
     if (this.stopping.signal.aborted) return;
     this.stopping.abort();
     const settling: Promise<void>[] = [];
-    for (const { msg, abort, settled } of this.inFlight.values()) {
+    for (const { abort, settled } of this.inFlight.values()) {
       abort.abort();
-      msg.nak();
       settling.push(settled);
     }
     clearInterval(this.presenceTimer);
@@ -70,8 +70,27 @@ export class Worker {
     await this.presence?.delete(this.ctx.id).catch(() => undefined);
   }
 
+  /**
+   * A job this worker will not finish goes back whole: a "released" event tells the coordinator to publish it again
+   * at once, as a new job with the same attempt number, and the message itself is acknowledged, which removes it from
+   * the work queue. A nak would count a delivery; a term leaves the message in a work-queue stream on nats-server
+   * 2.9, where a resumed coordinator would adopt it. Should the event not get out, a resuming coordinator finds the
+   * job gone without a result and publishes it again, also as the same attempt.
+   */
+  private async release(msg: JsMsg, job: Job, attempt: number, maxAttempts: number): Promise<void> {
+    const event = {
+      v: CONTRACT_VERSION, type: "job", runId: job.runId, jobId: job.jobId, kind: job.kind, db: job.db, worker: this.ctx.id,
+      attempt, maxAttempts, status: "released", at: new Date().toISOString(),
+    } as const;
+    await this.js
+      .publish(subjects.event(job.runId, job.kind, "released"), encode(event), { msgID: `${job.jobId}.${attempt}.released`, timeout: 3_000 })
+      .catch((err: unknown) => this.log.warn({ job: job.jobId, err: errorMessage(err) }, "release not published; a resumed coordinator publishes the job again"));
+    await msg.ackAck({ timeout: 3_000 }).catch(() => false);
+  }
+
   private async announce(): Promise<void> {
     const kvm = new Kvm(this.nc);
+    let waited = false;
     for (;;) {
       try {
         // The coordinator creates the bucket, with the replicas it was told to use; a worker only opens it.
@@ -81,6 +100,8 @@ export class Worker {
         break;
       } catch (err) {
         if (this.stopping.signal.aborted) return;
+        if (!waited) this.log.info("waiting for a coordinator: no run has used this NATS server yet");
+        waited = true;
         this.log.debug({ err: errorMessage(err) }, "no coordinator has created the worker presence bucket yet; waiting");
         await sleep(1000);
       }
@@ -109,7 +130,7 @@ export class Worker {
         }
         const msg = await consumer.next({ expires: 5_000 });
         if (msg && this.stopping.signal.aborted) {
-          msg.nak();
+          await this.giveBack(msg, maxAttempts);
           break;
         }
         if (msg) await this.handle(kind, msg, maxAttempts, heartbeatMs);
@@ -121,6 +142,16 @@ export class Worker {
           await sleep(1000);
         }
       }
+    }
+  }
+
+  /** A job pulled just as this worker began to stop: released untouched (a malformed one is left to the next worker). */
+  private async giveBack(msg: JsMsg, consumerMax: number): Promise<void> {
+    try {
+      const job = decodeJob(msg.data, msg.subject);
+      await this.release(msg, job, attemptOf(job, msg), job.maxAttempts ?? consumerMax);
+    } catch {
+      msg.nak();
     }
   }
 
@@ -159,7 +190,9 @@ export class Worker {
       msg.term(errorMessage(err).slice(0, 200));
       return;
     }
-    const attempt = msg.info.deliveryCount;
+    const attempt = attemptOf(job, msg);
+    // The coordinator's --max-deliver of this run, not the consumer's of whichever run this worker saw first.
+    maxAttempts = job.maxAttempts ?? maxAttempts;
     const log = this.log.child({ runId: job.runId, db: job.db.name, job: job.jobId, kind });
     const abort = new AbortController();
     let settle!: () => void;
@@ -181,7 +214,7 @@ export class Worker {
 
     msg.working();
     try {
-      if (attempt > 1 && (await this.resultExists(job))) {
+      if (msg.info.deliveryCount > 1 && (await this.resultExists(job))) {
         // An earlier delivery finished and published its result, but its ack was lost: nothing to do again.
         finished = true;
         log.info({ attempt }, `${kind} ${JSON.stringify(job.db.name)} was already done by an earlier delivery; acknowledged`);
@@ -223,8 +256,9 @@ export class Worker {
     } catch (err) {
       finished = true;
       if (this.stopping.signal.aborted) {
-        log.warn({ attempt }, `${kind} interrupted by shutdown; handed back for redelivery`);
-        return; // stop() already nak'ed it
+        await this.release(msg, job, attempt, maxAttempts);
+        log.warn({ attempt }, `${kind} interrupted by shutdown; handed back for redelivery (attempt ${attempt} not used up)`);
+        return;
       }
       const permanent = err instanceof PermanentJobError || err instanceof ContractError;
       const final = permanent || attempt >= maxAttempts;
@@ -241,6 +275,11 @@ export class Worker {
       settle();
     }
   }
+}
+
+/** This delivery's attempt: the attempts earlier jobs of the step used, plus this message's deliveries. */
+function attemptOf(job: Job, msg: JsMsg): number {
+  return (job.attemptsBefore ?? 0) + msg.info.deliveryCount;
 }
 
 /** Retries a publish while the broker is away (a restart, a cluster node lost), up to RESULT_PUBLISH_MS. */

@@ -46,6 +46,13 @@ const jobBase = {
   db: DbRef,
   /** Relative to the dump root, which each worker mounts wherever it likes. */
   dumpPath: z.string(),
+  /**
+   * Attempts of this step that earlier jobs used up (failures, not interruptions): a job handed back by a stopping
+   * worker is published again with the same count, so its next claim is the same attempt number.
+   */
+  attemptsBefore: z.number().int().nonnegative().optional(),
+  /** The run's --max-deliver: attempts of this step before its database fails (absent: the consumer's max_deliver). */
+  maxAttempts: z.number().int().positive().optional(),
 };
 
 const DumpJob = z.object({
@@ -188,7 +195,8 @@ const JobEvent = z.object({
   runId: z.string(),
   jobId: z.string(),
   kind: z.enum(JOB_KINDS),
-  status: z.enum(["claimed", "progress", "done", "failed"]),
+  /** released: a stopping worker gave the job back unfinished (no attempt used); the coordinator publishes it again. */
+  status: z.enum(["claimed", "progress", "done", "failed", "released"]),
   db: DbRef,
   worker: z.string(),
   attempt: z.number().int(),

@@ -113,7 +113,7 @@ test("a 3-node NATS cluster with --nats-replicas 3 loses a node mid-run: the run
   );
 });
 
-test("SIGTERM on a worker while its pg_dump runs: tool stopped, job handed back at once, worker gone within seconds", { timeout: 600_000 }, async () => {
+test("SIGTERM on a worker while its pg_dump runs: tool stopped, job handed back at once without using an attempt, worker gone within seconds", { timeout: 600_000 }, async () => {
   await withTestEnv(async (env) => {
     const { source, target, home, nats } = env;
     await psqlExec(source, "postgres", demoSql());
@@ -142,8 +142,11 @@ test("SIGTERM on a worker while its pg_dump runs: tool stopped, job handed back 
       assert.ok(Date.now() - stopped < 8_000, `the worker exited ${Date.now() - stopped} ms after SIGTERM`);
       await waitFor("its pg_dump to be gone", () => !alive(dump.pid), 3_000, 50);
       await blocker.query("COMMIT");
-      await run.waitFor(/dump "shop" started on \S+ \(attempt 2 /, 1, 20_000);
+      // Handed back whole: offered again at once, and as the same attempt (an interruption is no failure).
+      await run.waitFor(/dump "shop": \S+ stopped and handed it back; offered again at once \(attempt 1 was not used up\)/, 1, 20_000);
+      await run.waitFor(/dump "shop" started on \S+ \(attempt 1 /, 2, 20_000);
       assert.ok(Date.now() - stopped < 30_000, "redelivered long before the 60 s ack wait");
+      assert.doesNotMatch(run.stderr(), /dump "shop" started on \S+ \(attempt 2 /);
       const r = await run.result;
       assert.equal(r.exitCode, 0, r.stderr);
     } finally {
