@@ -1,8 +1,10 @@
 // Embedded mode: with no --nats-url, a local nats-server (JetStream, loopback, store under ~/.pg-migrate) and
 // local worker processes, the same code path as a distributed run. Both end with the coordinator: the kernel
-// kills them if it dies (setpriv --pdeathsig), and stop() ends them otherwise.
+// kills them if it dies (setpriv --pdeathsig), and stop() ends them otherwise. Each runs in a process group of its
+// own, so the SIGINT a terminal sends to its foreground group on Ctrl-C reaches the coordinator alone, which then
+// stops them in order (workers hand their jobs back, then the broker goes) instead of finding them dead.
 import { spawn, type ChildProcess } from "node:child_process";
-import { openSync, closeSync, mkdirSync } from "node:fs";
+import { openSync, closeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConfigError } from "../shared/errors.js";
@@ -10,12 +12,14 @@ import type { Logger } from "../shared/log.js";
 import { SECRET_ENV } from "../shared/secrets.js";
 import { freePort, portAnswers } from "../shared/net.js";
 import { findExecutable, pathDirs } from "../shared/tools.js";
+import { makeDirSync } from "../shared/dirs.js";
 
 const BIN = fileURLToPath(new URL("../../bin/pg-migrate.js", import.meta.url));
 
 async function spawnGuarded(file: string, args: string[], opts: Parameters<typeof spawn>[2]): Promise<ChildProcess> {
   const setpriv = await findExecutable("setpriv", [...pathDirs(), "/usr/bin", "/bin"]);
-  return setpriv ? spawn(setpriv, ["--pdeathsig", "TERM", "--", file, ...args], opts!) : spawn(file, args, opts!);
+  const own = { ...opts, detached: true }; // a process group of its own: out of reach of the terminal's Ctrl-C
+  return setpriv ? spawn(setpriv, ["--pdeathsig", "TERM", "--", file, ...args], own) : spawn(file, args, own);
 }
 
 export interface EmbeddedNats {
@@ -34,7 +38,7 @@ export async function startEmbeddedNats(storeDir: string, logFile: string, log: 
       "--nats-url",
     );
   }
-  mkdirSync(storeDir, { recursive: true, mode: 0o700 });
+  makeDirSync(storeDir);
   for (let tries = 0; ; tries++) {
     const port = await freePort();
     const out = openSync(logFile, "a", 0o600);
@@ -81,10 +85,12 @@ export class LocalWorkers {
   constructor(
     private readonly opts: { natsUrl: string; dumpRoot: string; secret: string; logDir: string; retryDelayS: number; pgBin?: string | undefined },
     private readonly log: Logger,
+    /** Once the run is stopping, a worker that exits is not started again. */
+    private readonly signal?: AbortSignal,
   ) {}
 
   async start(count: number): Promise<void> {
-    mkdirSync(this.opts.logDir, { recursive: true, mode: 0o700 });
+    makeDirSync(this.opts.logDir);
     for (let i = 1; i <= count; i++) await this.spawn(i);
   }
 
@@ -102,13 +108,21 @@ export class LocalWorkers {
     closeSync(out);
     this.children.set(index, child);
     child.once("exit", (code, signal) => {
-      if (this.stopping) return;
+      if (this.stopping || this.signal?.aborted) return;
       this.restarts++;
       this.log.warn({ worker: index, code, signal }, `local worker ${index} exited (${signal ?? code}); starting it again`);
-      setTimeout(() => void this.spawn(index), 500);
+      setTimeout(() => {
+        if (!this.stopping && !this.signal?.aborted) void this.spawn(index);
+      }, 500);
     });
   }
 
+  /** The number of workers started. */
+  get count(): number {
+    return this.children.size;
+  }
+
+  /** SIGTERM to each worker, which hands its job back and exits; SIGKILL after 10 s. Idempotent. */
   async stop(): Promise<void> {
     this.stopping = true;
     await Promise.all([...this.children.values()].map((c) => stopChild(c, 10_000)));

@@ -5,7 +5,7 @@
 import type pg from "pg";
 import { errorMessage } from "../shared/errors.js";
 import { ident } from "../shared/pg/quote.js";
-import type { Output } from "./output.js";
+import { plural, type Output } from "./output.js";
 import type { RunRecord, RunState } from "./state.js";
 
 export interface Memberships {
@@ -70,5 +70,5 @@ export async function leaveRunRoles(state: RunState, openTarget: () => Promise<p
   }
   m.revoked = true;
   await state.save();
-  out.line(`left the ${m.granted.length} role(s) joined for run ${state.runId}`);
+  out.line(`left the ${plural(m.granted.length, "role")} joined for run ${state.runId}`);
 }

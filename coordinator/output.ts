@@ -25,11 +25,15 @@ export class Output {
             return `${(payload.name ?? "").padEnd(28).slice(0, 28)} ${bar} ${String(Math.round(params.progress * 100)).padStart(3)}% ${payload.detail ?? ""}`;
           },
           hideCursor: true,
-          clearOnComplete: false,
+          // Gone when they stop: what follows (the summary, a last word) starts on a clean line.
+          clearOnComplete: true,
           stopOnComplete: false,
           autopadding: true,
           fps: 5,
           noTTYOutput: false,
+          // The terminal keeps wrapping (a long warning stays readable) and each bar is cut to its width instead, so a
+          // bar never takes two rows and the redraw never lands a row off.
+          linewrap: true,
         },
         cliProgress.Presets.shades_classic,
       );
@@ -46,7 +50,8 @@ export class Output {
 
   private write(text: string): void {
     // Above the bars while they are drawn; before the first bar (and after stop) straight to the stream.
-    if (this.bars && this.active && !this.stopped) this.bars.log(text);
+    // Each line is cleared to its end after it is written: a line written where a longer bar was would keep the bar's tail.
+    if (this.bars && this.active && !this.stopped) this.bars.log(text.replace(/\n/g, "\x1b[K\n"));
     else this.stream.write(text);
   }
 
@@ -121,4 +126,9 @@ export function bytes(n: number | undefined): string {
     u++;
   }
   return `${v.toFixed(u ? 1 : 0)} ${units[u]}`;
+}
+
+/** "1 database", "2 databases": counts read as a person writes them. */
+export function plural(n: number, noun: string, many = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : many}`;
 }

@@ -15,7 +15,7 @@ import { dbKey } from "../shared/dbkey.js";
 import { ident } from "../shared/pg/quote.js";
 import { ConfigError, errorMessage, InterruptedError, PreflightError } from "../shared/errors.js";
 import { createLogger, type Logger } from "../shared/log.js";
-import { connectNats, withoutCredentials } from "../shared/nats.js";
+import { closeNats, connectNats, withoutCredentials } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { connect, describe } from "../shared/pg/connect.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
@@ -29,7 +29,7 @@ import { applySettings, needsCheckpoint, revertSettings, saveSettings, settingsF
 import { migrateGlobals } from "./globals.js";
 import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin } from "./memberships.js";
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
-import { Output } from "./output.js";
+import { Output, plural } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
 import { checkDumpVolume, checkServers, extensionProblem, inspect, pairKey } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
@@ -41,7 +41,23 @@ import { natsService, postgresService, waitForServices } from "./wait.js";
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, preflight: 3, interrupted: 130 } as const;
 
-export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSignal): Promise<number> {
+/**
+ * What a run would leave behind if the process ended right now: the CLI prints it when a second Ctrl-C forces the
+ * process out before the run could put the target back.
+ */
+export class LeftBehind {
+  /** Set while the target is in fast-restore mode: the settings, and the command that reverts them. */
+  fastRestore: { settings: string; revert: string } | undefined;
+  runId: string | undefined;
+
+  line(): string {
+    const resume = this.runId ? `run the same command again to resume run ${this.runId}` : "run the same command again";
+    if (!this.fastRestore) return `forced quit: the target's settings are as they were; ${resume}`;
+    return `forced quit: the target is still in fast-restore mode (${this.fastRestore.settings}); ${this.fastRestore.revert} puts its settings back, and so does the next run (${resume})`;
+  }
+}
+
+export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSignal, left = new LeftBehind()): Promise<number> {
   const home = appDir();
   const tools = await resolveTools(cfg.pgBin);
   try {
@@ -85,7 +101,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client);
     const { selected, skipped, tablespaces, missingExtensions } = surveyed;
     for (const closed of surveyed.closed) out.warn(`source database ${JSON.stringify(closed.name)} ${closed.reason}`);
-    out.line(`found ${selected.length} database(s) to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
+    out.line(`found ${plural(selected.length, "database")} to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
     for (const line of tablespaces.lines) out.line(line);
     // An extension the target cannot create fails that database now, before anything is created for it.
     for (const [db, names] of missingExtensions) out.warn(`${JSON.stringify(db)} ${extensionProblem(names)}; that database fails now, the others go on`);
@@ -101,6 +117,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     let presence: PresenceWatch | undefined;
     if (!cfg.natsUrl) {
       embedded = await startEmbeddedNats(join(home, "nats", pk), join(home, "logs", `nats-${pk}.log`), bootLog);
+      if (signal.aborted) throw new InterruptedError("interrupted");
     } else {
       key = sharedKeyFromEnv();
       if (!key) out.warn("no PGMIGRATE_SECRET: jobs carry no passwords, so workers need their own (PGMIGRATE_FROM_PASS / PGMIGRATE_TO_PASS or ~/.pgpass)");
@@ -139,10 +156,12 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         const fr = previous.record.fastRestore;
         if (fr.applied && !fr.reverted) {
           // The previous coordinator died before putting the target's settings back: that comes first.
+          left.fastRestore = { settings: "left by an earlier run", revert: revertCommand(cfg) };
           const differing = await revertSettings(openTarget, fr.original);
           if (differing.length) throw new PreflightError(`could not revert the target's settings left by run ${previous.runId}: ${differing.join(", ")}`);
           fr.reverted = true;
           await previous.save();
+          left.fastRestore = undefined;
           out.line(`reverted the fast-restore settings run ${previous.runId} had left on the target`);
         }
         // With --restart, its roles are left after its databases are dropped: dropping them may need the membership.
@@ -157,7 +176,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       if (previous) {
         if (cfg.restart) {
           // Asked now, before anything changes; done once workers are known to be there.
-          await confirmRestart(previous, cfg);
+          await confirmRestart(previous, cfg, onTarget);
           abandoned = previous;
           previous = undefined;
         } else out.line(`resuming run ${previous.runId} (started ${previous.record.startedAt}); --restart starts over`);
@@ -212,6 +231,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
           d.error = `${extensionProblem(missing)}: install ${missing.length === 1 ? "it" : "them"} on the target host and run the same command again`;
         }
       }
+      left.runId = state.runId;
       state.record.broker = withoutCredentials(natsUrl);
       state.attachKv(runsKv);
       await lock.setRun(state.runId);
@@ -226,16 +246,18 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         workers = new LocalWorkers(
           { natsUrl, dumpRoot: cfg.dumpRoot, secret: secret!, logDir: join(home, "logs", state.runId), retryDelayS: Math.max(1, Math.round(cfg.retryDelayMs / 1000)), pgBin: cfg.pgBin },
           log,
+          signal,
         );
         await workers.start(cfg.workers);
       }
-      const present = await waitForWorkers(workersKv, cfg.workerWaitMs, signal);
+      // Embedded: all of our own workers (they start in well under a second); distributed: whoever is there.
+      const present = await waitForWorkers(workersKv, embedded ? cfg.workers : 1, cfg.workerWaitMs, signal);
       if (present === 0) {
         throw new PreflightError(
           `no pg-migrate worker joined within ${Math.round(cfg.workerWaitMs / 1000)}s: start workers with "pg-migrate worker --nats-url ${withoutCredentials(natsUrl)} --dump-root <shared dump root>"`,
         );
       }
-      out.line(`${present} worker(s) ready`);
+      out.line(embedded ? `${plural(present, "local worker")} ready` : `${plural(present, "worker")} present`);
       if (abandoned) {
         await abandon(abandoned, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
         await leaveRunRoles(abandoned, openTarget, out);
@@ -251,12 +273,18 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       const sourceRoles = (await src.client.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'")).rows.map((r) => r.rolname);
       const inRun = new Set(state.record.databases.map((d) => d.name));
       const subscriptions = (await subscriptionsOf(src.client)).filter((s) => inRun.has(s.db));
-      return await execute(cfg, state, { tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles, targetVersionNum: tgt.info.versionNum, subscriptions, tablespaceRelocations: tablespaces.relocate });
+      const stopWorkers = async () => {
+        await workers?.stop();
+      };
+      return await execute(cfg, state, {
+        tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles,
+        targetVersionNum: tgt.info.versionNum, subscriptions, tablespaceRelocations: tablespaces.relocate, stopWorkers, left,
+      });
     } finally {
       presence?.stop();
       await workers?.stop();
       await lock.release();
-      await nc?.drain().catch(() => undefined);
+      await closeNats(nc);
       await embedded?.stop();
     }
   } finally {
@@ -267,10 +295,11 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
 }
 
 /** --restart drops what the earlier run created: the user says yes (or --yes) before anything changes. */
-async function confirmRestart(previous: RunState, cfg: MigrateConfig): Promise<void> {
-  const created = previous.record.databases.filter((x) => x.created).map((x) => x.name);
+async function confirmRestart(previous: RunState, cfg: MigrateConfig, onTarget: Set<string>): Promise<void> {
+  // Only what is there to drop: a database the old run created and someone dropped since is no question.
+  const created = previous.record.databases.filter((x) => x.created && onTarget.has(x.name)).map((x) => x.name);
   if (!created.length || cfg.yes) return;
-  const question = `--restart drops the ${created.length} database(s) run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
+  const question = `--restart drops the ${plural(created.length, "database")} run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
   if (!process.stdin.isTTY) throw new ConfigError(`${question}: add --yes to confirm`, "--yes");
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   const answer = await rl.question(`pg-migrate: ${question}. Continue? [y/N] `).finally(() => rl.close());
@@ -298,7 +327,7 @@ async function abandon(
     await previous.save();
     dropped.push(JSON.stringify(db.name));
   }
-  if (dropped.length) d.out.line(`dropped ${dropped.length} database(s) run ${previous.runId} had created: ${dropped.join(", ")}`);
+  if (dropped.length) d.out.line(`dropped ${plural(dropped.length, "database")} run ${previous.runId} had created: ${dropped.join(", ")}`);
   await rm(join(cfg.dumpRoot, previous.runId), { recursive: true, force: true });
   previous.record.status = "abandoned";
   await previous.save();
@@ -323,6 +352,9 @@ interface Deps {
   tablespaceRelocations: ReadonlyMap<string, string>;
   /** Subscriptions in the run's databases: they arrive disabled, which the end of the run says. */
   subscriptions: { name: string; db: string }[];
+  /** Embedded mode's workers stop (handing their jobs back) before the target's settings are put back. */
+  stopWorkers: () => Promise<void>;
+  left: LeftBehind;
 }
 
 /** Everything that changes the target, inside the try whose finally puts its settings back. */
@@ -356,6 +388,10 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
         record.fastRestore.applied = true;
         record.fastRestore.reverted = false;
         await state.save();
+        d.left.fastRestore = {
+          settings: Object.entries(wanted).map(([k, v]) => `${k}=${v}`).join(", "),
+          revert: revertCommand(cfg),
+        };
         try {
           await applySettings(d.tgtClient, wanted);
           out.line(`target switched to fast-restore mode (${cfg.fastRestore}): ${Object.entries(wanted).map(([k, v]) => `${k}=${v}`).join(", ")}`);
@@ -376,13 +412,13 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
       });
       record.globals = { done: true, ...g };
       await state.save();
-      out.line(`globals: ${g.applied} statement(s) applied, ${g.alreadyExisted.length} already existed, ${g.removed.length} about the migration user ${JSON.stringify(cfg.target.user)} left out`);
+      out.line(`globals: ${plural(g.applied, "statement")} applied, ${g.alreadyExisted.length} already existed, ${g.removed.length} about the migration user ${JSON.stringify(cfg.target.user)} left out`);
       for (const f of g.failed) out.warn(`globals statement failed: ${f.error}: ${f.statement.split("\n")[0]}`);
       if (g.notApplied.length) {
-        out.warn(`the target user is not a superuser, so ${g.notApplied.length} role attribute(s) or grantor(s) were left out (listed in the report): ${g.notApplied.slice(0, 5).join("; ")}${g.notApplied.length > 5 ? "; …" : ""}`);
+        out.warn(`the target user is not a superuser, so ${plural(g.notApplied.length, "role attribute or grantor", "role attributes or grantors")} were left out (listed in the report): ${g.notApplied.slice(0, 5).join("; ")}${g.notApplied.length > 5 ? "; …" : ""}`);
       }
       if (g.withoutPassword.length) {
-        out.warn(`--no-role-passwords: ${g.withoutPassword.length} login role(s) created without a password (set them with ALTER ROLE … PASSWORD; listed in the report): ${g.withoutPassword.map((r) => JSON.stringify(r)).join(", ")}`);
+        out.warn(`--no-role-passwords: ${plural(g.withoutPassword.length, "login role")} created without a password (set them with ALTER ROLE … PASSWORD; listed in the report): ${g.withoutPassword.map((r) => JSON.stringify(r)).join(", ")}`);
       }
     }
 
@@ -397,6 +433,8 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
     await state.save();
     if (record.status !== "interrupted") throw err;
   } finally {
+    // No restore may still be writing while the settings go back, and a job cut short is handed back now.
+    await d.stopWorkers();
     await leaveRunRoles(state, d.openTarget, out);
     const fr = record.fastRestore;
     if (fr.applied && !fr.reverted) {
@@ -404,6 +442,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
       if (differing.length) out.warn(`could not revert the target's settings (${differing.join(", ")}): run "pg-migrate revert-settings" with the same target flags`);
       else {
         fr.reverted = true;
+        d.left.fastRestore = undefined;
         out.line(
           needsCheckpoint(fr.original)
             ? "target settings reverted and checkpointed; fsync was off during the restore: run `sync` on the target host (or restart it cleanly) before relying on the data"
@@ -437,7 +476,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
   if (cfg.reportPath) out.line(`report also written to ${cfg.reportPath}`);
   if (!dumps.kept) await rm(dumpDir, { recursive: true, force: true });
   if (failed.length) {
-    out.line(`${failed.length} of ${record.databases.length} database(s) failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}; the dumps are kept under ${dumpDir}`);
+    out.line(`${failed.length} of ${plural(record.databases.length, "database")} failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}; the dumps are kept under ${dumpDir}`);
     return EXIT.failed;
   }
   if (dumps.kept) out.line(`the dumps are kept under ${dumpDir} (--keep-dumps): they hold every row, so remove them when done`);
@@ -446,7 +485,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
       `subscription ${JSON.stringify(s.name)} in ${JSON.stringify(s.db)} is disabled on the target (pg_dump recreates subscriptions without connecting): once its publisher expects this server, run ALTER SUBSCRIPTION ${ident(s.name)} ENABLE in that database (and create its slot if it has none)`,
     );
   }
-  out.line(`all ${record.databases.length} database(s) migrated and verified`);
+  out.line(`${record.databases.length === 1 ? "the database" : `all ${record.databases.length} databases`} migrated and verified`);
   return EXIT.ok;
 }
 
@@ -458,7 +497,14 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
 async function databaseCreator(cfg: MigrateConfig, state: RunState, d: Deps): Promise<(db: DbState) => Promise<string | undefined>> {
   const { rows } = await d.tgtClient.query<{ rolname: string; rolsuper: boolean }>("SELECT rolname, rolsuper FROM pg_roles");
   const roles = new Map(rows.map((r) => [r.rolname, r.rolsuper]));
-  return async (db) => {
+  // One statement at a time on the coordinator's target session: the scheduler starts creations side by side.
+  let queue: Promise<unknown> = Promise.resolve();
+  const serially = <T>(fn: () => Promise<T>): Promise<T> => {
+    const next = queue.then(fn);
+    queue = next.catch(() => undefined);
+    return next;
+  };
+  return (db) => serially(async () => {
     // The maintenance database is there already: its objects are restored into it as it is.
     if (db.created || db.name === MAINTENANCE_DB) return undefined;
     if (cfg.noTablespaces && db.create.tablespace) {
@@ -483,7 +529,7 @@ async function databaseCreator(cfg: MigrateConfig, state: RunState, d: Deps): Pr
       await state.save();
       return `CREATE DATABASE failed: ${errorMessage(err)}`;
     }
-  };
+  });
 }
 
 /** A target user that is not a superuser joins the migrated roles, so that their databases and objects keep their owners. */
@@ -507,21 +553,30 @@ async function joinMigratedRoles(state: RunState, d: Deps, noOwner: boolean): Pr
     state.record.memberships.granted = granted.filter((r) => !failed.some((f) => f.role === r));
     await state.save();
   }
-  d.out.line(`the target user is not a superuser: joined ${joined.length} migrated role(s) for the run, so that their objects keep their owners; left again at the end`);
+  d.out.line(`the target user is not a superuser: joined ${plural(joined.length, "migrated role")} for the run, so that their objects keep their owners; left again at the end`);
 }
 
 function newDbState(d: { name: string; sizeBytes: number; create: DbState["create"] }): DbState {
   return { name: d.name, key: dbKey(d.name), sizeBytes: d.sizeBytes, phase: "planned", created: false, create: d.create, timings: {}, attempts: {}, workers: {} };
 }
 
-async function waitForWorkers(kv: KV, timeoutMs: number, signal: AbortSignal): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
+/** Waits for `wanted` workers, or (after a few seconds) whoever has come, or none when the time is up; returns how many are there. */
+async function waitForWorkers(kv: KV, wanted: number, timeoutMs: number, signal: AbortSignal): Promise<number> {
+  const started = Date.now();
   while (!signal.aborted) {
     const keys = await kv.keys();
     let n = 0;
     for await (const _ of keys) n++;
-    if (n > 0 || Date.now() > deadline) return n;
+    const waited = Date.now() - started;
+    if (n >= wanted || (n > 0 && waited > 5_000) || waited > timeoutMs) return n;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new InterruptedError("interrupted while waiting for workers");
+}
+
+/** The command that puts the target's settings back by hand, with this run's target flags. */
+function revertCommand(cfg: MigrateConfig): string {
+  const t = cfg.target;
+  const flags = [`--to-host ${t.host}`, `--to-port ${t.port}`, ...(t.user !== "postgres" ? [`--to-user ${t.user}`] : []), ...(cfg.targetDb !== "postgres" ? [`--to-db ${cfg.targetDb}`] : [])];
+  return `"pg-migrate revert-settings ${flags.join(" ")}"`;
 }

@@ -32,6 +32,8 @@ export interface StatusSnapshot {
     rows: number | null;
     verifiedRows: number | null;
     error: string | null;
+    /** The current job's newest progress (bytes against the expected total), while one runs. */
+    progress: RunRecord["databases"][number]["progress"] | null;
   }[];
   /** Whether a coordinator holds the run's target lock now: "gone" for a running run means it died. */
   coordinator: "alive" | "gone";
@@ -56,6 +58,7 @@ export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl" | "
       rows: d.rows ?? null,
       verifiedRows: d.verifiedRows ?? null,
       error: d.error ?? null,
+      progress: d.progress && d.jobId === d.progress.jobId ? d.progress : null,
     })),
     workers: await liveWorkers(opts.natsUrl ?? r.broker, opts.natsAuth),
   };
@@ -106,10 +109,10 @@ async function liveWorkers(url: string | undefined, auth: NatsAuth): Promise<Sta
 
 export function renderStatus(s: StatusSnapshot): string {
   const lines = [`run ${s.run.runId}: ${s.run.status}${s.run.status === "running" && s.coordinator === "gone" ? " (but its coordinator is gone: run the same command again to resume)" : ""}, started ${s.run.startedAt}${s.run.resumedAt.length ? `, resumed ${s.run.resumedAt.length}×` : ""}, updated ${s.run.updatedAt}`];
-  const dbs = new Table({ head: ["database", "phase", "size", "worker", "dump", "restore", "analyze", "rows verified"], style: { head: [], border: [] } });
+  const dbs = new Table({ head: ["database", "phase", "size", "worker", "progress", "dump", "restore", "analyze", "rows verified"], style: { head: [], border: [] } });
   for (const d of s.databases) {
     const worker = d.workers.verify ?? d.workers.restore ?? d.workers.dump ?? "-";
-    dbs.push([d.name, d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : ""), bytes(d.sizeBytes), worker, seconds(d.timings.dump), seconds(d.timings.restore), seconds(d.timings.analyze), d.verifiedRows ?? "-"]);
+    dbs.push([d.name, d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : ""), bytes(d.sizeBytes), worker, progressText(d.progress), seconds(d.timings.dump), seconds(d.timings.restore), seconds(d.timings.analyze), d.verifiedRows ?? "-"]);
   }
   lines.push(dbs.toString());
   if (s.workers === null) lines.push("workers: the run's broker cannot be reached");
@@ -119,6 +122,23 @@ export function renderStatus(s: StatusSnapshot): string {
     lines.push(s.workers.length ? w.toString() : "workers: none present");
   }
   return lines.join("\n");
+}
+
+/** "12.0 MiB of 40.0 MiB, 3.1 MiB/s, ETA 9s": the job's bytes so far, its rate since it was claimed, and what is left at that rate. */
+export function progressText(p: StatusSnapshot["databases"][number]["progress"]): string {
+  if (!p) return "-";
+  const elapsed = (Date.parse(p.at) - Date.parse(p.startedAt)) / 1000;
+  const rate = elapsed > 0 ? p.bytes / elapsed : 0;
+  const parts = [`${bytes(p.bytes)}${p.totalBytes ? ` of ${bytes(p.totalBytes)}` : ""}`];
+  if (rate > 0) parts.push(`${bytes(rate)}/s`);
+  if (rate > 0 && p.totalBytes && p.totalBytes > p.bytes) parts.push(`ETA ${Math.ceil((p.totalBytes - p.bytes) / rate)}s`);
+  return parts.join(", ");
+}
+
+/** Terminal rows a text takes: a line wider than the terminal wraps onto more than one. */
+function rowsOf(text: string, columns: number | undefined): number {
+  const width = columns && columns > 0 ? columns : 80;
+  return text.split("\n").reduce((rows, line) => rows + Math.max(1, Math.ceil([...line.replace(/\x1b\[[0-9;]*m/g, "")].length / width)), 0);
 }
 
 const ENDED = new Set(["finished", "failed", "interrupted", "abandoned"]);
@@ -132,6 +152,7 @@ export async function status(opts: StatusOptions & { watch: boolean }, out: Outp
   // watch: redraw every second on a terminal, one JSON line per change with --json, until the run ends (or its
   // coordinator is seen gone three times in a row: a crashed run would otherwise say "running" forever).
   let last = "";
+  let drawnLines = 0;
   let gone = 0;
   for (;;) {
     let s: StatusSnapshot;
@@ -145,8 +166,12 @@ export async function status(opts: StatusOptions & { watch: boolean }, out: Outp
     }
     const text = opts.json ? JSON.stringify(s) : renderStatus(s);
     if (text !== last) {
-      if (opts.json) process.stdout.write(`${text}\n`);
-      else process.stdout.write(`${process.stdout.isTTY ? "\x1b[2J\x1b[H" : ""}${text}\n`);
+      if (opts.json || !process.stdout.isTTY) process.stdout.write(`${text}\n`);
+      else {
+        // Redrawn in place: up over the previous drawing, cleared to the end of the screen, drawn again.
+        process.stdout.write(`${drawnLines ? `\x1b[${drawnLines}F\x1b[J` : ""}${text}\n`);
+        drawnLines = rowsOf(text, process.stdout.columns);
+      }
       last = text;
     }
     if (ENDED.has(s.run.status)) return 0;

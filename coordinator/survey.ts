@@ -7,6 +7,7 @@ import { withClient } from "../shared/pg/connect.js";
 import type { MigrateConfig } from "./config.js";
 import { closedDatabases, discoverDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, tablespacesOf, type SourceDatabase } from "./discovery.js";
 import { extensionCheck } from "./preflight.js";
+import { plural } from "./output.js";
 
 export interface Survey {
   selected: SourceDatabase[];
@@ -35,5 +36,5 @@ export async function maintenanceClash(cfg: MigrateConfig, s: Survey): Promise<s
   if (!s.selected.some((d) => d.name === MAINTENANCE_DB)) return undefined;
   const theirs = await withClient(cfg.target, MAINTENANCE_DB, userObjectCount);
   if (theirs === 0) return undefined;
-  return `the source's "${MAINTENANCE_DB}" database holds ${s.maintenanceObjects} user object(s) to restore into the target's, which holds ${theirs} of its own; nothing was changed: empty the target's "${MAINTENANCE_DB}", or leave it out with --exclude-db ${MAINTENANCE_DB}`;
+  return `the source's "${MAINTENANCE_DB}" database holds ${plural(s.maintenanceObjects, "user object")} to restore into the target's, which holds ${theirs} of its own; nothing was changed: empty the target's "${MAINTENANCE_DB}", or leave it out with --exclude-db ${MAINTENANCE_DB}`;
 }

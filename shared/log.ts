@@ -1,9 +1,10 @@
 // Structured logs: pino, scoped by child loggers (runId, db, job, worker). Secrets are redacted by path, and
 // nothing that holds one is ever passed to a logger in the first place.
-import { mkdirSync } from "node:fs";
+
 import { dirname } from "node:path";
 import pino from "pino";
 import pretty from "pino-pretty";
+import { makeDirSync } from "./dirs.js";
 
 export type Logger = pino.Logger;
 
@@ -34,12 +35,12 @@ export interface LogOptions {
 export function createLogger(opts: LogOptions): Logger {
   const streams: pino.StreamEntry[] = [];
   if (opts.file) {
-    mkdirSync(dirname(opts.file), { recursive: true, mode: 0o700 });
+    makeDirSync(dirname(opts.file));
     streams.push({ level: opts.level as pino.Level, stream: pino.destination({ dest: opts.file, sync: true, mode: 0o600 }) });
   }
   if (opts.stderrLevel) {
     // JSON for machines; on a terminal, pino-pretty's one readable line per entry (with its scope: run, db, job, worker).
-    const stream = process.stderr.isTTY ? pretty({ colorize: true, sync: true, destination: 2, translateTime: "SYS:HH:MM:ss", ignore: "pid,hostname" }) : pino.destination({ dest: 2, sync: true });
+    const stream = process.stderr.isTTY ? pretty({ colorize: true, sync: true, destination: 2, translateTime: "SYS:HH:MM:ss", ignore: "pid,hostname", singleLine: true }) : pino.destination({ dest: 2, sync: true });
     streams.push({ level: opts.stderrLevel as pino.Level, stream });
   }
   const lowest = streams.length ? streams.map((s) => s.level).sort(byLevel)[0] : "silent";

@@ -146,3 +146,15 @@ function explain(err: unknown): string {
 export function processTag(prefix: string): string {
   return `${prefix}-${hostname().replace(/[^A-Za-z0-9_-]/g, "_")}-${process.pid}`;
 }
+
+/**
+ * Drains the connection (what we published reaches the broker), but never waits past boundMs: a broker that is gone
+ * would keep a drain, and with it the process, waiting on reconnects. Then the connection is closed for good.
+ */
+export async function closeNats(nc: NatsConnection | undefined, boundMs = 3_000): Promise<void> {
+  if (!nc || nc.isClosed()) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([nc.drain().catch(() => undefined), new Promise((r) => (timer = setTimeout(r, boundMs)))]);
+  clearTimeout(timer);
+  await nc.close().catch(() => undefined);
+}

@@ -8,10 +8,12 @@ import { connectNats, natsAuthFrom, natsAuthOptions, processTag, type NatsAuthFl
 import { resolveDumpRoot } from "../shared/paths.js";
 import { readSecretFile, sharedKeyFromEnv } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
+import { version } from "../shared/version.js";
 import { Worker } from "./main.js";
 
 const program = new Command("pg-migrate worker")
   .description("Run a pg-migrate worker: claims dump, restore and verify jobs from NATS JetStream.")
+  .version(version(), "-V, --version", "print pg-migrate's version")
   .addOption(new Option("--nats-url <url>", "NATS server(s), comma separated").env("PGMIGRATE_NATS_URL").makeOptionMandatory())
   .addOption(new Option("--dump-root <dir>", "shared dump volume (relative to $HOME)").env("PGMIGRATE_DUMP_ROOT").default("pg_dumps"))
   .addOption(new Option("--id <name>", "worker name in events and status (default: host and pid)").env("PGMIGRATE_WORKER_ID"))

@@ -17,6 +17,8 @@ export interface CliResult {
 
 export async function runCli(args: string[], env: Record<string, string | undefined>, timeoutMs = 300_000): Promise<CliResult> {
   const r = await execa(process.execPath, [BIN, ...args], { env, reject: false, timeout: timeoutMs, stdin: "ignore" });
+  // No library warning may reach a user's screen (scripts/test also makes every deprecation throw).
+  assert.doesNotMatch(String(r.stderr), /DeprecationWarning/, `a deprecation warning on stderr:\n${r.stderr}`);
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
 }
 

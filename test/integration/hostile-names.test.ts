@@ -75,7 +75,7 @@ test("hostile database, schema, table, column and role names migrate exactly; a 
       cliEnv(home, source, target),
     );
     assert.equal(r.exitCode, 0, r.stderr);
-    assert.match(r.stderr, /found 12 database\(s\) to migrate on the source \(2 left out: ("postgres", "left_out_1"|"left_out_1", "postgres")\)/);
+    assert.match(r.stderr, /found 12 databases to migrate on the source \(2 left out: ("postgres", "left_out_1"|"left_out_1", "postgres")\)/);
 
     assert.deepEqual(await canaryOf(source), ["alive"], "source canary");
     assert.deepEqual(await canaryOf(target), ["alive"], "target canary");

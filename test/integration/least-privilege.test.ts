@@ -82,9 +82,9 @@ test("a pg_read_all_data source user and a CREATEDB CREATEROLE target user migra
     const r = await runCli(args(source, target), env(home));
     assert.equal(r.exitCode, 0, r.stderr);
     assert.match(r.stderr, /warning: fast-restore mode skipped: the target user is not a superuser/);
-    assert.match(r.stderr, /joined \d+ migrated role\(s\) for the run/);
+    assert.match(r.stderr, /joined \d+ migrated roles? for the run/);
     assert.match(r.stderr, /owner "postgres" of "legacy" is a superuser on the target, .* "migrator" will own it/);
-    assert.match(r.stderr, /left the \d+ role\(s\) joined for run/);
+    assert.match(r.stderr, /left the \d+ roles? joined for run/);
 
     for (const db of ["app", "legacy"]) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), `row counts of ${db}`);
     assert.deepEqual(await ownersOf(target, "app"), await ownersOf(source, "app"), "every object keeps its owner");
@@ -129,7 +129,7 @@ test("a source user that cannot read pg_authid: refused with the flag to use, th
 
     const r = await runCli([...args(source, target), "--no-role-passwords", "--no-owner", "--no-tablespaces"], env(home));
     assert.equal(r.exitCode, 0, r.stderr);
-    assert.match(r.stderr, /--no-role-passwords: 2 login role\(s\) created without a password .*: "app_writer", "reader"/);
+    assert.match(r.stderr, /--no-role-passwords: 2 login roles created without a password .*: "app_writer", "reader"/);
     const report = await readReport(home, r.stderr);
     assert.deepEqual((report as unknown as { globals: { withoutPassword: string[] } }).globals.withoutPassword, ["app_writer", "reader"]);
     for (const db of ["app", "legacy"]) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), `row counts of ${db}`);
@@ -152,14 +152,14 @@ test("roles joined by a coordinator that was killed are left by revert-settings,
       (await query<{ r: string }>(target, "postgres", "SELECT b.rolname AS r FROM pg_auth_members m JOIN pg_roles a ON a.oid = m.member JOIN pg_roles b ON b.oid = m.roleid WHERE a.rolname = 'migrator' ORDER BY 1")).map((x) => x.r);
 
     const live = startCli(args(source, target), env(home));
-    await live.waitFor(/joined \d+ migrated role\(s\) for the run/);
+    await live.waitFor(/joined \d+ migrated roles? for the run/);
     live.child.kill("SIGKILL");
     await live.result;
     assert.deepEqual(await memberships(), ["app_owner", "app_writer", "reader"], "the dead run's memberships are still there");
 
     const revert = await runCli(["revert-settings", "--to-host", target.host, "--to-port", String(target.port), "--to-user", "migrator"], env(home));
     assert.equal(revert.exitCode, 0, revert.stderr);
-    assert.match(revert.stderr, /left the 3 role\(s\) joined for run/);
+    assert.match(revert.stderr, /left the 3 roles joined for run/);
     assert.deepEqual(await memberships(), []);
 
     const r = await runCli(args(source, target), env(home));
