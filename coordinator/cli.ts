@@ -6,8 +6,10 @@ import { bool, nonEmpty, nonNegativeInt, port, positiveInt } from "../shared/cli
 import { ConfigError, errorMessage, InterruptedError, PreflightError, ToolError } from "../shared/errors.js";
 import { natsAuthFrom, natsAuthOptions, NatsConnectError, withoutCredentials, type NatsAuthFlags } from "../shared/nats.js";
 import { ConnectError, type ServerSpec } from "../shared/pg/connect.js";
+import { libpqPassword } from "../shared/pg/passwords.js";
 import { SSL_MODES } from "../shared/pg/tls.js";
 import { readSecretFile } from "../shared/secrets.js";
+import { version } from "../shared/version.js";
 import { COMPRESS_PATTERN } from "../shared/compression.js";
 import { resolveDumpRoot } from "../shared/paths.js";
 import { DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER } from "../shared/contracts/jetstream.js";
@@ -17,10 +19,10 @@ import { defaultParallelism } from "./parallelism.js";
 import { plan } from "./plan.js";
 import { revertByHand } from "./revert.js";
 import { status } from "./status.js";
-import { EXIT, migrate } from "./run.js";
+import { EXIT, LeftBehind, migrate } from "./run.js";
 
 interface ServerFlags {
-  Host: string; Port: number; User: string; Pass: string; PassFile?: string; Db: string;
+  Host: string; Port: number; User: string; Pass?: string; PassFile?: string; Db: string;
   Sslmode?: string; Sslrootcert?: string; Sslcert?: string; Sslkey?: string;
 }
 type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[K] };
@@ -32,6 +34,8 @@ type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & 
 };
 
 type Side = "from" | "to";
+/** The passwords of the demo's seeded servers: the last resort, after every place libpq itself would look. */
+const DEMO_PASSWORDS = { from: "oldpass", to: "newpass" } as const;
 const ROLE = { from: "source", to: "target" } as const;
 const ENV = { from: "PGMIGRATE_FROM", to: "PGMIGRATE_TO" } as const;
 
@@ -40,12 +44,15 @@ function serverOptions(side: Side): Option[] {
   const role = ROLE[side];
   const env = ENV[side];
   return [
-    new Option(`--${side}-host <host>`, `${role} host`).default("localhost").argParser(nonEmpty),
-    new Option(`--${side}-port <port>`, `${role} port`).default(5432).argParser(port),
+    new Option(`--${side}-host <host>`, `${role} host`).env(`${env}_HOST`).default("localhost").argParser(nonEmpty),
+    new Option(`--${side}-port <port>`, `${role} port`).env(`${env}_PORT`).default(5432).argParser(port),
     side === "to"
-      ? new Option("--to-user <user>", "target user (the migration user: never created or altered by the globals)").default("postgres").argParser(nonEmpty)
-      : new Option("--from-user <user>", "source user").default("postgres").argParser(nonEmpty),
-    new Option(`--${side}-pass <password>`, `${role} password (visible in the process list: use ${env}_PASS or --${side}-pass-file)`).env(`${env}_PASS`).default(side === "from" ? "oldpass" : "newpass"),
+      ? new Option("--to-user <user>", "target user (the migration user: never created or altered by the globals)").env(`${env}_USER`).default("postgres").argParser(nonEmpty)
+      : new Option("--from-user <user>", "source user").env(`${env}_USER`).default("postgres").argParser(nonEmpty),
+    new Option(
+      `--${side}-pass <password>`,
+      `${role} password (visible in the process list: use ${env}_PASS or --${side}-pass-file); without one, PGPASSWORD, then ~/.pgpass (PGPASSFILE), then the demo's "${DEMO_PASSWORDS[side]}"`,
+    ).env(`${env}_PASS`),
     new Option(`--${side}-pass-file <file>`, `file whose first line is the ${role} password`).env(`${env}_PASS_FILE`),
     side === "to"
       ? new Option("--to-db <db>", "target database used for settings, globals and CREATE DATABASE").default("postgres").argParser(nonEmpty)
@@ -57,15 +64,30 @@ function serverOptions(side: Side): Option[] {
   ];
 }
 
-/** A server's spec from its flags; the password from --X-pass-file when given, else --X-pass / PGMIGRATE_X_PASS. */
-function serverSpec(side: Side, o: RawOptions, program: Command): ServerSpec {
+/**
+ * A server's spec from its flags. The password, as a libpq user expects: --X-pass-file, --X-pass or PGMIGRATE_X_PASS;
+ * else PGPASSWORD; else the password file's entry for this server, user and database; else the demo's default.
+ * Where it came from is kept, so that a refused login names it.
+ */
+async function serverSpec(side: Side, o: RawOptions, program: Command): Promise<ServerSpec> {
   const f = (k: keyof ServerFlags) => (o as unknown as Record<string, unknown>)[`${side}${k}`] as string | undefined;
   const passFile = f("PassFile");
-  if (passFile && program.getOptionValueSource(`${side}Pass`) === "cli") {
+  const passSource = program.getOptionValueSource(`${side}Pass`);
+  if (passFile && passSource === "cli") {
     throw new ConfigError(`--${side}-pass and --${side}-pass-file both give the ${ROLE[side]} password: keep one (the file)`, `--${side}-pass`);
   }
-  const password = passFile ? readSecretFile(passFile, `--${side}-pass-file`) : f("Pass");
-  const spec: ServerSpec = { role: ROLE[side], host: f("Host")!, port: Number(f("Port")), user: f("User")!, password };
+  const spec: ServerSpec = { role: ROLE[side], host: f("Host")!, port: Number(f("Port")), user: f("User")!, password: undefined };
+  if (passFile) {
+    spec.password = readSecretFile(passFile, `--${side}-pass-file`);
+    spec.passwordFrom = program.getOptionValueSource(`${side}PassFile`) === "env" ? `${ENV[side]}_PASS_FILE` : `--${side}-pass-file`;
+  } else if (f("Pass") !== undefined) {
+    spec.password = f("Pass");
+    spec.passwordFrom = passSource === "env" ? `${ENV[side]}_PASS` : `--${side}-pass`;
+  } else {
+    const found = await libpqPassword({ host: spec.host, port: spec.port, database: side === "from" ? o.fromDb : o.toDb, user: spec.user });
+    spec.password = found?.password ?? DEMO_PASSWORDS[side];
+    spec.passwordFrom = found?.from ?? `the demo's default "${DEMO_PASSWORDS[side]}" (none given, no PGPASSWORD, no ~/.pgpass entry)`;
+  }
   for (const k of ["sslmode", "sslrootcert", "sslcert", "sslkey"] as const) {
     const v = f(`Ssl${k.slice(3)}` as keyof ServerFlags);
     if (v !== undefined) spec[k] = k === "sslmode" ? v : resolve(v);
@@ -115,7 +137,8 @@ export function buildRevertProgram(): Command {
 
 export function buildProgram(): Command {
   const program = new Command("pg-migrate")
-    .description("Move every database and the roles of one PostgreSQL server to another, verified row for row, through NATS JetStream workers.");
+    .description("Move every database and the roles of one PostgreSQL server to another, verified row for row, through NATS JetStream workers.")
+    .version(version(), "-V, --version", "print pg-migrate's version");
   withOptions(program, [...serverOptions("from"), ...targetOptions()]);
   program
     .addOption(new Option("-j, --jobs <n>", "pg_dump/pg_restore -j for one database (default: this machine's cores, 2 to 8)").argParser(positiveInt))
@@ -128,7 +151,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--no-tablespaces", "create no tablespace: everything goes to the target's default tablespace"))
     .addOption(new Option("--include-db <pattern>", "migrate only the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
     .addOption(new Option("--exclude-db <pattern>", "leave out the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
-    .addOption(new Option("--no-owner", "restore every object owned by the target user (pg_restore --no-owner), for a target user that cannot become the source's owners (a superuser, say)"))
+    .addOption(new Option("--no-owner", "give every restored object to the target user instead of its owner on the source (pg_restore --no-owner): for a target user that may not act as those owners, e.g. when a superuser owns objects on the source"))
     .addOption(new Option("--no-role-passwords", "create the roles without their passwords, for sources that refuse to read pg_authid (managed services); the report lists them"))
     .addOption(new Option("--nats-url <url>", "NATS server(s) of a distributed run (absent: embedded mode, a local nats-server and local workers)").env("PGMIGRATE_NATS_URL"));
   withOptions(program, natsAuthOptions());
@@ -149,20 +172,20 @@ export function buildProgram(): Command {
     .addOption(new Option("--nats-replicas <n>", "replicas of the streams and buckets (3 on a NATS cluster)").default(1).argParser(positiveInt))
     .addOption(new Option("--report <path>", "also write the JSON report here (it is always under ~/.pg-migrate/reports)"))
     .addOption(new Option("--log-level <level>", "also print the run's log lines on stderr from this level (JSON; one readable line each on a terminal, where it also turns the progress bars off)").choices(["debug", "info", "warn", "error"]))
-    .addHelpText("after", "\nCommands:\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS, or --from-pass-file and --to-pass-file, keep them off the command line.")
+    .addHelpText("after", "\nCommands:\n  pg-migrate --version                                   the version\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS, or --from-pass-file and --to-pass-file, keep them off the command line.")
     .showHelpAfterError("(pg-migrate --help lists the options)")
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 }
 
-export function toConfig(program: Command): MigrateConfig {
+export async function toConfig(program: Command): Promise<MigrateConfig> {
   const o = program.opts<RawOptions>();
   if (!COMPRESS_PATTERN.test(o.compress)) throw new ConfigError(`--compress must be auto, a gzip level 0-9, or none|gzip|lz4|zstd[:level], got ${JSON.stringify(o.compress)}`, "--compress");
   const cores = defaultParallelism(availableParallelism());
   return Object.freeze({
-    source: serverSpec("from", o, program),
+    source: await serverSpec("from", o, program),
     sourceDb: o.fromDb,
-    target: serverSpec("to", o, program),
+    target: await serverSpec("to", o, program),
     targetDb: o.toDb,
     jobs: o.jobs ?? cores.jobs,
     maxParallel: o.maxParallel ?? cores.maxParallel,
@@ -197,10 +220,38 @@ export function toConfig(program: Command): MigrateConfig {
   });
 }
 
+/** The commands besides the migration itself (worker is dispatched before this module loads). */
+const COMMANDS = ["worker", "plan", "status", "watch", "revert-settings"] as const;
+
+/** A first word that is no flag and no command: a mistyped command (commander would say "too many arguments"). */
+function unknownCommand(word: string): string {
+  const near = COMMANDS.map((c) => ({ c, d: editDistance(word, c) })).sort((a, b) => a.d - b.d)[0]!;
+  const hint = near.d <= Math.max(2, Math.floor(near.c.length / 3)) ? ` (did you mean "${near.c}"?)` : "";
+  return `unknown command ${JSON.stringify(word)}${hint}; the commands are ${COMMANDS.join(", ")} (pg-migrate --help)`;
+}
+
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length]!;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const out = new Output();
   if (argv[0] === "revert-settings") return revertMain(argv.slice(1), out);
   if (argv[0] === "status" || argv[0] === "watch") return statusMain(argv[0], argv.slice(1), out);
+  if (argv[0] === "--version" || argv[0] === "-V") {
+    process.stdout.write(`pg-migrate ${version()}\n`);
+    return EXIT.ok;
+  }
+  if (argv[0] !== undefined && argv[0] !== "plan" && !argv[0].startsWith("-")) {
+    process.stderr.write(`pg-migrate: error: ${unknownCommand(argv[0])}\n`);
+    return EXIT.usage;
+  }
   const planOnly = argv[0] === "plan";
   const program = buildProgram();
   try {
@@ -212,7 +263,7 @@ export async function main(argv: string[]): Promise<number> {
   // plan reads only: Ctrl-C just ends it (the shell reports 130).
   if (planOnly || program.opts<RawOptions>().dryRun) {
     try {
-      const cfg = toConfig(program);
+      const cfg = await toConfig(program);
       warnAboutArgv(program, out);
       return await plan(cfg, out);
     } catch (err) {
@@ -220,21 +271,27 @@ export async function main(argv: string[]): Promise<number> {
     }
   }
   const abort = new AbortController();
+  const left = new LeftBehind();
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     signals++;
     if (signals === 1) {
       out.line(`${signal} received: stopping the workers, reverting the target, saving the state (again to force quit)`);
       abort.abort();
-    } else process.exit(EXIT.interrupted);
+    } else {
+      // Forced out before the run could finish putting things back: say what is left, and how to mend it.
+      out.stop();
+      out.line(left.line());
+      process.exit(EXIT.interrupted);
+    }
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
-    const cfg = toConfig(program);
+    const cfg = await toConfig(program);
     if (cfg.logLevel) out.plain();
     warnAboutArgv(program, out);
-    return await migrate(cfg, out, abort.signal);
+    return await migrate(cfg, out, abort.signal, left);
   } catch (err) {
     return report(err, out);
   } finally {
@@ -294,7 +351,7 @@ async function revertMain(argv: string[], out: Output): Promise<number> {
   }
   const o = program.opts<RawOptions>();
   try {
-    return await revertByHand(serverSpec("to", o, program), o.toDb, o.natsUrl ? { url: o.natsUrl, auth: natsAuthFrom(o) } : undefined, out);
+    return await revertByHand(await serverSpec("to", o, program), o.toDb, o.natsUrl ? { url: o.natsUrl, auth: natsAuthFrom(o) } : undefined, out);
   } catch (err) {
     return report(err, out);
   }

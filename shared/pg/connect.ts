@@ -1,6 +1,7 @@
 // Connections with errors a user can act on: which server, which user, what to fix.
 import pg from "pg";
 import { errorMessage } from "../errors.js";
+import { libpqPassword } from "./passwords.js";
 import { driverSsl, type PgTls } from "./tls.js";
 
 export interface ServerSpec extends PgTls {
@@ -9,7 +10,10 @@ export interface ServerSpec extends PgTls {
   host: string;
   port: number;
   user: string;
+  /** Undefined: as libpq would, PGPASSWORD, then the password file (PGPASSFILE or ~/.pgpass). */
   password: string | undefined;
+  /** Where the password came from ("--from-pass", "~/.pgpass", …): named when the server refuses it. */
+  passwordFrom?: string | undefined;
 }
 
 export class ConnectError extends Error {
@@ -23,7 +27,8 @@ export function describe(s: ServerSpec, db?: string): string {
 /** Servers that answered "no TLS" to a prefer/allow connection: later connections go plain at once. */
 const withoutTls = new Set<string>();
 
-export async function connect(s: ServerSpec, database: string, appName = "pg-migrate"): Promise<pg.Client> {
+export async function connect(given: ServerSpec, database: string, appName = "pg-migrate"): Promise<pg.Client> {
+  const s = given.password === undefined ? await withLibpqPassword(given, database) : given;
   const { ssl, fallback } = driverSsl(s, s.role);
   const server = `${s.host}:${s.port}`;
   if (!(fallback && withoutTls.has(server))) {
@@ -41,6 +46,12 @@ export async function connect(s: ServerSpec, database: string, appName = "pg-mig
   } catch (err) {
     throw wrap(s, database, err);
   }
+}
+
+/** No password given: the one libpq would find for this very database (PGPASSWORD, then the password file). */
+async function withLibpqPassword(s: ServerSpec, database: string): Promise<ServerSpec> {
+  const found = await libpqPassword({ host: s.host, port: s.port, database, user: s.user });
+  return found ? { ...s, password: found.password, passwordFrom: found.from } : s;
 }
 
 async function connectWith(s: ServerSpec, database: string, appName: string, ssl: pg.ClientConfig["ssl"]): Promise<pg.Client> {
@@ -94,7 +105,7 @@ function explain(err: unknown, s: ServerSpec): string {
   if (code === "ECONNREFUSED") return "connection refused (is the server running and listening on that address?)";
   if (code === "ENOTFOUND" || code === "EAI_AGAIN") return "host name not found";
   if (code === "ETIMEDOUT") return "connection timed out (is the host reachable?)";
-  if (code === "28P01") return "password authentication failed (check the password)";
+  if (code === "28P01") return `password authentication failed (${s.passwordFrom ? `the password came from ${s.passwordFrom}` : "no password was found: none given, no PGPASSWORD, no matching ~/.pgpass entry"}; check it)`;
   if (/no pg_hba\.conf entry/i.test(errorMessage(err)) && /no encryption/i.test(errorMessage(err))) return `${errorMessage(err)} (the server wants TLS: use ${flag}-sslmode require or verify-full)`;
   if (code === "28000") return `not allowed (${errorMessage(err)}; check pg_hba.conf)`;
   if (code === "3D000") return `database does not exist`;
