@@ -7,7 +7,7 @@
 // pid is checked, elsewhere the holder's heartbeat must have stopped for STALE_MS.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { link, mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { link, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
@@ -15,6 +15,7 @@ import type pg from "pg";
 import { kvKeys } from "../shared/contracts/jetstream.js";
 import { errorMessage, PreflightError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
+import { makeDir } from "../shared/dirs.js";
 
 export interface LockHolder {
   /** Unknown for the first moments of a run, before its record is found or created. */
@@ -78,7 +79,7 @@ export class TargetLock {
   /** Takes the file lock, or refuses with a sentence naming the live run that holds it. */
   static async acquire(home: string, key: string, target: string, log: Logger): Promise<TargetLock> {
     const dir = lockDir(home);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await makeDir(dir);
     const path = join(dir, `target-${key}.json`);
     const now = new Date().toISOString();
     const holder: LockHolder = { runId: null, pid: process.pid, host: hostname(), target, startedAt: now, at: now };

@@ -1,7 +1,9 @@
 // `pg-migrate plan` (also `--dry-run`): what a run would do, read from both servers, changing nothing on either
 // (no lock, no NATS, no dump directory created). It exits 3 when the preflight would refuse the run.
-import { statfs } from "node:fs/promises";
+import { constants } from "node:fs";
+import { access, statfs } from "node:fs/promises";
 import { dirname } from "node:path";
+import { chooseCompression, networkFsName } from "../shared/compression.js";
 import Table from "cli-table3";
 import type pg from "pg";
 import { PreflightError } from "../shared/errors.js";
@@ -14,8 +16,8 @@ import type { MigrateConfig } from "./config.js";
 import { existingDatabases, MAINTENANCE_DB } from "./discovery.js";
 import { maintenanceClash, survey } from "./survey.js";
 import { settingsFor } from "./fast-restore.js";
-import { bytes, type Output } from "./output.js";
-import { checkServers, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
+import { bytes, plural, type Output } from "./output.js";
+import { checkServers, dumpVolumeNotWritable, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
 import { RunState } from "./state.js";
 import { EXIT } from "./run.js";
 import { connectionsNeeded } from "./parallelism.js";
@@ -111,11 +113,17 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     }
     w(conns.toString());
 
-    const free = await freeSpace(cfg.dumpRoot);
+    const volume = await probeVolume(cfg.dumpRoot);
     w();
-    w(`dump volume: ${cfg.dumpRoot}: ${free === undefined ? "cannot be read" : `${bytes(free)} free`} for dumps of a ${bytes(total)} source (compressed dumps without indexes are usually much smaller)`);
-    if (free !== undefined && free < minimumDumpSpace(total)) refusals.push(`the dump volume ${cfg.dumpRoot} has too little free space`);
-    w(`workers: ${cfg.natsUrl ? `distributed, through ${withoutCredentials(cfg.natsUrl)}` : `embedded, ${cfg.workers} local worker(s) and a local nats-server`}`);
+    if (volume.notWritable) refusals.push(volume.notWritable);
+    else {
+      const how = chooseCompression(cfg.compress, tools.major, volume.networkFs);
+      const smaller = how.arg === "0" || how.arg === "none" ? "uncompressed dumps hold no indexes, so they are smaller than the source" : "compressed dumps without indexes are usually much smaller";
+      w(`dump volume: ${cfg.dumpRoot}: ${bytes(volume.free)} free for dumps of a ${bytes(total)} source (${smaller})`);
+      w(`dumps: --compress ${cfg.compress} → ${how.arg === "0" ? "uncompressed" : `pg_dump --compress ${how.arg}`} (${how.why}; each worker decides on its own volume)`);
+      if (volume.free < minimumDumpSpace(total)) refusals.push(`the dump volume ${cfg.dumpRoot} has too little free space`);
+    }
+    w(`workers: ${cfg.natsUrl ? `distributed, through ${withoutCredentials(cfg.natsUrl)}` : `embedded, ${plural(cfg.workers, "local worker")} and a local nats-server`}`);
 
     for (const x of warnings) out.warn(x);
     w();
@@ -150,11 +158,23 @@ async function maxConnections(client: pg.Client): Promise<{ max: number; reserve
   return { max: Number(rows[0]!.max), reserved: Number(rows[0]!.reserved) };
 }
 
-/** Free space where the dump root is or would be created, read without creating anything. */
-async function freeSpace(path: string): Promise<number | undefined> {
+/**
+ * The dump root as a run would find it, without creating anything: the nearest folder that exists must be one we
+ * may write into (a run creates the rest there), and its free space and kind of file system are what a run gets.
+ */
+async function probeVolume(path: string): Promise<{ notWritable?: string; free: number; networkFs: string | undefined }> {
   for (let p = path; ; p = dirname(p)) {
     const fs = await statfs(p).catch(() => undefined);
-    if (fs) return fs.bavail * fs.bsize;
-    if (dirname(p) === p) return undefined;
+    if (fs) {
+      const writable = await access(p, constants.W_OK).then(() => undefined, (err: unknown) => err);
+      // /proc and /sys let root "write" and still take no new folder: creating one there fails as nothing exists.
+      const pseudo = p !== path && PSEUDO_FS.has(fs.type) ? Object.assign(new Error("not a place for folders"), { code: "ENOENT" }) : undefined;
+      const problem = writable ?? pseudo;
+      return { ...(problem ? { notWritable: dumpVolumeNotWritable(path, problem) } : {}), free: fs.bavail * fs.bsize, networkFs: networkFsName(fs.type) };
+    }
+    if (dirname(p) === p) return { notWritable: dumpVolumeNotWritable(path, Object.assign(new Error("nothing of it exists"), { code: "ENOENT" })), free: 0, networkFs: undefined };
   }
 }
+
+/** statfs types of proc and sysfs (Linux magic numbers). */
+const PSEUDO_FS = new Set([0x9fa0, 0x62656572]);

@@ -2,12 +2,13 @@
 // the dump volume. Each refusal is one sentence naming what the user must fix.
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { access, mkdir, rm, statfs, writeFile } from "node:fs/promises";
+import { access, rm, statfs, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type pg from "pg";
 import { PreflightError } from "../shared/errors.js";
 import { ConnectError, connect, describe, withClient, type ServerSpec } from "../shared/pg/connect.js";
 import type { Toolset } from "../shared/tools.js";
+import { makeDir } from "../shared/dirs.js";
 
 export interface ServerInfo {
   spec: ServerSpec;
@@ -119,16 +120,28 @@ export function minimumDumpSpace(sourceBytes: number): number {
   return Math.max(16 * 2 ** 20, sourceBytes * 0.05);
 }
 
+/** The refusal for a dump volume that cannot be written, worded alike by plan and by the run. */
+export function dumpVolumeNotWritable(dumpRoot: string, err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  const reason =
+    code === "EACCES" || code === "EPERM" ? "permission denied" :
+    code === "EROFS" ? "a read-only file system" :
+    code === "ENOENT" || code === "ENOTDIR" ? "it cannot be created there" :
+    code === "ENOSPC" ? "no space left" :
+    (err as Error).message;
+  return `the dump volume ${dumpRoot} (--dump-root) is not writable: ${reason}`;
+}
+
 /** The dump volume: writable, and with room for what the source holds (an upper bound: dumps are compressed and carry no indexes). */
 export async function checkDumpVolume(dumpRoot: string, sourceBytes: number): Promise<{ freeBytes: number; warnings: string[] }> {
   try {
-    await mkdir(dumpRoot, { recursive: true, mode: 0o700 });
+    await makeDir(dumpRoot);
     await access(dumpRoot, constants.W_OK);
     const probe = join(dumpRoot, `.pg-migrate-probe-${process.pid}`);
     await writeFile(probe, "probe");
     await rm(probe);
   } catch (err) {
-    throw new PreflightError(`the dump volume ${dumpRoot} (--dump-root) is not writable: ${(err as Error).message}`, { cause: err });
+    throw new PreflightError(dumpVolumeNotWritable(dumpRoot, err), { cause: err });
   }
   const fs = await statfs(dumpRoot);
   const freeBytes = fs.bavail * fs.bsize;

@@ -1,11 +1,12 @@
 // The end of a run: a summary table on the terminal and a JSON report under ~/.pg-migrate/reports.
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import Table from "cli-table3";
 import { decodeVerifyDetail, type VerifyTable } from "../shared/contracts/messages.js";
 import { bytes, seconds } from "./output.js";
 import type { Report } from "../shared/contracts/report.js";
 import type { RunRecord } from "./state.js";
+import { makeDir } from "../shared/dirs.js";
 
 export const REPORT_VERSION = 1 as const;
 
@@ -18,8 +19,10 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
       const path = join(dumpRoot, d.detailPath);
       tables = await readFile(path, "utf8").then((t) => decodeVerifyDetail(t, path).tables, () => []);
     }
-    const { create: _create, jobId: _jobId, jobSeq: _jobSeq, ...rest } = d;
-    databases.push({ ...rest, verified: d.phase === "done", tableCounts: tables });
+    const { create: _create, jobId: _jobId, jobSeq: _jobSeq, progress: _progress, dumpPath, detailPath, ...rest } = d;
+    // Paths into dumps that are removed right after the report would lead nowhere.
+    const paths = dumps.kept ? { ...(dumpPath ? { dumpPath } : {}), ...(detailPath ? { detailPath } : {}) } : {};
+    databases.push({ ...rest, ...paths, verified: d.phase === "done", tableCounts: tables });
   }
   const report: Report = {
     reportVersion: REPORT_VERSION,
@@ -45,11 +48,11 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
     databases,
   };
   const dir = join(home, "reports");
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await makeDir(dir);
   const path = join(dir, `${record.runId}.json`);
   await writeFile(path, JSON.stringify(report, null, 2), { mode: 0o600 });
   if (extraPath) {
-    await mkdir(dirname(extraPath), { recursive: true });
+    await makeDir(dirname(extraPath), 0o755);
     await writeFile(extraPath, JSON.stringify(report, null, 2), { mode: 0o600 });
   }
   return path;

@@ -1,6 +1,7 @@
 // Files on the dump volume: written whole (temp file, then rename) or not at all.
-import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { makeDir } from "../shared/dirs.js";
 
 export async function writeFileAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
@@ -9,7 +10,7 @@ export async function writeFileAtomic(path: string, text: string): Promise<void>
 }
 
 export async function ensurePrivateDir(path: string): Promise<void> {
-  await mkdir(path, { recursive: true, mode: 0o700 });
+  await makeDir(path);
 }
 
 export async function directorySize(path: string): Promise<number> {
