@@ -11,11 +11,12 @@ import { giveToServerAccount, psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, databasesOf, query, readReport, runCli, sequencesOf, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
-import { loadChinook, loadNorthwind } from "../helpers/corpus.js";
+import { loadChinook, loadNorthwind, sampleData } from "../helpers/corpus.js";
 import { schemaDump, rolesDump } from "../helpers/fidelity.js";
 import { APP_LOGIN_PASSWORD, databaseProperties, loadCoreFixture } from "../helpers/fixtures.js";
 
 test("embedded mode migrates every database, role and row, and puts the target's settings back", { timeout: 600_000 }, async (t) => {
+  t.diagnostic(`sample databases: ${sampleData}`);
   await withTestEnv(async ({ source, target, home }) => {
     await loadCoreFixture(source);
     await loadChinook(source, "autoincrement");
