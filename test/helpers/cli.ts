@@ -97,6 +97,8 @@ export interface Report {
     stderrTail?: string;
     attempts: Record<string, number>;
     workers: Record<string, string>;
+    dumpPath?: string;
+    detailPath?: string;
     tableCounts: { source: number | null; target: number | null; sourceChecksum?: string | null; targetChecksum?: string | null }[];
   }[];
 }

@@ -62,6 +62,21 @@ test("bad input is refused with one line and leaves the target untouched", { tim
         await expectRefusal("too many connections", r, 3, /-j 40 -m 3 needs 126 connections on each server, but the source has \d+ free and the target \d+ .*: lower -j\/-m or raise max_connections/);
       });
 
+      await t.test("a dump root that cannot be created: refused at once, in the run's and plan's same words", async () => {
+        // Node's own recursive mkdir never settles on /proc/…: the run hung there until killed.
+        const started = Date.now();
+        const r = await runCli([...serverArgs(source, target), "--dump-root", "/proc/pgm-no-such/dumps"], cliEnv(home, source, target), 30_000);
+        assert.ok(Date.now() - started < 20_000, `refused after ${Date.now() - started} ms`);
+        const refusal = /the dump volume \/proc\/pgm-no-such\/dumps \(--dump-root\) is not writable: it cannot be created there/;
+        await expectRefusal("dump root under /proc", r, 3, refusal);
+        const planned = await runCli(["plan", ...serverArgs(source, target), "--dump-root", "/proc/pgm-no-such/dumps"], cliEnv(home, source, target), 30_000);
+        assert.equal(planned.exitCode, 3, planned.stderr);
+        assert.match(planned.stdout, new RegExp(`a run would be refused: ${refusal.source}`));
+        // plan says what --compress auto does on the volume it would use.
+        const fine = await runCli(["plan", ...serverArgs(source, target), "--dump-root", join(home, "dumps")], cliEnv(home, source, target));
+        assert.match(fine.stdout, /dumps: --compress auto → uncompressed \(auto: a local volume/);
+      });
+
       await t.test("--compress lz4 with a pg_dump older than 16", async () => {
         const r = await runCli([...serverArgs(source, target), "--compress", "lz4"], cliEnv(home, source, target));
         await expectRefusal("lz4 on 15", r, 2, /--compress lz4 needs pg_dump 16 or later \(this one is 15\)/);
@@ -148,8 +163,8 @@ test("--help lists every flag with its default", async () => {
   // One entry per option: the lines from "  -x, --flag" or "  --flag" up to the next such line.
   const entries = r.stdout.split(/\n(?= {2}-)/).map((e) => e.replace(/\s+/g, " ").trim());
   const expected: [string, string][] = [
-    ["--from-host", '"localhost"'], ["--from-port", "5432"], ["--from-user", '"postgres"'], ["--from-pass", '"oldpass"'], ["--from-db", '"postgres"'],
-    ["--to-host", '"localhost"'], ["--to-port", "5432"], ["--to-user", '"postgres"'], ["--to-pass", '"newpass"'], ["--to-db", '"postgres"'],
+    ["--from-host", '"localhost"'], ["--from-port", "5432"], ["--from-user", '"postgres"'], ["--from-db", '"postgres"'],
+    ["--to-host", '"localhost"'], ["--to-port", "5432"], ["--to-user", '"postgres"'], ["--to-db", '"postgres"'],
     ["-j, --jobs", "this machine's cores, 2 to 8"], ["-m, --max-parallel", "half this machine's cores, 2 to 8"], ["--dump-root", '"pg_dumps"'], ["--migrate-globals", "true"],
     ["--compress", '"auto"'], ["--fast-restore", '"safe"'],
   ];
@@ -157,6 +172,11 @@ test("--help lists every flag with its default", async () => {
     const entry = entries.find((e) => e.startsWith(`${flag} `));
     assert.ok(entry, `${flag} listed`);
     assert.ok(entry.includes(`default: ${def}`), `${flag} default ${def}: ${entry}`);
+  }
+  // Passwords: where libpq would look, and the demo's as the last resort.
+  for (const [flag, demo] of [["--from-pass", "oldpass"], ["--to-pass", "newpass"]] as const) {
+    const entry = entries.find((e) => e.startsWith(`${flag} `));
+    assert.ok(entry?.includes(`without one, PGPASSWORD, then ~/.pgpass (PGPASSFILE), then the demo's "${demo}"`), `${flag}: ${entry}`);
   }
   const help = r.stdout.replace(/\s+/g, " ");
   for (const flag of ["--no-migrate-globals", "--nats-url", "PGMIGRATE_FROM_PASS", "PGMIGRATE_TO_PASS", "pg-migrate worker"]) assert.ok(help.includes(flag), flag);

@@ -99,9 +99,14 @@ test("revert-settings puts a killed run's settings back; --restart asks for --ye
       assert.equal(again.exitCode, 0, again.stderr);
       assert.match(again.stderr, /nothing to revert/);
 
+      // One of them dropped by hand meanwhile: --restart no longer offers to drop it.
+      const gone = createdByOld.length > 1 ? createdByOld.pop() : undefined;
+      if (gone) await psqlExec(target, "postgres", `DROP DATABASE "${gone}"`);
       const unconfirmed = await runCli([...args, "--restart"], env1);
       assert.equal(unconfirmed.exitCode, 2, unconfirmed.stderr);
-      assert.match(errorLines(unconfirmed.stderr)[0] ?? "", /--restart drops the \d+ databases? run \S+ created on the target .*add --yes/);
+      const question = errorLines(unconfirmed.stderr)[0] ?? "";
+      assert.match(question, /--restart drops the \d+ databases? run \S+ created on the target .*add --yes/);
+      assert.ok(question.includes(`(${createdByOld.map((n) => JSON.stringify(n)).join(", ")})`), `names what is there: ${question}`);
       assert.deepEqual(await databasesOf(target), createdByOld, "nothing dropped without confirmation");
 
       const restarted = await runCli([...args, "--restart", "--yes"], env1);

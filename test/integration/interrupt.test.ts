@@ -71,6 +71,9 @@ test("Ctrl-C on a terminal mid-restore: exit 130 within 10 s, target as before, 
       assert.doesNotMatch(resumed.stderr, /attempt [2-9] of/);
       const report = await readReport(env.home, resumed.stderr);
       assert.equal(report.databases.find((d) => d.name === BIG)?.attempts.restore, 1);
+      // The dumps were removed after the verified run: the report points into none of them.
+      assert.equal(report.dumps.kept, false);
+      assert.deepEqual(report.databases.filter((d) => d.dumpPath !== undefined || d.detailPath !== undefined).map((d) => d.name), []);
       await assertMigrated(env.source, env.target, DATABASES);
       assert.deepEqual(await settingsOf(env.target), before);
       await assertNoLeftovers(env.home, [env.source.port, env.target.port]);
