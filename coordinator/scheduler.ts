@@ -5,8 +5,10 @@
 // Results are matched by job id, so a stale result from a job an earlier coordinator published is ignored.
 //
 // Resuming: the events of the run are read again from the last one the run record had processed, so a result
-// published while no coordinator was alive is not lost; a job still in the JOBS stream is adopted (a worker has
-// it or will get it); a job that is gone without a result is published again with a fresh id.
+// published while no coordinator was alive is not lost; in distributed mode a job still in the JOBS stream is
+// adopted (a worker has it or will get it); a job that is gone without a result is published again with a fresh id,
+// as the same attempt. In embedded mode every worker of the earlier session died with it, so a job it left in the
+// stream would only come back after the ack wait, as another attempt: it is published again at once instead.
 import { posix } from "node:path";
 import { DeliverPolicy, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -89,7 +91,7 @@ export class Scheduler {
         continue;
       }
       const subject = subjects.job(kind, runId, db.jobId);
-      const live = await this.jsm.streams.getMessage(JOBS_STREAM, { last_by_subj: subject }).catch(() => null);
+      const live = this.cfg.natsUrl ? await this.jsm.streams.getMessage(JOBS_STREAM, { last_by_subj: subject }).catch(() => null) : null;
       if (live) {
         adopted.add(subject);
         db.jobSeq = live.seq;
@@ -142,8 +144,13 @@ export class Scheduler {
       for (const { db, jobId } of undecided) {
         if (db.jobId !== jobId || this.stopped) continue; // the replayed events settled it
         const kind = nextJobFor(db.phase)!;
-        this.out.line(`${kind} ${JSON.stringify(db.name)}: its job from the earlier session is gone without a result; doing it again`);
-        await this.publish(db, kind, true, unfinishedAttempts(db, kind));
+        const attempt = unfinishedAttempts(db, kind) + 1;
+        this.out.line(
+          this.cfg.natsUrl
+            ? `${kind} ${JSON.stringify(db.name)}: its job from the earlier session is gone without a result; doing it again (attempt ${attempt})`
+            : `${kind} ${JSON.stringify(db.name)}: its job ended unfinished with the earlier session's workers; offered again at once (attempt ${attempt})`,
+        );
+        await this.publish(db, kind, true, attempt - 1);
       }
       this.queue.sort(largestFirst);
       this.restoreQueue.sort(largestFirst);
@@ -402,7 +409,7 @@ export class Scheduler {
       case "released":
         // A stopping worker gave it back unfinished: offered again at once, as the same attempt.
         if (this.stopped || db.phase !== JOB_PHASES[e.kind].running) return;
-        if (!this.replaying) this.out.line(`${e.kind} ${name}: ${e.worker} stopped and handed it back; offered again at once (attempt ${e.attempt} was not used up)`);
+        this.out.line(`${e.kind} ${name}: ${e.worker} stopped and handed it back${this.replaying ? " as the earlier session ended" : ""}; offered again at once (attempt ${e.attempt} was not used up)`);
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} released`);
         await this.publish(db, e.kind, true, e.attempt - 1);
         return;

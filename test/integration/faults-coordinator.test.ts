@@ -5,10 +5,11 @@ import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
+import { execa } from "execa";
 import pg from "pg";
 import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
-import { cliEnv, databasesOf, errorLines, readReport, runCli, serverArgs, settingsOf } from "../helpers/cli.js";
+import { BIN, cliEnv, databasesOf, errorLines, readReport, runCli, serverArgs, settingsOf } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 import { assertEndState } from "../helpers/faults.js";
 import { startCli } from "../helpers/live.js";
@@ -56,7 +57,11 @@ test("SIGKILL the coordinator mid-run; the same command again resumes without re
       assert.equal(r2.exitCode, 0, r2.stderr);
       assert.match(r2.stderr, /reverted the fast-restore settings run \S+ had left on the target/);
       assert.match(r2.stderr, /resuming run /);
-      assert.match(r2.stderr, /adopting its job from the earlier session/);
+      // The job the dead session's workers had is offered again at once, as the attempt it was (their queue died with
+      // them: adopting it would mean waiting out the ack wait, and an attempt more).
+      // (Its worker, ended by the kernel with the coordinator, may or may not have got its hand-back out first.)
+      assert.match(r2.stderr, /: (its job ended unfinished with the earlier session's workers; offered again at once \(attempt 1\)|\S+ stopped and handed it back as the earlier session ended; offered again at once \(attempt 1 was not used up\))/);
+      assert.doesNotMatch(r2.stderr, /attempt [2-9] of/);
       // fsync was off (--fast-restore full): the summary says what the target host still needs.
       assert.match(r2.stderr, /fsync was off during the restore: run `sync` on the target host \(or restart it cleanly\) before relying on the data/);
       const redumped = started(r2.stderr, "dump");
@@ -69,6 +74,39 @@ test("SIGKILL the coordinator mid-run; the same command again resumes without re
     },
     { nats: false },
   );
+});
+
+test("distributed: SIGKILL the coordinator while a worker dumps; the resumed coordinator adopts the job, which finishes as attempt 1", { timeout: 600_000 }, async () => {
+  await withTestEnv(async (env) => {
+    const { source, target, home, nats } = env;
+    await psqlExec(source, "postgres", demoSql({ scale: 0.3 }));
+    const before = await settingsOf(target);
+    const dumpRoot = join(home, "dumps");
+    const secret = "distributed-adoption-test-secret";
+    const worker = execa(process.execPath, [BIN, "worker", "--nats-url", nats.url, "--dump-root", dumpRoot, "--id", "survivor"], { env: { HOME: home, PGMIGRATE_SECRET: secret }, reject: false });
+    try {
+      const args = [...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "1"];
+      const env1 = cliEnv(home, source, target, { PGMIGRATE_SECRET: secret });
+      const first = startCli(args, env1);
+      // shop's dump, held while its coordinator dies and another takes over: the worker keeps the job all along.
+      const dump = await waitFor("shop's pg_dump", () => toolsOn(source.port, "pg_dump").find((p) => p.argv.includes("--dbname=dbname='shop'")), 120_000, 20);
+      process.kill(dump.pid, "SIGSTOP");
+      first.child.kill("SIGKILL");
+      await first.result;
+      const second = startCli(args, env1);
+      await second.waitFor(/dump "shop": adopting its job from the earlier session/);
+      process.kill(dump.pid, "SIGCONT");
+      const r = await second.result;
+      assert.equal(r.exitCode, 0, r.stderr);
+      const report = await readReport(home, r.stderr);
+      assert.equal(report.databases.find((d) => d.name === "shop")?.attempts.dump, 1, "the adopted job cost no attempt");
+      assert.doesNotMatch(r.stderr, /attempt [2-9] of/);
+    } finally {
+      worker.kill("SIGTERM");
+      await worker;
+    }
+    await assertEndState(env, before, demoDatabases);
+  });
 });
 
 test("revert-settings puts a killed run's settings back; --restart asks for --yes, then drops what the old run created and starts over", { timeout: 600_000 }, async () => {

@@ -58,8 +58,13 @@ test("a ~/.pgpass entry alone serves the coordinator and its workers, embedded a
       const distributed = await runCli([...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "--include-db", "later"], env);
       assert.equal(distributed.exitCode, 0, distributed.stderr);
       assert.match(distributed.stderr, /no PGMIGRATE_SECRET: jobs carry no passwords/);
-      assert.match(distributed.stderr, /dump "later" started on pgpass-only-/);
+      assert.match(distributed.stderr, /dump "later" started on pgpass-only-\S+ \(attempt 1 of 3\)/);
       await assertMigrated(source, target, ["later"]);
+      // The same long-lived worker, a second run with another --max-deliver: the worker goes by this run's.
+      await psqlExec(source, "postgres", "CREATE DATABASE later2");
+      const second = await runCli([...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "--include-db", "later2", "--max-deliver", "5"], env);
+      assert.equal(second.exitCode, 0, second.stderr);
+      assert.match(second.stderr, /dump "later2" started on pgpass-only-\S+ \(attempt 1 of 5\)/);
     } finally {
       worker.kill("SIGTERM");
       const w = await worker;

@@ -7,6 +7,7 @@ import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, serverArgs } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
+import { screenLines } from "../helpers/pty.js";
 
 const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
 
@@ -28,16 +29,28 @@ test("on a terminal: progress bars while it runs, then an unbroken summary table
       assert.ok(lines.some((l) => /^run {2,}[█░]{24} +\d+% \d+\/4 databases/.test(l)), `a run bar:\n${screen}`);
       assert.ok(lines.some((l) => /^(dump|restore|verify) \S.* [█░]{24} +\d+% /.test(l)), `a database bar:\n${screen}`);
 
-      const top = lines.findIndex((l) => l.startsWith("┌"));
-      const bottom = lines.findIndex((l, i) => i > top && l.startsWith("└"));
-      assert.ok(top >= 0 && bottom > top, `a summary table:\n${screen}`);
-      const table = lines.slice(top, bottom + 1);
+      // The rest as a terminal draws it (the bars are gone when they stop, so the stream alone would glue the
+      // table's first line to the last bar's text).
+      const drawn = await screenLines(String(r.stdout));
+      const top = drawn.findIndex((l) => l.startsWith("┌"));
+      const bottom = drawn.findIndex((l, i) => i > top && l.startsWith("└"));
+      assert.ok(top >= 0 && bottom > top, `a summary table:\n${drawn.join("\n")}`);
+      const table = drawn.slice(top, bottom + 1);
       for (const l of table) {
         assert.match(l, /^[┌│├└]/, `table line starts with a border: ${JSON.stringify(l)}`);
         assert.equal([...l].length, [...table[0]!].length, `table lines of one width: ${JSON.stringify(l)}`);
       }
       for (const db of demoDatabases) assert.ok(table.some((l) => l.startsWith(`│ ${db} `)), `${db} in the summary`);
-      assert.match(screen, /all 4 databases migrated and verified/);
+      assert.match(drawn.join("\n"), /all 4 databases migrated and verified/);
+
+      // No log line carries a bar's remnants ("… done in 0.5s (ANALYZE 0.2s)0 B 0 B/s"), and no bar is left drawn.
+      assert.deepEqual(drawn.filter((l) => /[█░]{24}/.test(l)), [], "bars left on the screen");
+      const logLines = drawn.filter((l) => l.includes("pg-migrate:"));
+      assert.ok(logLines.length >= 10, drawn.join("\n"));
+      for (const l of logLines) {
+        assert.match(l, /^pg-migrate: /, `a log line starts its own line: ${JSON.stringify(l)}`);
+        assert.doesNotMatch(l, /[█░]|B\/s|ETA \d/, `a bar's remnant in a log line: ${JSON.stringify(l)}`);
+      }
     },
     { nats: false },
   );
