@@ -265,6 +265,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       const cfg = await toConfig(program);
       warnAboutArgv(program, out);
+      warnAboutDefaults(cfg, out);
       return await plan(cfg, out);
     } catch (err) {
       return report(err, out);
@@ -291,6 +292,7 @@ export async function main(argv: string[]): Promise<number> {
     const cfg = await toConfig(program);
     if (cfg.logLevel) out.plain();
     warnAboutArgv(program, out);
+    warnAboutDefaults(cfg, out);
     return await migrate(cfg, out, abort.signal, left);
   } catch (err) {
     return report(err, out);
@@ -310,6 +312,15 @@ function warnAboutArgv(program: Command, out: Output): void {
   const url = program.opts<RawOptions>().natsUrl;
   if (url && program.getOptionValueSource("natsUrl") === "cli" && withoutCredentials(url) !== url) {
     out.warn("--nats-url holds credentials, which puts them in the process list; --nats-user with PGMIGRATE_NATS_PASS (or PGMIGRATE_NATS_URL) keeps them out");
+  }
+}
+
+/** A password that is only the demo's default is tried, but never silently. */
+function warnAboutDefaults(cfg: MigrateConfig, out: Output): void {
+  for (const [side, spec] of [["from", cfg.source], ["to", cfg.target]] as const) {
+    if (spec.passwordFrom?.startsWith("the demo's default")) {
+      out.warn(`no ${spec.role} password given, none in PGPASSWORD or ~/.pgpass: trying the demo's "${DEMO_PASSWORDS[side]}" (set ${ENV[side]}_PASS, --${side}-pass-file or a ~/.pgpass entry)`);
+    }
   }
 }
 

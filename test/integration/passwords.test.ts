@@ -28,6 +28,7 @@ test("a ~/.pgpass entry alone serves the coordinator and its workers, embedded a
     // No password anywhere: the demo's defaults are tried, and the refusal says so.
     const none = await runCli(["plan", ...serverArgs(source, target)], env);
     assert.equal(none.exitCode, 3, none.stderr);
+    assert.match(none.stderr, /^pg-migrate: warning: no source password given, none in PGPASSWORD or ~\/\.pgpass: trying the demo's "oldpass"/m);
     assert.match(none.stderr, /^pg-migrate: error: cannot connect to source .*: password authentication failed \(the password came from the demo's default "oldpass" \(none given, no PGPASSWORD, no ~\/\.pgpass entry\); check it\)$/m);
 
     // A wrong entry in ~/.pgpass: named as the source of the password.
