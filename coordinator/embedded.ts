@@ -27,7 +27,7 @@ export interface EmbeddedNats {
   stop(): Promise<void>;
 }
 
-export async function startEmbeddedNats(storeDir: string, logFile: string, log: Logger): Promise<EmbeddedNats> {
+export async function startEmbeddedNats(storeDir: string, logFile: string, log: Logger, warn: (line: string) => void = () => undefined): Promise<EmbeddedNats> {
   const configured = process.env.PGMIGRATE_NATS_SERVER;
   const bin = configured
     ? await findExecutable(basename(configured), [dirname(configured)])
@@ -39,28 +39,66 @@ export async function startEmbeddedNats(storeDir: string, logFile: string, log: 
     );
   }
   makeDirSync(storeDir);
-  for (let tries = 0; ; tries++) {
-    const port = await freePort();
+  /** One nats-server on this port and the run's store; resolves once it answers, or to undefined if it never did. */
+  const launch = async (port: number): Promise<ChildProcess | undefined> => {
     const out = openSync(logFile, "a", 0o600);
-    const child = await spawnGuarded(bin, ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], {
-      stdio: ["ignore", out, out],
-    });
+    const child = await spawnGuarded(bin, ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], { stdio: ["ignore", out, out] });
     closeSync(out);
     let exited = false;
     child.once("exit", () => (exited = true));
     child.once("error", () => (exited = true));
     for (let i = 0; i < 500 && !exited; i++) {
-      if (await portAnswers(port)) {
-        log.info({ port, storeDir }, "embedded nats-server started");
-        return {
-          url: `nats://127.0.0.1:${port}`,
-          stop: () => stopChild(child, 5000),
-        };
-      }
+      if (await portAnswers(port)) return child;
       await new Promise((r) => setTimeout(r, 20));
     }
     child.kill("SIGKILL");
-    if (tries >= 2) throw new ConfigError(`the embedded nats-server (${bin}) did not start; see ${logFile}`, "--nats-url");
+    return undefined;
+  };
+  for (let tries = 0; ; tries++) {
+    const port = await freePort();
+    const first = await launch(port);
+    if (!first) {
+      if (tries >= 2) throw new ConfigError(`the embedded nats-server (${bin}) did not start; see ${logFile}`, "--nats-url");
+      continue;
+    }
+    log.info({ port, storeDir }, "embedded nats-server started");
+    // Supervised like the workers: one that dies while the run goes on is started again on the same port and store,
+    // where every client (they reconnect for ever) finds it with the streams, the jobs and the KV it had.
+    let child = first;
+    let stopping = false;
+    const watch = (c: ChildProcess) =>
+      c.once("exit", (code, signal) => {
+        if (stopping) return;
+        log.warn({ code, signal }, `the embedded nats-server exited (${signal ?? code}); starting it again on port ${port}`);
+        warn(`the embedded nats-server exited (${signal ?? code}); starting it again on the same port and store`);
+        void (async () => {
+          for (let attempt = 1; !stopping; attempt++) {
+            await new Promise((r) => setTimeout(r, Math.min(2000, 200 * attempt)));
+            if (stopping) return;
+            const next = await launch(port);
+            if (next && stopping) {
+              next.kill("SIGTERM");
+              return;
+            }
+            if (next) {
+              child = next;
+              watch(next);
+              log.info({ port, attempt }, "embedded nats-server started again");
+              warn("the embedded nats-server is back; the run goes on");
+              return;
+            }
+            log.warn({ port, attempt }, "the embedded nats-server did not start again; retrying");
+          }
+        })();
+      });
+    watch(child);
+    return {
+      url: `nats://127.0.0.1:${port}`,
+      stop: () => {
+        stopping = true;
+        return stopChild(child, 5000);
+      },
+    };
   }
 }
 

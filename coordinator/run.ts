@@ -116,7 +116,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     let secret: string | undefined;
     let presence: PresenceWatch | undefined;
     if (!cfg.natsUrl) {
-      embedded = await startEmbeddedNats(join(home, "nats", pk), join(home, "logs", `nats-${pk}.log`), bootLog);
+      embedded = await startEmbeddedNats(join(home, "nats", pk), join(home, "logs", `nats-${pk}.log`), bootLog, (line) => out.warn(line));
       if (signal.aborted) throw new InterruptedError("interrupted");
     } else {
       key = sharedKeyFromEnv();

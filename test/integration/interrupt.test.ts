@@ -3,13 +3,14 @@
 // its interrupted job back without using up an attempt, and resume without waiting out an ack wait; a second
 // Ctrl-C forces it out, saying what it leaves behind and how to mend it.
 import assert from "node:assert/strict";
+import { basename } from "node:path";
 import { test } from "node:test";
 import { psqlExec } from "../../demo/cluster.js";
 import { demoSql } from "../../demo/generate.js";
 import { cliEnv, readReport, runCli, serverArgs, settingsOf } from "../helpers/cli.js";
 import { withTestEnv, type TestEnvWithoutNats } from "../helpers/env.js";
 import { assertMigrated } from "../helpers/faults.js";
-import { assertNoLeftovers, toolsOn, waitFor } from "../helpers/procs.js";
+import { assertNoLeftovers, listProcesses, toolsOn, waitFor } from "../helpers/procs.js";
 import { screenLines, startInPty, type PtyCli } from "../helpers/pty.js";
 
 const BIG = "big";
@@ -133,6 +134,42 @@ test("Ctrl-C twice, 50 ms apart: one line says the target is still in fast-resto
       const reverted = await runCli(revertArgs, cliEnv(env.home, env.source, env.target));
       assert.equal(reverted.exitCode, 0, reverted.stderr);
       assert.deepEqual(await settingsOf(env.target), before, "settings back after the named command");
+    },
+    { nats: false },
+  );
+});
+
+test("the embedded nats-server SIGKILLed mid-restore is started again and the run goes on; then one Ctrl-C ends it, and it resumes", { timeout: 600_000 }, async () => {
+  await withTestEnv(
+    async (env) => {
+      await seed(env);
+      const before = await settingsOf(env.target);
+      const args = [...serverArgs(env.source, env.target), "--workers", "2", "-m", "2"];
+      const run = startInPty(args, cliEnv(env.home, env.source, env.target));
+      const restore = await waitFor("the restore of big", () => toolsOn(env.target.port, "pg_restore").find((p) => p.argv.includes(BIG_ARG)), 180_000, 20);
+      process.kill(restore.pid, "SIGSTOP");
+      const broker = listProcesses().find((p) => basename(p.argv[0]!) === "nats-server" && p.argv.some((a) => a.includes(env.home)));
+      assert.ok(broker, "the embedded nats-server");
+      process.kill(broker.pid, "SIGKILL");
+      await run.waitFor(/the embedded nats-server is back; the run goes on/, 60_000);
+      process.kill(restore.pid, "SIGCONT");
+      // The run goes on through the new broker: the restore it held finishes and is recorded.
+      await run.waitFor(new RegExp(`restore "${BIG}" done`), 120_000);
+      const typedAt = Date.now();
+      run.ctrlC();
+      const ended = await run.result;
+      const screen = (await screenLines(run.raw())).join("\n");
+      assert.ok([0, 130].includes(ended.exitCode), screen); // 0 when it had already finished by then
+      assert.ok(ended.endedAt - typedAt < 10_000, `exited ${ended.endedAt - typedAt} ms after Ctrl-C`);
+      assert.deepEqual(await settingsOf(env.target), before, "target settings as before the run");
+      await assertNoLeftovers(env.home, [env.source.port, env.target.port]);
+      if (ended.exitCode === 130) {
+        const resumed = await runCli(args, cliEnv(env.home, env.source, env.target));
+        assert.equal(resumed.exitCode, 0, resumed.stderr);
+      }
+      await assertMigrated(env.source, env.target, DATABASES);
+      assert.deepEqual(await settingsOf(env.target), before);
+      await assertNoLeftovers(env.home, [env.source.port, env.target.port]);
     },
     { nats: false },
   );
