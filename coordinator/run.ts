@@ -197,6 +197,17 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         }
         const known = new Set(state.record.databases.map((d) => d.name));
         for (const d of selected) if (!known.has(d.name)) state.record.databases.push(newDbState(d));
+        // The selection of this command, not the first one's: a database it leaves out (--exclude-db, say), or that is
+        // gone from the source, leaves the run, named; one that was verified stays as it is.
+        const wanted = new Set(selected.map((d) => d.name));
+        const why = new Map([...skipped, ...surveyed.closed].map((x) => [x.name, x.reason]));
+        for (const d of state.record.databases.filter((x) => x.phase !== "done" && !wanted.has(x.name))) {
+          const reason = `${why.get(d.name) ?? "no longer on the source"}, on resume: it left the run before it was verified`;
+          const partial = d.created ? `; what this run restored of it so far stays on the target (drop it there, or --restart)` : "";
+          state.record.databases = state.record.databases.filter((x) => x !== d);
+          state.record.skipped = [...state.record.skipped.filter((x) => x.name !== d.name), { name: d.name, reason: reason + partial }];
+          out.warn(`${JSON.stringify(d.name)} ${reason}${partial}`);
+        }
       } else {
         state = await RunState.create(
           home,

@@ -165,9 +165,9 @@ test("a database whose restore always fails is reported failed with the reason; 
     async (env) => {
       const { source, target, home } = env;
       // Without the globals step the role "ghost" never reaches the target, and pg_restore cannot give it its table.
-      await psqlExec(source, "postgres", "CREATE ROLE ghost; CREATE DATABASE good_one; CREATE DATABASE good_two; CREATE DATABASE haunted;");
+      await psqlExec(source, "postgres", "CREATE ROLE ghost; CREATE DATABASE good_one; CREATE DATABASE good_two; CREATE DATABASE haunted; CREATE DATABASE haunted_too;");
       for (const db of ["good_one", "good_two"]) await psqlExec(source, db, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 500) g;");
-      await psqlExec(source, "haunted", "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; ALTER TABLE t OWNER TO ghost;");
+      for (const db of ["haunted", "haunted_too"]) await psqlExec(source, db, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; ALTER TABLE t OWNER TO ghost;");
       const before = await settingsOf(target);
       const r = await runCli(
         [...serverArgs(source, target), "--no-migrate-globals", "--workers", "2", "--max-deliver", "2", "--retry-delay", "1", "--fast-restore", "full"],
@@ -183,6 +183,22 @@ test("a database whose restore always fails is reported failed with the reason; 
       assert.equal(byName.get("good_one")!.verified, true);
       assert.equal(byName.get("good_two")!.verified, true);
       await assertEndState(env, before, ["good_one", "good_two"]);
+
+      // The resumed run takes this command's selection: haunted left out by --exclude-db, haunted_too gone from the
+      // source since; both leave the run, named, and what is left of the run finishes.
+      await psqlExec(source, "postgres", "DROP DATABASE haunted_too");
+      const resumed = await runCli(
+        [...serverArgs(source, target), "--no-migrate-globals", "--workers", "2", "--max-deliver", "2", "--retry-delay", "1", "--exclude-db", "haunted"],
+        cliEnv(home, source, target),
+      );
+      assert.equal(resumed.exitCode, 0, resumed.stderr);
+      assert.match(resumed.stderr, /resuming run /);
+      assert.match(resumed.stderr, /warning: "haunted" excluded by --exclude-db "haunted", on resume: it left the run before it was verified; what this run restored of it so far stays on the target/);
+      assert.match(resumed.stderr, /warning: "haunted_too" no longer on the source, on resume: it left the run before it was verified/);
+      assert.match(resumed.stderr, /all 2 databases migrated and verified/);
+      const after = await readReport(home, resumed.stderr);
+      assert.deepEqual(after.databases.map((d) => d.name).sort(), ["good_one", "good_two"]);
+      assert.deepEqual(after.skipped.map((x) => x.name).sort(), ["haunted", "haunted_too"]);
     },
     { nats: false },
   );
