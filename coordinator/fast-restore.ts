@@ -1,6 +1,11 @@
 // Fast-restore mode: reloadable settings only, never one that needs a restart. The original values are saved
 // in the run record before the first change, and put back exactly — an ALTER SYSTEM value the target already
-// had is set again, anything else is RESET. Then what the mode risked is made durable: after `full` (fsync off)
+// had is set again, anything else is RESET. They are also written onto the target itself, before the first fast
+// value, as the custom setting pg_migrate.fast_restore in its postgresql.auto.conf: a coordinator from any home or
+// host finds them there (a crashed run's record may be on another machine, or gone with a container's volume),
+// takes them as the originals instead of the fast values it would read, and reverts with them. Revert rewrites
+// every original and removes the record in the same reload, so values a crash left unreloaded in the file are
+// overwritten before they could ever take effect. Then what the mode risked is made durable: after `full` (fsync off)
 // a CHECKPOINT; after `safe` only the commits made with synchronous_commit=off were not yet on disk, and one
 // synchronous commit flushes the WAL up to it — no checkpoint, whose writing of every restored page the bench
 // showed to cost more than the mode saved.
@@ -39,7 +44,44 @@ export async function saveSettings(client: pg.Client, names: string[]): Promise<
   return rows.map((r) => ({ name: r.name, setting: r.setting, autoConf: autoConf.get(r.name) ?? null }));
 }
 
-export async function applySettings(client: pg.Client, values: Record<string, string>): Promise<void> {
+/** The custom setting that carries, on the target itself, what a run changed there and the values to put back. */
+export const TARGET_RECORD = "pg_migrate.fast_restore";
+
+/** What the target carries about the fast-restore settings a run put there. */
+export interface TargetRecord {
+  v: 1;
+  runId: string;
+  mode: string;
+  at: string;
+  original: SavedSetting[];
+}
+
+/**
+ * The record in the target's postgresql.auto.conf, read from the file as it is now (pg_file_settings), so that
+ * one a crash left unreloaded is found too. Undefined when there is none, or when this user cannot read it.
+ */
+export async function readTargetRecord(client: pg.Client): Promise<TargetRecord | undefined> {
+  const { rows } = await client
+    .query<{ setting: string }>(
+      `SELECT setting FROM pg_file_settings WHERE sourcefile LIKE '%/postgresql.auto.conf' AND name = $1 AND error IS NULL ORDER BY seqno DESC LIMIT 1`,
+      [TARGET_RECORD],
+    )
+    .catch(() => ({ rows: [] as { setting: string }[] }));
+  if (!rows[0]) return undefined;
+  try {
+    const r = JSON.parse(rows[0].setting) as TargetRecord;
+    return r && r.v === 1 && Array.isArray(r.original) ? r : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The record first, then the fast values, then one reload: there is never a fast value on the target without it. */
+export async function applySettings(client: pg.Client, values: Record<string, string>, record: Omit<TargetRecord, "v" | "at">): Promise<void> {
+  // ALTER SYSTEM takes a custom setting only once this session knows the name (a placeholder, from PostgreSQL 15).
+  await client.query(`SET ${TARGET_RECORD} = ''`);
+  const carried: TargetRecord = { v: 1, ...record, at: new Date().toISOString() };
+  await client.query(`ALTER SYSTEM SET ${TARGET_RECORD} = ${literal(JSON.stringify(carried))}`);
   for (const [name, value] of Object.entries(values)) {
     await client.query(`ALTER SYSTEM SET ${ident(name)} = ${literal(value)}`);
   }
@@ -60,6 +102,9 @@ export async function revertSettings(openClient: () => Promise<pg.Client>, saved
       if (s.autoConf === null) await client.query(`ALTER SYSTEM RESET ${ident(s.name)}`);
       else await client.query(`ALTER SYSTEM SET ${ident(s.name)} = ${literal(s.autoConf)}`);
     }
+    // The record goes with the same reload; should this revert be cut short before, the next one finds it again.
+    await client.query(`SET ${TARGET_RECORD} = ''`);
+    await client.query(`ALTER SYSTEM RESET ${TARGET_RECORD}`);
     await client.query("SELECT pg_reload_conf()");
   } finally {
     await client.end().catch(() => undefined);

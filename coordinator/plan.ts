@@ -15,7 +15,7 @@ import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
 import { existingDatabases, MAINTENANCE_DB } from "./discovery.js";
 import { maintenanceClash, survey } from "./survey.js";
-import { settingsFor } from "./fast-restore.js";
+import { readTargetRecord, settingsFor } from "./fast-restore.js";
 import { bytes, plural, type Output } from "./output.js";
 import { checkServers, dumpVolumeNotWritable, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
 import { RunState } from "./state.js";
@@ -100,6 +100,12 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
       for (const [name, value] of Object.entries(wanted)) t.push([name, now.get(name) ?? "?", value]);
       w(`fast-restore: ${cfg.fastRestore}, reverted at the end (and by the next run if this one crashes)`);
       w(t.toString());
+      const carried = await readTargetRecord(tgt.client);
+      if (carried) {
+        w(
+          `the target still carries the fast-restore settings of run ${carried.runId} (since ${carried.at}), never put back: "now" shows them; a run reverts them first, to ${carried.original.map((o) => `${o.name}=${o.setting}`).join(", ")} (or pg-migrate revert-settings)`,
+        );
+      }
     }
 
     const est = connectionEstimate(cfg.maxParallel, cfg.jobs);

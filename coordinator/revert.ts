@@ -6,10 +6,10 @@ import { Kvm } from "@nats-io/kv";
 import { openExistingKv, RUNS_BUCKET } from "../shared/contracts/jetstream.js";
 import { PreflightError } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
-import { connectNats, type NatsEndpoint } from "../shared/nats.js";
+import { closeNats, connectNats, type NatsEndpoint } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
 import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
-import { needsCheckpoint, revertSettings } from "./fast-restore.js";
+import { needsCheckpoint, readTargetRecord, revertSettings } from "./fast-restore.js";
 import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { leaveRunRoles, rolesLeft } from "./memberships.js";
 import type { Output } from "./output.js";
@@ -43,11 +43,23 @@ export async function revertByHand(target: ServerSpec, targetDb: string, nats: N
         }
       }
     }
+    const openTarget = () => connect(target, targetDb, "pg-migrate revert-settings");
+    // The target's own record of a run's settings: found whatever home or host that run had.
+    const carried = await readTargetRecord(client);
+    if (carried && !states.some((st) => st.runId === carried.runId && settingsLeft(st.record))) {
+      const differing = await revertSettings(openTarget, carried.original);
+      if (differing.length) throw new PreflightError(`could not revert ${differing.join(", ")} on ${describe(target)} (run ${carried.runId}, recorded on the target): check the target's postgresql.auto.conf`);
+      out.line(`run ${carried.runId} (recorded on the target): reverted ${carried.original.map((o) => `${o.name}=${o.setting}`).join(", ")} and ${needsCheckpoint(carried.original) ? "checkpointed" : "flushed the WAL"}`);
+      if (carried.mode === "full") out.line("fsync was off during that run: run `sync` on the target host (or restart it cleanly) before relying on the data");
+      for (const st of states.filter((x) => x.runId === carried.runId)) {
+        st.record.fastRestore.reverted = true;
+        await st.save();
+      }
+    }
     if (!states.length) {
-      out.line(`nothing to revert: no run record under ${home}${nc ? " or in the KV" : ""} holds unreverted settings or joined roles of ${describe(target)}`);
+      if (!carried) out.line(`nothing to revert: no run record under ${home}${nc ? " or in the KV" : ""}, nor the target itself, holds unreverted settings or joined roles of ${describe(target)}`);
       return 0;
     }
-    const openTarget = () => connect(target, targetDb, "pg-migrate revert-settings");
     for (const state of states) {
       await leaveRunRoles(state, openTarget, out);
       const fr = state.record.fastRestore;
@@ -62,7 +74,7 @@ export async function revertByHand(target: ServerSpec, targetDb: string, nats: N
     return 0;
   } finally {
     await lock?.release();
-    await nc?.drain().catch(() => undefined);
+    await closeNats(nc);
     await client.end().catch(() => undefined);
   }
 }

@@ -25,7 +25,7 @@ import { chooseCompression } from "../shared/compression.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
 import { existingDatabases, MAINTENANCE_DB, subscriptionsOf } from "./discovery.js";
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
-import { applySettings, needsCheckpoint, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
+import { applySettings, needsCheckpoint, readTargetRecord, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
 import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin } from "./memberships.js";
 import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
@@ -164,6 +164,25 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
           left.fastRestore = undefined;
           out.line(`reverted the fast-restore settings run ${previous.runId} had left on the target`);
         }
+      }
+      // What the target itself carries: fast-restore settings a run from any home or host put there and never took
+      // back (its own record may be on another machine, or gone). Put back first, with the originals it recorded,
+      // so that this run never takes fast values for the target's own.
+      const carried = await readTargetRecord(tgt.client);
+      if (carried) {
+        left.fastRestore = { settings: `left by run ${carried.runId}`, revert: revertCommand(cfg) };
+        const differing = await revertSettings(openTarget, carried.original);
+        if (differing.length) throw new PreflightError(`could not revert the fast-restore settings run ${carried.runId} recorded on the target: ${differing.join(", ")}`);
+        left.fastRestore = undefined;
+        out.line(`the target carried fast-restore settings of run ${carried.runId} (since ${carried.at}) that were never put back: reverted them to ${carried.original.map((o) => `${o.name}=${o.setting}`).join(", ")}`);
+        for (const other of [previous, ...(await RunState.all(home, bootLog))]) {
+          if (other?.runId === carried.runId && other.record.fastRestore.applied && !other.record.fastRestore.reverted) {
+            other.record.fastRestore.reverted = true;
+            await other.save();
+          }
+        }
+      }
+      if (previous) {
         // With --restart, its roles are left after its databases are dropped: dropping them may need the membership.
         if (!cfg.restart) await leaveRunRoles(previous, openTarget, out);
       }
@@ -404,7 +423,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
           revert: revertCommand(cfg),
         };
         try {
-          await applySettings(d.tgtClient, wanted);
+          await applySettings(d.tgtClient, wanted, { runId: state.runId, mode: cfg.fastRestore, original: record.fastRestore.original });
           out.line(`target switched to fast-restore mode (${cfg.fastRestore}): ${Object.entries(wanted).map(([k, v]) => `${k}=${v}`).join(", ")}`);
         } catch (err) {
           record.fastRestore.skippedReason = errorMessage(err);
