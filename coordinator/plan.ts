@@ -17,7 +17,7 @@ import { existingDatabases, MAINTENANCE_DB } from "./discovery.js";
 import { maintenanceClash, survey } from "./survey.js";
 import { readTargetRecord, settingsFor } from "./fast-restore.js";
 import { bytes, plural, type Output } from "./output.js";
-import { checkServers, dumpVolumeNotWritable, extensionProblem, inspect, minimumDumpSpace, pairKey } from "./preflight.js";
+import { checkServers, dumpVolumeNotWritable, extensionProblem, inspect, minimumDumpSpace, pairKey, sessionTimeoutWarning } from "./preflight.js";
 import { RunState } from "./state.js";
 import { EXIT } from "./run.js";
 import { connectionsNeeded } from "./parallelism.js";
@@ -131,6 +131,10 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     }
     w(`workers: ${cfg.natsUrl ? `distributed, through ${withoutCredentials(cfg.natsUrl)}` : `embedded, ${plural(cfg.workers, "local worker")} and a local nats-server`}`);
 
+    for (const [c, role, user] of [[src.client, "source", cfg.source.user], [tgt.client, "target", cfg.target.user]] as const) {
+      const timeout = await sessionTimeoutWarning(c, role, user);
+      if (timeout) warnings.push(timeout);
+    }
     for (const x of warnings) out.warn(x);
     w();
     if (refusals.length) {

@@ -109,6 +109,22 @@ export function checkServers(source: ServerInfo, target: ServerInfo, tools: Tool
   return warnings;
 }
 
+/**
+ * A server that ends idle sessions or idle transactions (idle_session_timeout, PostgreSQL 14+;
+ * idle_in_transaction_session_timeout): pg-migrate turns both off for its own sessions (connect), and the coordinator's
+ * target session comes back if it is ended anyway; what it cannot reach are pg_restore's and pg_dump's own parallel
+ * sessions, which may wait idle. The warning says so, with the fix.
+ */
+export async function sessionTimeoutWarning(client: pg.Client, role: string, user: string): Promise<string | undefined> {
+  // reset_val: the server's (and role's) value, not this session's own, which connect turned off.
+  const { rows } = await client.query<{ name: string; setting: string }>(
+    `SELECT name, reset_val AS setting FROM pg_settings WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout') AND reset_val <> '0'`,
+  );
+  if (!rows.length) return undefined;
+  const set = rows.map((r) => `${r.name}=${r.setting}ms`).join(", ");
+  return `the ${role} ends idle sessions (${set}): pg-migrate turns this off for its own sessions, but pg_dump's and pg_restore's parallel sessions may wait idle longer; for the run, ALTER ROLE ${JSON.stringify(user)} SET idle_session_timeout = 0 on the ${role} is the safe way`;
+}
+
 /** Identifies the pair of servers so that running the same command again finds the unfinished run. */
 export function pairKey(source: ServerInfo, target: ServerInfo): string {
   const side = (s: ServerInfo) => `${s.systemId ?? "?"}@${s.spec.host}:${s.spec.port}`;

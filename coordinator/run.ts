@@ -28,10 +28,11 @@ import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.j
 import { applySettings, needsCheckpoint, readTargetRecord, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
 import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin } from "./memberships.js";
-import { holdOnTarget, nameRunOnTarget, TargetLock, targetLockKey } from "./lock.js";
+import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
+import { sessionLost, TargetSession } from "./target-session.js";
 import { Output, plural } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
-import { checkDumpVolume, checkServers, extensionProblem, inspect, pairKey } from "./preflight.js";
+import { checkDumpVolume, checkServers, extensionProblem, inspect, pairKey, sessionTimeoutWarning } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
 import { Scheduler } from "./scheduler.js";
 import { maintenanceClash, survey } from "./survey.js";
@@ -57,7 +58,12 @@ export class LeftBehind {
   }
 }
 
-export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSignal, left = new LeftBehind()): Promise<number> {
+export async function migrate(cfg: MigrateConfig, out: Output, outer: AbortSignal, left = new LeftBehind()): Promise<number> {
+  // The run stops on the user's signal, and when it loses the target (see TargetSession).
+  const stopping = new AbortController();
+  if (outer.aborted) stopping.abort();
+  else outer.addEventListener("abort", () => stopping.abort(), { once: true });
+  const signal = stopping.signal;
   const home = appDir();
   const tools = await resolveTools(cfg.pgBin);
   try {
@@ -67,6 +73,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
   }
   const opened: pg.Client[] = [];
   let lock: TargetLock | undefined;
+  let session: TargetSession | undefined;
   try {
     if (cfg.waitMs > 0) {
       const services = [postgresService(cfg.source, cfg.sourceDb), postgresService(cfg.target, cfg.targetDb)];
@@ -82,6 +89,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     const tgt = await inspect(cfg.target, cfg.targetDb);
     opened.push(tgt.client);
     for (const w of checkServers(src.info, tgt.info, tools, { globals: cfg.migrateGlobals, rolePasswords: cfg.rolePasswords })) out.warn(w);
+    for (const [c, role, user] of [[src.client, "source", cfg.source.user], [tgt.client, "target", cfg.target.user]] as const) {
+      const w = await sessionTimeoutWarning(c, role, user);
+      if (w) out.warn(w);
+    }
     // -j and -m against the connections both servers have left (a default shrinks; a given value that cannot fit is refused).
     const [srcFree, tgtFree] = await Promise.all([src.client, tgt.client].map(async (c) => (await c.query<{ free: number }>(FREE_CONNECTIONS_SQL)).rows[0]!.free));
     const fitted = fitConnections({ jobs: cfg.jobs, maxParallel: cfg.maxParallel }, { source: srcFree!, target: tgtFree! }, cfg.parallelismGiven);
@@ -95,10 +106,16 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
     const lockKey = targetLockKey(tgt.info.systemId, cfg.target.host, cfg.target.port);
     lock = await TargetLock.acquire(home, lockKey, `${cfg.target.host}:${cfg.target.port}`, bootLog);
     await holdOnTarget(tgt.client, `${cfg.target.host}:${cfg.target.port}`);
+    // From here on the target is reached through the session that holds its lock, opened again if the server drops it.
+    session = new TargetSession(tgt.client, openTarget, `${cfg.target.host}:${cfg.target.port}`, bootLog, (why) => {
+      out.warn(why);
+      stopping.abort();
+    }, (line) => out.warn(line));
+    const target = session;
 
     // Discovery, and what is decided and said before anything is created: the maintenance database (taken when it
     // holds user objects, into the target's own), the tablespaces, and the databases whose extensions the target lacks.
-    const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client);
+    const surveyed = await survey(cfg, src.client, src.info.versionNum, target.client);
     const { selected, skipped, tablespaces, missingExtensions } = surveyed;
     for (const closed of surveyed.closed) out.warn(`source database ${JSON.stringify(closed.name)} ${closed.reason}`);
     out.line(`found ${plural(selected.length, "database")} to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
@@ -137,7 +154,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       let abandoned: RunState | undefined;
 
       // The target must not already hold any database we would create, unless that run created it.
-      const onTarget = await existingDatabases(tgt.client);
+      const onTarget = await existingDatabases(target.client);
       const ours = previous?.createdDatabases() ?? new Set<string>();
       const conflicts = selected.filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name)).map((d) => JSON.stringify(d.name));
       if (conflicts.length) {
@@ -168,7 +185,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       // What the target itself carries: fast-restore settings a run from any home or host put there and never took
       // back (its own record may be on another machine, or gone). Put back first, with the originals it recorded,
       // so that this run never takes fast values for the target's own.
-      const carried = await readTargetRecord(tgt.client);
+      const carried = await readTargetRecord(target.client);
       if (carried) {
         left.fastRestore = { settings: `left by run ${carried.runId}`, revert: revertCommand(cfg) };
         const differing = await revertSettings(openTarget, carried.original);
@@ -265,7 +282,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       state.record.broker = withoutCredentials(natsUrl);
       state.attachKv(runsKv);
       await lock.setRun(state.runId);
-      await nameRunOnTarget(tgt.client, state.runId);
+      await target.name(state.runId);
       await runsKv.put(kvKeys.pair(pk), state.runId);
       await state.save();
       const log = createLogger({ level: "info", file: join(home, "logs", `${state.runId}.log`), base: { runId: state.runId }, stderrLevel: cfg.logLevel });
@@ -289,7 +306,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
       }
       out.line(embedded ? `${plural(present, "local worker")} ready` : `${plural(present, "worker")} present`);
       if (abandoned) {
-        await abandon(abandoned, cfg, { tgtClient: tgt.client, jsm, out, targetMajor: tgt.info.major });
+        await abandon(abandoned, cfg, { tgtClient: target.client, jsm, out, targetMajor: tgt.info.major });
         await leaveRunRoles(abandoned, openTarget, out);
       }
       } catch (err) {
@@ -307,7 +324,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
         await workers?.stop();
       };
       return await execute(cfg, state, {
-        tools, tgtClient: tgt.client, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles,
+        get tgtClient() {
+          return target.client;
+        },
+        session: target, tools, openTarget, nc, key, log, out, signal, superuser: tgt.info.superuser, sourceRoles,
         targetVersionNum: tgt.info.versionNum, subscriptions, tablespaceRelocations: tablespaces.relocate, stopWorkers, left,
       });
     } finally {
@@ -320,6 +340,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, signal: AbortSign
   } finally {
     out.stop();
     await lock?.release();
+    await session?.close();
     await Promise.all(opened.map((c) => c.end().catch(() => undefined)));
   }
 }
@@ -367,7 +388,9 @@ async function abandon(
 
 interface Deps {
   tools: Awaited<ReturnType<typeof resolveTools>>;
-  tgtClient: pg.Client;
+  /** The coordinator's target session's client as it is now (a new one after a reconnect). */
+  readonly tgtClient: pg.Client;
+  session: TargetSession;
   openTarget: () => Promise<pg.Client>;
   nc: NatsConnection;
   key: SharedKey | undefined;
@@ -465,9 +488,10 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
   } finally {
     // No restore may still be writing while the settings go back, and a job cut short is handed back now.
     await d.stopWorkers();
-    await leaveRunRoles(state, d.openTarget, out);
+    // A run that lost the target to another coordinator leaves it alone: that run now owns its settings.
+    if (!d.session.lost) await leaveRunRoles(state, d.openTarget, out);
     const fr = record.fastRestore;
-    if (fr.applied && !fr.reverted) {
+    if (fr.applied && !fr.reverted && !d.session.lost) {
       const differing = await revertSettings(d.openTarget, fr.original).catch((err: unknown) => [errorMessage(err)]);
       if (differing.length) out.warn(`could not revert the target's settings (${differing.join(", ")}): run "pg-migrate revert-settings" with the same target flags`);
       else {
@@ -484,6 +508,12 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
   }
 
   out.stop();
+  if (d.session.lost) {
+    record.status = "failed";
+    await state.save().catch(() => undefined);
+    await emitRun("failed");
+    throw new Error(d.session.lost);
+  }
   if (record.status === "interrupted") {
     await emitRun("interrupted");
     out.line(`interrupted: run the same command again to resume run ${state.runId}`);
@@ -551,13 +581,23 @@ async function databaseCreator(cfg: MigrateConfig, state: RunState, d: Deps): Pr
     // Recorded before the CREATE: a crash in between must not make the next run refuse its own database.
     db.created = true;
     await state.save();
-    try {
-      await d.tgtClient.query(createDatabaseSql(db.name, db.create));
-      return undefined;
-    } catch (err) {
-      db.created = /already exists/.test(errorMessage(err)) ? false : db.created;
-      await state.save();
-      return `CREATE DATABASE failed: ${errorMessage(err)}`;
+    // A session the server dropped is opened again (TargetSession) and the statement sent again; "already exists"
+    // then means the first one got through before the session went.
+    for (let tries = 1; ; tries++) {
+      try {
+        await d.session.ready();
+        await d.tgtClient.query(createDatabaseSql(db.name, db.create));
+        return undefined;
+      } catch (err) {
+        if (sessionLost(err) && tries < 5 && !d.session.lost) {
+          await new Promise((r) => setTimeout(r, 250 * tries)); // the session is noticed gone, then opened again
+          continue;
+        }
+        if (tries > 1 && /already exists/.test(errorMessage(err))) return undefined;
+        db.created = /already exists/.test(errorMessage(err)) ? false : db.created;
+        await state.save();
+        return `CREATE DATABASE failed: ${errorMessage(err)}`;
+      }
     }
   });
 }

@@ -69,6 +69,11 @@ async function connectWith(s: ServerSpec, database: string, appName: string, ssl
   client.on("error", () => undefined);
   try {
     await client.connect();
+    // pg-migrate's sessions wait by design (for a worker, a dump, a lock): a server that ends idle sessions
+    // (idle_session_timeout, PostgreSQL 14+) or idle transactions must not end them. One statement on every major.
+    await client.query(
+      "SELECT set_config(name, '0', false) FROM pg_settings WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')",
+    );
   } catch (err) {
     await client.end().catch(() => undefined);
     throw err;
