@@ -11,6 +11,7 @@
 // showed to cost more than the mode saved.
 import type pg from "pg";
 import { errorMessage } from "../shared/errors.js";
+import { serverUnavailable } from "../shared/pg/connect.js";
 import { ident, literal } from "../shared/pg/quote.js";
 import type { FastRestoreMode } from "./config.js";
 import type { SavedSetting } from "./state.js";
@@ -124,6 +125,23 @@ export async function revertSettings(openClient: () => Promise<pg.Client>, saved
     }
   }
   return differing;
+}
+
+/**
+ * revertSettings, waiting for a target that is away for now (restarting, in recovery) with backoff for up to boundMs,
+ * saying so once: a revert tried once against a server that says "starting up" would leave it in fast mode.
+ */
+export async function revertWhenBack(openClient: () => Promise<pg.Client>, saved: SavedSetting[], say: (line: string) => void, boundMs = 180_000): Promise<string[]> {
+  const deadline = Date.now() + boundMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await revertSettings(openClient, saved);
+    } catch (err) {
+      if (!serverUnavailable(err) || Date.now() > deadline) throw err;
+      if (attempt === 1) say(`the target is not answering (${errorMessage(err)}); trying again to put its settings back, for up to ${Math.round(boundMs / 1000)}s`);
+      await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** Math.min(attempt, 5))));
+    }
+  }
 }
 
 /**

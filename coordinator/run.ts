@@ -25,7 +25,7 @@ import { chooseCompression } from "../shared/compression.js";
 import { publicOptions, type MigrateConfig } from "./config.js";
 import { existingDatabases, MAINTENANCE_DB, subscriptionsOf } from "./discovery.js";
 import { LocalWorkers, startEmbeddedNats, type EmbeddedNats } from "./embedded.js";
-import { applySettings, needsCheckpoint, readTargetRecord, revertSettings, saveSettings, settingsFor } from "./fast-restore.js";
+import { applySettings, needsCheckpoint, readTargetRecord, revertSettings, revertWhenBack, saveSettings, settingsFor } from "./fast-restore.js";
 import { migrateGlobals } from "./globals.js";
 import { joinRoles, leaveRunRoles, rolesLeft, rolesToJoin } from "./memberships.js";
 import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
@@ -492,7 +492,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
     if (!d.session.lost) await leaveRunRoles(state, d.openTarget, out);
     const fr = record.fastRestore;
     if (fr.applied && !fr.reverted && !d.session.lost) {
-      const differing = await revertSettings(d.openTarget, fr.original).catch((err: unknown) => [errorMessage(err)]);
+      const differing = await revertWhenBack(d.openTarget, fr.original, (line) => out.warn(line)).catch((err: unknown) => [errorMessage(err)]);
       if (differing.length) out.warn(`could not revert the target's settings (${differing.join(", ")}): run "pg-migrate revert-settings" with the same target flags`);
       else {
         fr.reverted = true;

@@ -409,7 +409,8 @@ export class Scheduler {
       case "released":
         // A stopping worker gave it back unfinished: offered again at once, as the same attempt.
         if (this.stopped || db.phase !== JOB_PHASES[e.kind].running) return;
-        this.out.line(`${e.kind} ${name}: ${e.worker} stopped and handed it back${this.replaying ? " as the earlier session ended" : ""}; offered again at once (attempt ${e.attempt} was not used up)`);
+        const how = e.reason === "server-back" ? "handed it back once its server, which had gone away, was back" : `stopped and handed it back${this.replaying ? " as the earlier session ended" : ""}`;
+        this.out.line(`${e.kind} ${name}: ${e.worker} ${how}; offered again at once (attempt ${e.attempt} was not used up)`);
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} released`);
         await this.publish(db, e.kind, true, e.attempt - 1);
         return;

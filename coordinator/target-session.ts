@@ -4,20 +4,17 @@
 // in the meantime means this run no longer owns the target: it is said, and the run stops without touching it.
 import type pg from "pg";
 import { errorMessage } from "../shared/errors.js";
+import { serverUnavailable } from "../shared/pg/connect.js";
 import type { Logger } from "../shared/log.js";
 import { holdOnTarget, nameRunOnTarget } from "./lock.js";
 
 /** How long a dropped session is tried again before the run gives the target up. */
 const RECONNECT_FOR_MS = 120_000;
 
-/** An error that says the session itself is gone, not that the statement was wrong. */
+/** An error that says the session itself is gone (the server away, or the session ended), not that the statement was wrong. */
 export function sessionLost(err: unknown): boolean {
   const code = (err as { code?: string }).code ?? "";
-  return (
-    /^(57P0[1-5]|08)/.test(code) ||
-    ["ECONNRESET", "ECONNREFUSED", "EPIPE", "ETIMEDOUT"].includes(code) ||
-    /Connection terminated|not queryable|terminating connection|server closed the connection|the database system is (starting up|shutting down)/i.test(errorMessage(err))
-  );
+  return serverUnavailable(err) || /^57P0[45]/.test(code) || /not queryable|Connection terminated|terminating connection/i.test(errorMessage(err));
 }
 
 export class TargetSession {

@@ -95,6 +95,8 @@ export interface LocalCluster extends PgLogin {
   baseDir: string;
   logFile: string;
   stop(): Promise<void>;
+  /** An outage for the fault tests: an immediate stop (as a crash would), downMs of nothing, then a start on the same port. */
+  outage(downMs: number): Promise<void>;
 }
 
 export interface StartClusterOptions {
@@ -309,7 +311,14 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
       Object.assign(settings, { ssl: "on", ssl_cert_file: "server.crt", ssl_key_file: "server.key" });
     }
     const port = await startOnFreePort(opts.name, bin, baseDir, dataDir, logFile, socket.dir, settings);
-    return { host: "127.0.0.1", port, user, password: opts.password, dataDir, socketDir: socket.dir, baseDir, logFile, stop };
+    const outage = async (downMs: number): Promise<void> => {
+      await stopPostmaster(bin, dataDir, baseDir);
+      await sleep(downMs);
+      // The settings file still names the port: the server comes back where its clients look for it.
+      const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"], baseDir, 90_000);
+      if (result.failed) throw new Error(`could not start cluster '${opts.name}' again: ${result.stderr.trim()}`);
+    };
+    return { host: "127.0.0.1", port, user, password: opts.password, dataDir, socketDir: socket.dir, baseDir, logFile, stop, outage };
   } catch (err) {
     await stop().catch(() => undefined);
     throw err;

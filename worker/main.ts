@@ -10,7 +10,8 @@ import { JOB_KINDS, type JobKind } from "../shared/contracts/phases.js";
 import { ContractError, errorMessage, ToolError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 import { retry } from "../shared/retry.js";
-import { PermanentJobError, type Handlers, type WorkerContext } from "./context.js";
+import { serverUnavailable, withClient } from "../shared/pg/connect.js";
+import { PermanentJobError, serverFor, type Handlers, type WorkerContext } from "./context.js";
 import { dump } from "./dump.js";
 import { restore } from "./restore.js";
 import { verify } from "./verify.js";
@@ -24,6 +25,8 @@ export interface WorkerOptions {
 
 const HEARTBEAT_MS = 5_000;
 const PRESENCE_EVERY_MS = 5_000;
+/** How long a job waits for its server to come back (a restart) before its failure counts as an attempt. */
+const SERVER_WAIT_MS = 300_000;
 /** A result is worth waiting for: publishing it is retried this long (a broker restart) before the job is given back. */
 const RESULT_PUBLISH_MS = 120_000;
 
@@ -77,10 +80,10 @@ export class Worker {
    * 2.9, where a resumed coordinator would adopt it. Should the event not get out, a resuming coordinator finds the
    * job gone without a result and publishes it again, also as the same attempt.
    */
-  private async release(msg: JsMsg, job: Job, attempt: number, maxAttempts: number): Promise<void> {
+  private async release(msg: JsMsg, job: Job, attempt: number, maxAttempts: number, reason: "stopping" | "server-back" = "stopping"): Promise<void> {
     const event = {
       v: CONTRACT_VERSION, type: "job", runId: job.runId, jobId: job.jobId, kind: job.kind, db: job.db, worker: this.ctx.id,
-      attempt, maxAttempts, status: "released", at: new Date().toISOString(),
+      attempt, maxAttempts, status: "released", reason, at: new Date().toISOString(),
     } as const;
     await this.js
       .publish(subjects.event(job.runId, job.kind, "released"), encode(event), { msgID: `${job.jobId}.${attempt}.released`, timeout: 3_000 })
@@ -143,6 +146,25 @@ export class Worker {
         }
       }
     }
+  }
+
+  /**
+   * Waits, with backoff and up to SERVER_WAIT_MS, until the server the job works on takes a connection again (the
+   * source for a dump, the target for a restore or a verify). False when it never did, or this worker is stopping.
+   */
+  private async waitForServer(job: Job, log: Logger): Promise<boolean> {
+    const [role, conn, db] = job.kind === "dump" ? (["source", job.source, job.db.name] as const) : (["target", job.target, job.kind === "restore" ? job.maintenanceDb : job.db.name] as const);
+    const deadline = Date.now() + SERVER_WAIT_MS;
+    for (let attempt = 1; !this.stopping.signal.aborted && Date.now() < deadline; attempt++) {
+      try {
+        await withClient(serverFor(role, conn, this.ctx), db, async (c) => c.query("SELECT 1"));
+        return true;
+      } catch (err) {
+        if (!serverUnavailable(err)) log.warn({ err: errorMessage(err) }, "waiting for the server");
+        await sleep(Math.min(5_000, 250 * 2 ** Math.min(attempt, 5)));
+      }
+    }
+    return false;
   }
 
   /** A job pulled just as this worker began to stop: released untouched (a malformed one is left to the next worker). */
@@ -259,6 +281,16 @@ export class Worker {
         await this.release(msg, job, attempt, maxAttempts);
         log.warn({ attempt }, `${kind} interrupted by shutdown; handed back for redelivery (attempt ${attempt} not used up)`);
         return;
+      }
+      if (serverUnavailable(err) && !(err instanceof PermanentJobError)) {
+        // The server went away under the job (a restart, a failover): no fault of the job's. It waits for the server
+        // (still heartbeating), then goes back whole, as the same attempt, for a fresh start.
+        log.warn({ attempt, err: errorMessage(err) }, `${kind} ${JSON.stringify(job.db.name)}: its server went away; waiting for it to come back`);
+        if (await this.waitForServer(job, log)) {
+          await this.release(msg, job, attempt, maxAttempts, "server-back");
+          log.info({ attempt }, `${kind} ${JSON.stringify(job.db.name)}: the server is back; handed back (attempt ${attempt} not used up)`);
+          return;
+        }
       }
       const permanent = err instanceof PermanentJobError || err instanceof ContractError;
       const final = permanent || attempt >= maxAttempts;

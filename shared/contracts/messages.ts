@@ -207,6 +207,8 @@ const JobEvent = z.object({
   result: JobResult.optional(),
   /** final: no delivery is left, the database has failed. */
   error: z.object({ message: z.string(), stderrTail: z.string(), final: z.boolean() }).optional(),
+  /** Why a job was released: its worker was stopping, or the job's server went away and came back. */
+  reason: z.enum(["stopping", "server-back"]).optional(),
 });
 const DbEvent = z.object({
   v: z.literal(CONTRACT_VERSION),

@@ -81,6 +81,20 @@ async function connectWith(s: ServerSpec, database: string, appName: string, ssl
   return client;
 }
 
+/**
+ * Whether an error says the server itself is away for now (stopped, restarting, in recovery, or the connection cut
+ * by it), rather than anything about the statement: worth waiting for, never a failed attempt.
+ */
+export function serverUnavailable(err: unknown): boolean {
+  const code = (err as { code?: string }).code ?? "";
+  const text = `${errorMessage(err)}\n${(err as { stderrTail?: string }).stderrTail ?? ""}`;
+  return (
+    /^(57P0[1-3]|08)/.test(code) ||
+    ["ECONNREFUSED", "ECONNRESET", "EPIPE"].includes(code) ||
+    /connection refused|Connection terminated unexpectedly|the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)|terminating connection (due to administrator command|because of crash of another server process)|server closed the connection unexpectedly|no connection to the server/i.test(text)
+  );
+}
+
 const wrap = (s: ServerSpec, database: string, err: unknown) => new ConnectError(`cannot connect to ${describe(s, database)}: ${explain(err, s)}`, { cause: err });
 
 /** A client for fn's duration; when signal aborts, the connection is closed, which fails a query still running. */

@@ -7,11 +7,11 @@ import { test } from "node:test";
 import pg from "pg";
 import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
-import { cliEnv, errorLines, query, runCli, serverArgs, settingsOf } from "../helpers/cli.js";
+import { cliEnv, errorLines, query, readReport, runCli, serverArgs, settingsOf } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 import { assertEndState } from "../helpers/faults.js";
 import { startCli } from "../helpers/live.js";
-import { waitFor } from "../helpers/procs.js";
+import { toolsOn, waitFor } from "../helpers/procs.js";
 
 /** Holds a lock on one of shop's tables, so that the run waits (its sessions idle) for as long as the test says. */
 async function holdShop(source: { host: string; port: number; user: string; password: string }): Promise<{ release(): Promise<void> }> {
@@ -90,6 +90,29 @@ test("pg_terminate_backend of the coordinator's target session mid-run: it comes
         await hold.release();
       }
       await assertEndState(env, before, demoDatabases);
+    },
+    { nats: false },
+  );
+});
+
+test("the target stopped (immediate) for 10 s mid-restore: nothing is a failed attempt, the run finishes, and its settings are put back", { timeout: 600_000 }, async () => {
+  await withTestEnv(
+    async (env) => {
+      const { source, target, home } = env;
+      await psqlExec(source, "postgres", demoSql({ scale: 0.3 }));
+      await psqlExec(source, "postgres", "CREATE DATABASE big");
+      await psqlExec(source, "big", "CREATE TABLE facts (id bigint PRIMARY KEY, note text); INSERT INTO facts SELECT g, repeat('z', 40) || g FROM generate_series(1, 300000) g;");
+      const before = await settingsOf(target);
+      const run = startCli([...serverArgs(source, target), "--workers", "2", "-m", "2"], cliEnv(home, source, target));
+      await waitFor("the restore of big", () => toolsOn(target.port, "pg_restore").find((p) => p.argv.includes("--dbname=dbname='big'")), 180_000, 20);
+      await target.outage(10_000);
+      const r = await run.result;
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.match(r.stderr, /restore "big": \S+ handed it back once its server, which had gone away, was back; offered again at once \(attempt 1 was not used up\)/);
+      assert.doesNotMatch(r.stderr, /attempt [2-9] of|failed on attempt/);
+      const report = await readReport(home, r.stderr);
+      assert.equal(report.databases.find((d) => d.name === "big")?.attempts.restore, 1);
+      await assertEndState(env, before, [...demoDatabases, "big"]);
     },
     { nats: false },
   );
