@@ -46,8 +46,12 @@ export class Scheduler {
   private stopped = false;
   private settle: (() => void) | undefined;
   private jsm: JetStreamManager | undefined;
-  /** Until the events published before this coordinator started are read, claimed lines are not printed again. */
+  /** Until the events published before this coordinator started are read, the watchdog waits. */
   private replaying = true;
+  /** The events stream's last sequence when this coordinator started: an event up to it is read again, not new. */
+  private replayUpTo = 0;
+  /** Whether the event being handled was published before this coordinator started. */
+  private replayedEvent = false;
   /** When the newest event of each database's current job was published: the watchdog's input. */
   private readonly lastEventAt = new Map<string, number>();
   private events: ConsumerMessages | undefined;
@@ -69,6 +73,7 @@ export class Scheduler {
     const runId = this.state.runId;
     const record = this.state.record;
     this.jsm = await jetstreamManager(this.nc);
+    this.replayUpTo = (await this.jsm.streams.info(EVENTS_STREAM)).state.last_seq;
 
     // Every unfinished database: queue it, adopt its live job, or publish its next step.
     const adopted = new Set<string>();
@@ -224,6 +229,7 @@ export class Scheduler {
   }
 
   private async onEventMessage(m: JsMsg): Promise<void> {
+    this.replayedEvent = m.seq <= this.replayUpTo;
     try {
       const e = decodeEvent(m.data, m.subject);
       if (e.type === "job") await this.onJobEvent(e);
@@ -395,7 +401,7 @@ export class Scheduler {
       case "claimed":
         db.attempts[e.kind] = Math.max(db.attempts[e.kind] ?? 0, e.attempt);
         db.workers[e.kind] = e.worker;
-        if (!this.replaying) this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
+        if (!this.replayedEvent) this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} claimed`);
         this.out.progress(db.name, e.kind, 0, null);
         return;
@@ -409,7 +415,7 @@ export class Scheduler {
       case "released":
         // A stopping worker gave it back unfinished: offered again at once, as the same attempt.
         if (this.stopped || db.phase !== JOB_PHASES[e.kind].running) return;
-        const how = e.reason === "server-back" ? "handed it back once its server, which had gone away, was back" : `stopped and handed it back${this.replaying ? " as the earlier session ended" : ""}`;
+        const how = e.reason === "server-back" ? "handed it back once its server, which had gone away, was back" : `stopped and handed it back${this.replayedEvent ? " as the earlier session ended" : ""}`;
         this.out.line(`${e.kind} ${name}: ${e.worker} ${how}; offered again at once (attempt ${e.attempt} was not used up)`);
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} released`);
         await this.publish(db, e.kind, true, e.attempt - 1);
