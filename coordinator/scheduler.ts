@@ -27,6 +27,14 @@ import { jobsFor } from "./parallelism.js";
 import { bytes, plural, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
 
+/** What the scheduler asks of the target's databases: each resolves to why it failed, or says what it did. */
+export interface TargetDatabases {
+  /** Creates a database on the target (nothing when this run created it already); resolves to why it failed. */
+  create(db: DbState): Promise<string | undefined>;
+  /** Drops a database this run created and restored nothing into; resolves to whether there was one to drop. */
+  dropUnrestored(db: DbState): Promise<boolean>;
+}
+
 /** How long the replay of earlier events may take before undecided jobs are published again anyway. */
 const REPLAY_LIMIT_MS = 15_000;
 /** Pulls expire every 4 s and heartbeat at half that: this long without either means the consumer is lost. */
@@ -65,8 +73,8 @@ export class Scheduler {
     private readonly key: SharedKey | undefined,
     private readonly log: Logger,
     private readonly out: Output,
-    /** Creates a database on the target (nothing when it exists already); resolves to why it failed. */
-    private readonly createDatabase: (db: DbState) => Promise<string | undefined>,
+    /** Creates and drops the run's databases on the target. */
+    private readonly targetDatabases: TargetDatabases,
   ) {}
 
   async run(signal: AbortSignal): Promise<void> {
@@ -299,7 +307,7 @@ export class Scheduler {
   private created(db: DbState): Promise<string | undefined> {
     let p = this.creating.get(db.key);
     if (!p) {
-      p = this.createDatabase(db).catch((err: unknown) => `CREATE DATABASE failed: ${errorMessage(err)}`);
+      p = this.targetDatabases.create(db).catch((err: unknown) => `CREATE DATABASE failed: ${errorMessage(err)}`);
       this.creating.set(db.key, p);
     }
     return p;
@@ -428,7 +436,7 @@ export class Scheduler {
           this.out.warn(`${e.kind} ${name} failed on attempt ${e.attempt} of ${e.maxAttempts}, will retry: ${error.message}`);
           return;
         }
-        await this.fail(db, `${e.kind} failed after ${plural(e.attempt, "attempt")}: ${error.message}`);
+        await this.fail(db, `${e.kind} failed after ${plural(e.attempt, "attempt")}${e.attempt < e.maxAttempts ? ", not retried (no retry can mend it)" : ""}: ${error.message}`);
         return;
       }
       case "done":
@@ -482,6 +490,16 @@ export class Scheduler {
   }
 
   private async fail(db: DbState, reason: string): Promise<void> {
+    // Before any restore began, the database this run created on the target is empty: it goes again.
+    const creating = this.creating.get(db.key);
+    if (creating && !db.attempts.restore) {
+      await creating;
+      try {
+        if (await this.targetDatabases.dropUnrestored(db)) reason += "; no restore had begun, so the empty database this run created was dropped from the target";
+      } catch (err) {
+        reason += `; its empty database stays on the target (dropping it failed: ${errorMessage(err)})`;
+      }
+    }
     this.out.warn(`${JSON.stringify(db.name)} failed: ${reason}`);
     db.jobId = undefined;
     await this.setPhase(db, "failed", reason);
