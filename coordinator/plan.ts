@@ -15,6 +15,7 @@ import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
 import { existingDatabases, MAINTENANCE_DB } from "./discovery.js";
 import { maintenanceClash, survey } from "./survey.js";
+import { checkSourceDatabases } from "./source-check.js";
 import { readTargetRecord, settingsFor } from "./fast-restore.js";
 import { bytes, plural, type Output } from "./output.js";
 import { checkServers, dumpVolumeNotWritable, extensionProblem, inspect, minimumDumpSpace, pairKey, sessionTimeoutWarning } from "./preflight.js";
@@ -75,6 +76,9 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     for (const [db, names] of surveyed.missingExtensions) {
       warnings.push(`${JSON.stringify(db)} ${extensionProblem(names)}: a run fails that database before creating it`);
     }
+    const needs = await checkSourceDatabases(cfg.source, src.client, selected.filter((d) => !surveyed.missingExtensions.has(d.name)).map((d) => d.name), src.info.superuser);
+    refusals.push(...needs.refusals);
+    warnings.push(...needs.warnings);
     if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);
     const taken = selected.filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name));
     if (taken.length) refusals.push(`the target already has database(s) ${taken.map((d) => JSON.stringify(d.name)).join(", ")}`);

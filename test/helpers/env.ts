@@ -24,6 +24,8 @@ export interface TestEnvOptions {
   /** TLS for the source or the target cluster. */
   sourceTls?: StartClusterOptions["tls"];
   targetTls?: StartClusterOptions["tls"];
+  /** Extra postgresql.conf settings of the source cluster. */
+  sourceSettings?: Record<string, string>;
 }
 
 interface Resource {
@@ -43,7 +45,7 @@ export async function withTestEnv<T>(fn: (env: TestEnv) => Promise<T>, opts: Tes
 
   // Independent servers in separate dirs on separate ports: safe to start side by side.
   const starting = await Promise.allSettled([
-    track("source cluster", startCluster({ name: "source", password: `src-Pw-${nanoid()}`, ...(opts.sourceTls ? { tls: opts.sourceTls } : {}) }), (c) => c.stop()),
+    track("source cluster", startCluster({ name: "source", password: `src-Pw-${nanoid()}`, ...(opts.sourceTls ? { tls: opts.sourceTls } : {}), ...(opts.sourceSettings ? { settings: opts.sourceSettings } : {}) }), (c) => c.stop()),
     track("target cluster", startCluster({ name: "target", password: `tgt-Pw-${nanoid()}`, ...(opts.targetTls ? { tls: opts.targetTls } : {}) }), (c) => c.stop()),
     opts.nats === false ? Promise.resolve(undefined) : track("nats", startNats({ args: opts.natsArgs ?? [] }), (n) => n.stop()),
     track("home", mkdtemp(join(tmpdir(), "pgm-home-")), (dir) => rm(dir, { recursive: true, force: true, maxRetries: 3 })),
