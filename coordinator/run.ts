@@ -124,7 +124,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, outer: AbortSigna
     // An extension the target cannot create fails that database now, before anything is created for it.
     for (const [db, names] of missingExtensions) out.warn(`${JSON.stringify(db)} ${extensionProblem(names)}; that database fails now, the others go on`);
     // What each database asks of the source: lock room for its dump, and the right to read every table.
-    const needs = await checkSourceDatabases(cfg.source, src.client, selected.filter((d) => !missingExtensions.has(d.name)).map((d) => d.name), src.info.superuser);
+    const needs = await checkSourceDatabases(cfg.source, src.client, selected.filter((d) => !missingExtensions.has(d.name)).map((d) => d.name), src.info.superuser, cfg.jobs);
     for (const w of needs.warnings) out.warn(w);
     if (needs.refusals.length) throw new PreflightError(`${needs.refusals.join("; ")}; nothing was changed`);
     const volume = await checkDumpVolume(cfg.dumpRoot, selected.reduce((s, d) => s + d.sizeBytes, 0));
@@ -610,7 +610,7 @@ async function databaseCreator(cfg: MigrateConfig, state: RunState, d: Deps): Pr
   const dropUnrestored = (db: DbState) => serially(async () => {
     if (!db.created || db.name === MAINTENANCE_DB) return false;
     await d.session.ready();
-    await d.tgtClient.query(dropDatabaseSql(db.name));
+    await d.tgtClient.query(dropDatabaseSql(db.name, d.targetVersionNum >= 130000)); // WITH (FORCE) from 13
     db.created = false;
     await state.save();
     return true;

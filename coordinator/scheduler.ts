@@ -51,6 +51,8 @@ export class Scheduler {
   private restoreQueue: DbState[] = [];
   /** Each database's CREATE DATABASE, started with its dump and awaited before its restore. */
   private readonly creating = new Map<string, Promise<string | undefined>>();
+  /** Databases being failed: fail() runs once for each, whoever else saw its job end. */
+  private readonly failing = new Set<string>();
   private stopped = false;
   private settle: (() => void) | undefined;
   private jsm: JetStreamManager | undefined;
@@ -490,9 +492,13 @@ export class Scheduler {
   }
 
   private async fail(db: DbState, reason: string): Promise<void> {
-    // Before any restore began, the database this run created on the target is empty: it goes again.
+    if (this.failing.has(db.key) || db.phase === "failed") return; // two callers saw the same job end
+    this.failing.add(db.key);
+    // Before anything else: a late result of the job is stale from here on.
+    db.jobId = undefined;
+    // Before any restore was published, the database this run created on the target is empty: it goes again.
     const creating = this.creating.get(db.key);
-    if (creating && !db.attempts.restore) {
+    if (creating && (db.phase === "planned" || db.phase === JOB_PHASES.dump.running || db.phase === JOB_PHASES.dump.finished)) {
       await creating;
       try {
         if (await this.targetDatabases.dropUnrestored(db)) reason += "; no restore had begun, so the empty database this run created was dropped from the target";
@@ -501,7 +507,6 @@ export class Scheduler {
       }
     }
     this.out.warn(`${JSON.stringify(db.name)} failed: ${reason}`);
-    db.jobId = undefined;
     await this.setPhase(db, "failed", reason);
     await this.release(db);
   }

@@ -98,7 +98,8 @@ function countingFailed(err: unknown, db: string): unknown {
   if ((err as { code?: string }).code === "42501") {
     return new PermanentJobError(`${message} (the source user must be able to read every table, as pg_dump must: grant it SELECT, or migrate as a role that can read everything)`, { cause: err });
   }
-  return new Error(message, { cause: err });
+  // The driver's code stays readable: a server that went away during the count is waited for, not a failed attempt.
+  return Object.assign(new Error(message, { cause: err }), { code: (err as { code?: string }).code });
 }
 
 /**

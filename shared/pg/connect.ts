@@ -18,6 +18,8 @@ export interface ServerSpec extends PgTls {
 
 export class ConnectError extends Error {
   override name = "ConnectError";
+  /** The driver's code (a SQLSTATE, or a socket's), kept so that what the failure means can still be read. */
+  readonly code: string | undefined = (this.cause as { code?: string } | undefined)?.code;
 }
 
 export function describe(s: ServerSpec, db?: string): string {
@@ -97,17 +99,17 @@ export function serverUnavailable(err: unknown): boolean {
 
 /**
  * Whether an error is one no retry can mend, because it says something about the servers' contents or rights that
- * stays so until a person changes it: a permission refused, a database or role that does not exist, the lock
- * table too small for the database. Read from the driver's SQLSTATE or from a native tool's
- * stderr. Not among them: a relation that vanished (a concurrent DROP on the source is mended by a
- * new snapshot) and a refused login (one worker's own password may be wrong where another's is right).
+ * stays so until a person changes it: a permission refused, a database or role that does not exist. Read from
+ * the driver's SQLSTATE or from a native tool's stderr. Not among them: a relation that vanished (a concurrent DROP
+ * on the source is mended by a new snapshot), a refused login (one worker's own password may be wrong where
+ * another's is right), and a full lock table (shared by every session: it may have room once other dumps are done).
  */
 export function deterministicFailure(err: unknown): boolean {
   const code = (err as { code?: string }).code ?? "";
   const text = `${errorMessage(err)}\n${(err as { stderrTail?: string }).stderrTail ?? ""}`;
   return (
     /^(42501|3D000|42704)$/.test(code) ||
-    /permission denied for |must be owner of |database "[^\n]*" does not exist|role "[^\n]*" does not exist|max_locks_per_transaction/i.test(text)
+    /permission denied for |must be owner of |database "[^\n]*" does not exist|role "[^\n]*" does not exist/i.test(text)
   );
 }
 
