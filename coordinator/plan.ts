@@ -76,7 +76,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     for (const [db, names] of surveyed.missingExtensions) {
       warnings.push(`${JSON.stringify(db)} ${extensionProblem(names)}: a run fails that database before creating it`);
     }
-    const needs = await checkSourceDatabases(cfg.source, src.client, selected.filter((d) => !surveyed.missingExtensions.has(d.name)).map((d) => d.name), src.info.superuser);
+    const needs = await checkSourceDatabases(cfg.source, src.client, selected.filter((d) => !surveyed.missingExtensions.has(d.name)).map((d) => d.name), src.info.superuser, cfg.jobs);
     refusals.push(...needs.refusals);
     warnings.push(...needs.warnings);
     if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);

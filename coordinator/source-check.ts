@@ -10,12 +10,15 @@ const USER_RELATIONS = `n.nspname NOT IN ('pg_catalog', 'information_schema') AN
 
 /**
  * How many relation locks a database's dump holds at once. pg_dump takes ACCESS SHARE on every table it dumps and
- * keeps it to its end; the worker's count, in the same snapshot and so in one transaction held as long, locks each
- * counted table and, through the planner, every index of it.
+ * keeps it to its end (its parallel workers lock each table they dump again, to their end too), and reads every
+ * sequence; the worker's count, in the same snapshot and so in one transaction held as long, locks each counted
+ * table and, through the planner, every index of it, and reads every sequence's value. A second holder of a lock
+ * takes a slot of its own.
  */
 const LOCKS_SQL = `
   SELECT count(*) FILTER (WHERE c.relkind IN ('r', 'p', 'm', 'f')) AS dumped,
          count(*) FILTER (WHERE c.relkind IN ('r', 'm')) AS counted,
+         count(*) FILTER (WHERE c.relkind = 'S') AS sequences,
          (SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relkind IN ('r', 'm') AND ${USER_RELATIONS}) AS indexes
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -69,19 +72,24 @@ export interface DatabaseNeeds {
   /** Tables counted in the dump's snapshot, and their indexes. */
   counted: number;
   indexes: number;
+  /** Sequences: read by pg_dump and by the count. */
+  sequences: number;
+  /** Whether pg_dump runs parallel workers (-j above 1), which lock the tables they dump again. */
+  parallel: boolean;
   /** Relations the source user cannot read, each with why. */
   unreadable: { name: string; why: string }[];
 }
 
-export async function databaseNeeds(spec: ServerSpec, db: string, superuser: boolean): Promise<DatabaseNeeds> {
+export async function databaseNeeds(spec: ServerSpec, db: string, superuser: boolean, parallel: boolean): Promise<DatabaseNeeds> {
   return withClient(spec, db, async (c) => {
-    const { rows } = await c.query<{ dumped: string; counted: string; indexes: string }>(LOCKS_SQL);
+    const { rows } = await c.query<{ dumped: string; counted: string; indexes: string; sequences: string }>(LOCKS_SQL);
+    const r = rows[0]!;
     const unreadable = superuser ? [] : (await c.query<{ name: string; why: string }>(UNREADABLE_SQL)).rows;
-    return { db, dumped: Number(rows[0]!.dumped), counted: Number(rows[0]!.counted), indexes: Number(rows[0]!.indexes), unreadable };
+    return { db, dumped: Number(r.dumped), counted: Number(r.counted), indexes: Number(r.indexes), sequences: Number(r.sequences), parallel, unreadable };
   });
 }
 
-export const locksNeeded = (n: DatabaseNeeds): number => n.dumped + n.counted + n.indexes;
+export const locksNeeded = (n: DatabaseNeeds): number => n.dumped * (n.parallel ? 2 : 1) + n.counted + n.indexes + 2 * n.sequences;
 
 /** What the run refuses on and what it warns of, each naming the database, the numbers and the fix. */
 export function sourceVerdicts(needs: DatabaseNeeds[], lock: LockRoom, user: string): { refusals: string[]; warnings: string[] } {
@@ -98,7 +106,8 @@ export function sourceVerdicts(needs: DatabaseNeeds[], lock: LockRoom, user: str
     }
     const need = locksNeeded(n);
     if (need <= lock.room) continue;
-    const what = `${name} holds about ${need} locks at once while it is dumped (${plural(n.dumped, "table")} locked by pg_dump; ${plural(n.counted, "table")} and ${plural(n.indexes, "index", "indexes")} by the count in the same snapshot)`;
+    const seqs = n.sequences ? `, and ${plural(n.sequences, "sequence")} by both` : "";
+    const what = `${name} holds about ${need} locks at once while it is dumped (${plural(n.dumped, "table")} locked by pg_dump${n.parallel ? " and again by its parallel workers" : ""}; ${plural(n.counted, "table")} and ${plural(n.indexes, "index", "indexes")} by the count in the same snapshot${seqs})`;
     const sized = `the source's lock table is sized for ${lock.room} (max_locks_per_transaction ${lock.perTransaction} × ${lock.slots} server processes and prepared transactions)`;
     const fix = `set max_locks_per_transaction to at least ${Math.ceil(need / lock.slots)} on the source (it takes a restart)`;
     if (need > LOCK_ROOM_SPARE * lock.room) {
@@ -110,10 +119,13 @@ export function sourceVerdicts(needs: DatabaseNeeds[], lock: LockRoom, user: str
   return { refusals, warnings };
 }
 
-/** Reads every selected database's needs (one connection at a time) and judges them against the source's lock table. */
-export async function checkSourceDatabases(spec: ServerSpec, client: pg.Client, dbs: string[], superuser: boolean): Promise<{ refusals: string[]; warnings: string[] }> {
+/**
+ * Reads every selected database's needs (one connection at a time) and judges them against the source's lock table;
+ * `jobs` is pg_dump's -j at the most.
+ */
+export async function checkSourceDatabases(spec: ServerSpec, client: pg.Client, dbs: string[], superuser: boolean, jobs: number): Promise<{ refusals: string[]; warnings: string[] }> {
   const lock = await lockRoom(client);
   const needs: DatabaseNeeds[] = [];
-  for (const db of dbs) needs.push(await databaseNeeds(spec, db, superuser));
+  for (const db of dbs) needs.push(await databaseNeeds(spec, db, superuser, jobs > 1));
   return sourceVerdicts(needs, lock, spec.user);
 }

@@ -6,10 +6,13 @@ import { test } from "node:test";
 import { LOCK_ROOM_SPARE, locksNeeded, sourceVerdicts, type DatabaseNeeds } from "../../coordinator/source-check.js";
 
 const room = { perTransaction: 64, slots: 122, room: 64 * 122 };
-const db = (name: string, dumped: number, indexes = 0, unreadable: DatabaseNeeds["unreadable"] = []): DatabaseNeeds => ({ db: name, dumped, counted: dumped, indexes, unreadable });
+const db = (name: string, dumped: number, indexes = 0, unreadable: DatabaseNeeds["unreadable"] = []): DatabaseNeeds => ({ db: name, dumped, counted: dumped, indexes, sequences: 0, parallel: false, unreadable });
 
 test("a dump's locks: pg_dump's tables and the count's tables and indexes, judged against the lock table", () => {
   assert.equal(locksNeeded(db("a", 100, 40)), 240);
+  // pg_dump's parallel workers lock the tables they dump again; sequences are read by pg_dump and by the count.
+  assert.equal(locksNeeded({ ...db("b", 100, 40), sequences: 30, parallel: true }), 100 * 2 + 100 + 40 + 2 * 30);
+  assert.match(sourceVerdicts([{ ...db("b", 5000, 0), sequences: 10, parallel: true }], room, "postgres").warnings[0]!, /5000 tables locked by pg_dump and again by its parallel workers; 5000 tables and 0 indexes by the count in the same snapshot, and 10 sequences by both\)/);
   const fits = db("fits", 3000, 1808); // 7808: exactly the table's size
   const tight = db("tight", 5000, 2000); // 12000
   const huge = db("huge", 20000, 0); // 40000, over 3 × 7808
