@@ -8,7 +8,9 @@ import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
 import { natsConnectOptions, connectNats, withoutCredentials, type NatsAuth } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
+import type pg from "pg";
 import { connect as connectPg, type ServerSpec } from "../shared/pg/connect.js";
+import type { PgTls } from "../shared/pg/tls.js";
 import { readTargetRecord, type TargetRecord } from "./fast-restore.js";
 import { bytes, seconds, type Output } from "./output.js";
 import { fileLockHolders, isStale, kvLockHolders } from "./lock.js";
@@ -76,23 +78,33 @@ const TARGET_READ_MS = 5_000;
 
 /**
  * The target's own record of fast-restore settings left on it, read as the run's target user (PGMIGRATE_TO_PASS,
- * PGPASSWORD or the password file), within TARGET_READ_MS: status never waits long for a server it only reports on.
+ * PGPASSWORD or the password file) with the run's own TLS settings, within TARGET_READ_MS: status never waits long
+ * for a server it only reports on.
  */
 async function targetCarries(r: RunRecord): Promise<NonNullable<StatusSnapshot["target"]>> {
-  const spec: ServerSpec = { role: "target", host: r.target.host, port: r.target.port, user: r.target.user, password: process.env.PGMIGRATE_TO_PASS || undefined };
-  const connecting = connectPg(spec, r.target.db, "pg-migrate status");
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${TARGET_READ_MS / 1000} s`)), TARGET_READ_MS)));
-  try {
-    const client = await Promise.race([connecting, late]);
+  const given = (r.options as { target?: PgTls }).target ?? {};
+  const tls: PgTls = { sslmode: given.sslmode, sslrootcert: given.sslrootcert, sslcert: given.sslcert, sslkey: given.sslkey };
+  const spec: ServerSpec = { role: "target", host: r.target.host, port: r.target.port, user: r.target.user, password: process.env.PGMIGRATE_TO_PASS || undefined, ...tls };
+  let connecting: Promise<pg.Client> | undefined;
+  const reading = (async () => {
+    connecting = connectPg(spec, r.target.db, "pg-migrate status");
+    const client = await connecting;
     try {
-      return { read: true, fastRestore: (await readTargetRecord(client)) ?? null };
+      // pg_file_settings is for superusers (and whom they grant it): without it the answer would be a false "none".
+      const { rows } = await client.query<{ ok: boolean }>("SELECT has_function_privilege('pg_show_all_file_settings()', 'EXECUTE') AS ok");
+      if (!rows[0]?.ok) return { read: false as const, why: `${r.target.user} may not read pg_file_settings` };
+      return { read: true as const, fastRestore: (await readTargetRecord(client)) ?? null };
     } finally {
       await client.end().catch(() => undefined);
     }
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${TARGET_READ_MS / 1000} s`)), TARGET_READ_MS)));
+  try {
+    return await Promise.race([reading, late]);
   } catch (err) {
-    // A connection that comes after all is closed at once.
-    void connecting.then((c) => c.end()).catch(() => undefined);
+    // A connection that comes after all, or a query still running, is closed at once.
+    void connecting?.then((c) => c.end()).catch(() => undefined);
     return { read: false, why: errorMessage(err) };
   } finally {
     clearTimeout(timer);
