@@ -545,7 +545,8 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
       `subscription ${JSON.stringify(s.name)} in ${JSON.stringify(s.db)} is disabled on the target (pg_dump recreates subscriptions without connecting): once its publisher expects this server, run ALTER SUBSCRIPTION ${ident(s.name)} ENABLE in that database (and create its slot if it has none)`,
     );
   }
-  out.line(`${record.databases.length === 1 ? "the database" : `all ${record.databases.length} databases`} migrated and verified`);
+  const warnings = record.databases.reduce((s, x) => s + (x.warnings?.length ?? 0), 0);
+  out.line(`${record.databases.length === 1 ? "the database" : `all ${record.databases.length} databases`} migrated and verified${warnings ? `, with ${plural(warnings, "warning")} of what pg_dump cannot preserve (named above and in the report)` : ""}`);
   return EXIT.ok;
 }
 

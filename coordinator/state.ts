@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
 import { kvKeys } from "../shared/contracts/jetstream.js";
 import { customAlphabet } from "nanoid";
-import type { CreateSpec, Mismatch } from "../shared/contracts/messages.js";
+import type { CreateSpec, Mismatch, VerifyWarning } from "../shared/contracts/messages.js";
 import type { DbPhase, JobKind } from "../shared/contracts/phases.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
@@ -38,6 +38,10 @@ export interface DbState {
   verifiedRows?: number;
   sequences?: number;
   mismatches?: Mismatch[];
+  /** What pg_dump could not preserve (column order, refreshed materialized views): named, not failures. */
+  warnings?: VerifyWarning[];
+  /** Whether verification applied the database's own properties, and why not. */
+  properties?: { applied: boolean; why?: string | undefined };
   detailPath?: string;
   timings: Partial<Record<JobKind | "analyze", number>>;
   attempts: Partial<Record<JobKind, number>>;

@@ -97,6 +97,10 @@ const TableCount = z.object({
   rows: z.number().int().nonnegative(),
   /** --verify checksum: an order-independent hash of the table's rows (the sum of each row's md5, as text). */
   checksum: z.string().optional(),
+  /** The columns in their physical order on that server (absent: a manifest of an older pg-migrate). */
+  columns: z.array(z.string()).optional(),
+  /** A materialized view: pg_restore refreshes it, so its content is the view's query run on the target. */
+  matview: z.boolean().optional(),
 });
 export type TableCount = z.infer<typeof TableCount>;
 const SequenceValue = z.object({
@@ -128,12 +132,26 @@ const Manifest = z.object({
 export type Manifest = z.infer<typeof Manifest>;
 
 const Mismatch = z.object({
-  what: z.enum(["table-missing", "table-extra", "row-count", "checksum", "sequence", "large-objects", "database-property"]),
+  what: z.enum(["table-missing", "table-extra", "row-count", "checksum", "columns", "sequence", "large-objects", "database-property"]),
   object: z.string(),
   source: z.string().nullable(),
   target: z.string().nullable(),
 });
 export type Mismatch = z.infer<typeof Mismatch>;
+
+/**
+ * A difference pg_dump itself cannot avoid, named but not a failure: an inheritance child whose columns the target
+ * keeps in another order (pg_dump recreates it with its parent's columns first), a materialized view whose content
+ * changed because pg_restore refreshed it. `note` says what it means for the user.
+ */
+const VerifyWarning = z.object({
+  what: z.enum(["column-order", "matview-refreshed"]),
+  object: z.string(),
+  source: z.string().nullable(),
+  target: z.string().nullable(),
+  note: z.string(),
+});
+export type VerifyWarning = z.infer<typeof VerifyWarning>;
 
 const DumpResult = z.object({
   kind: z.literal("dump"),
@@ -163,6 +181,13 @@ const VerifyResult = z.object({
   rows: z.number(),
   sequences: z.number().int(),
   mismatches: z.array(Mismatch),
+  /** What pg_dump cannot preserve, named: not a failure. */
+  warnings: z.array(VerifyWarning).optional(),
+  /**
+   * The database's own properties (settings, connection limit, comment, grants): applied (also after a failed
+   * verification, whose reason stays in mismatches), none to apply, or not applied and why.
+   */
+  properties: z.object({ applied: z.boolean(), why: z.string().optional() }).optional(),
   /** Relative to the dump root: every table's counts on both sides. */
   detailPath: z.string(),
 });

@@ -40,7 +40,8 @@ export const ReportSchema = z.object({
   dumpRoot: z.string(),
   /** This run's dumps (directories created 0700): kept or removed, and why. */
   dumps: z.object({ path: z.string(), kept: z.boolean(), why: z.string() }),
-  totals: z.object({ databases: z.number().int(), verified: z.number().int(), failed: z.number().int(), rows: z.number() }),
+  /** warnings: what verification named but pg_dump cannot preserve (column order, refreshed materialized views). */
+  totals: z.object({ databases: z.number().int(), verified: z.number().int(), failed: z.number().int(), rows: z.number(), warnings: z.number().int().optional() }),
   databases: z.array(
     z.object({
       name: z.string(),
@@ -57,6 +58,10 @@ export const ReportSchema = z.object({
       verifiedRows: z.number().optional(),
       sequences: z.number().int().optional(),
       mismatches: z.array(z.object({ what: z.string(), object: z.string(), source: z.string().nullable(), target: z.string().nullable() })).optional(),
+      /** Differences pg_dump cannot avoid, named with what they mean: not failures. */
+      warnings: z.array(z.object({ what: z.string(), object: z.string(), source: z.string().nullable(), target: z.string().nullable(), note: z.string() })).optional(),
+      /** Whether the database's own properties (ALTER DATABASE … SET, limit, comment, grants) were applied, and why not. */
+      properties: z.object({ applied: z.boolean(), why: z.string().optional() }).optional(),
       detailPath: z.string().optional(),
       timings: Timings,
       attempts: PerKind(z.number().int()),
