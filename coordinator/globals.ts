@@ -70,6 +70,36 @@ export function relocateTablespaces(parts: ScriptPart[], relocate: ReadonlyMap<s
   });
 }
 
+const ROLE_NAME = `("(?:[^"]|"")*"|[^\\s;",]+)`;
+const ROLE_GRANT = new RegExp(`^GRANT\\s+${ROLE_NAME}\\s+TO\\s+${ROLE_NAME}[\\s\\S]*?(?:\\s+GRANTED\\s+BY\\s+${ROLE_NAME})?\\s*;$`, "i");
+
+/**
+ * Pure: role grants ordered so that a grant GRANTED BY a role comes after that role's own grant of the same role.
+ * PostgreSQL 16 checks the grantor's ADMIN OPTION when the GRANT runs, and pg_dumpall before 16 writes the grants
+ * by name (GRANT g TO auditor … GRANTED BY team_lead before GRANT g TO team_lead WITH ADMIN OPTION), which a 16+
+ * target refuses. The grants keep their places in the script; only their order among themselves changes.
+ */
+export function orderRoleGrants(parts: ScriptPart[]): ScriptPart[] {
+  const slots: number[] = [];
+  const grants: { part: ScriptPart; role: string; member: string; grantor: string | undefined }[] = [];
+  parts.forEach((p, i) => {
+    const m = p.meta ? null : ROLE_GRANT.exec(p.text);
+    if (!m || /^GRANT\s+\S+\s+ON\s/i.test(p.text)) return;
+    slots.push(i);
+    grants.push({ part: p, role: m[1]!, member: m[2]!, grantor: m[3] });
+  });
+  const ordered: typeof grants = [];
+  const pending = [...grants];
+  while (pending.length) {
+    // A grant waits while a pending grant of the same role makes its grantor a member of it.
+    const ready = pending.findIndex((g) => !g.grantor || !pending.some((o) => o !== g && o.role === g.role && o.member === g.grantor));
+    ordered.push(...pending.splice(ready < 0 ? 0 : ready, 1));
+  }
+  const out = [...parts];
+  slots.forEach((slot, i) => (out[slot] = ordered[i]!.part));
+  return out;
+}
+
 /** Pure: the script without the statements about `user`, and what was removed. */
 export function filterGlobals(script: string, user: string): { parts: ScriptPart[]; removed: string[] } {
   const parts: ScriptPart[] = [];
@@ -108,7 +138,7 @@ export async function migrateGlobals(
   const args = ["--globals-only", ...(opts.rolePasswords ? [] : ["--no-role-passwords"]), ...(opts.noTablespaces ? ["--no-tablespaces"] : []), dbnameArg(sourceDb)];
   const { stdout } = await runTool(tools, "pg_dumpall", args, { conn: source, signal });
   const filtered = filterGlobals(stdout, target.user);
-  filtered.parts = relocateTablespaces(filtered.parts, opts.relocate);
+  filtered.parts = orderRoleGrants(relocateTablespaces(filtered.parts, opts.relocate));
   const { parts, notApplied } = opts.targetSuperuser ? { parts: filtered.parts, notApplied: [] } : adaptForNonSuperuser(filtered.parts);
   // One statement per line-range we know, so psql's "psql:<stdin>:LINE:" errors map back to statements.
   const lines: string[] = [];
