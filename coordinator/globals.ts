@@ -3,6 +3,7 @@
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 import { runPsqlScript } from "../shared/pg/psql-script.js";
+import { settingKnown, settingOf } from "../shared/pg/settings.js";
 import { literal } from "../shared/pg/quote.js";
 import { runTool, type Toolset } from "../shared/tools.js";
 import { roleStatementTarget, splitScript, type ScriptPart } from "./sql-split.js";
@@ -16,6 +17,8 @@ export interface GlobalsOutcome {
   withoutPassword: string[];
   /** A target user that is not a superuser cannot set these (SUPERUSER, REPLICATION, BYPASSRLS, a grantor): left out. */
   notApplied: string[];
+  /** ALTER ROLE … SET of a setting the target's major no longer knows: left out, the rest applied. */
+  unknownSettings: string[];
 }
 
 /**
@@ -133,12 +136,22 @@ export async function migrateGlobals(
   target: ServerSpec,
   targetDb: string,
   signal: AbortSignal,
-  opts: { rolePasswords: boolean; targetSuperuser: boolean; noTablespaces: boolean; relocate: ReadonlyMap<string, string> },
+  opts: { rolePasswords: boolean; targetSuperuser: boolean; noTablespaces: boolean; relocate: ReadonlyMap<string, string>; knownSettings?: ReadonlySet<string> },
 ): Promise<GlobalsOutcome> {
   const args = ["--globals-only", ...(opts.rolePasswords ? [] : ["--no-role-passwords"]), ...(opts.noTablespaces ? ["--no-tablespaces"] : []), dbnameArg(sourceDb)];
   const { stdout } = await runTool(tools, "pg_dumpall", args, { conn: source, signal });
   const filtered = filterGlobals(stdout, target.user);
   filtered.parts = orderRoleGrants(relocateTablespaces(filtered.parts, opts.relocate));
+  const unknownSettings: string[] = [];
+  if (opts.knownSettings) {
+    const known = opts.knownSettings;
+    filtered.parts = filtered.parts.filter((p) => {
+      const name = p.meta ? undefined : settingOf(p.text);
+      if (name === undefined || settingKnown(name, known)) return true;
+      unknownSettings.push(p.text);
+      return false;
+    });
+  }
   const { parts, notApplied } = opts.targetSuperuser ? { parts: filtered.parts, notApplied: [] } : adaptForNonSuperuser(filtered.parts);
   // One statement per line-range we know, so psql's "psql:<stdin>:LINE:" errors map back to statements.
   const lines: string[] = [];
@@ -148,7 +161,7 @@ export async function migrateGlobals(
     lines.push(...p.text.split("\n"));
   }
   const errors = await runPsqlScript(tools, target, targetDb, lines.join("\n"), signal);
-  const outcome: GlobalsOutcome = { applied: 0, removed: filtered.removed, alreadyExisted: [], failed: [], withoutPassword: [], notApplied };
+  const outcome: GlobalsOutcome = { applied: 0, removed: filtered.removed, alreadyExisted: [], failed: [], withoutPassword: [], notApplied, unknownSettings };
   const errorsByStatement = new Map<string, string>();
   for (const e of errors) {
     const owner = e.line === null ? undefined : [...startLines].reverse().find((s) => s.line <= e.line!);

@@ -19,6 +19,7 @@ import { readTargetRecord, settingsFor } from "./fast-restore.js";
 import { bytes, plural, type Output } from "./output.js";
 import { checkServers, dumpVolumeNotWritable, extensionProblem, inspect, minimumDumpSpace, pairKey, sessionTimeoutWarning } from "./preflight.js";
 import { RunState } from "./state.js";
+import { noteLine } from "./upgrade-notes.js";
 import { EXIT } from "./run.js";
 import { connectionsNeeded } from "./parallelism.js";
 
@@ -50,7 +51,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     }
     const w = (line = "") => process.stdout.write(`${line}\n`);
 
-    const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client);
+    const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client, tgt.info.versionNum);
     const { selected, skipped } = surveyed;
     const clash = await maintenanceClash(cfg, surveyed);
     if (clash) refusals.push(clash);
@@ -74,6 +75,11 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     for (const line of surveyed.tablespaces.lines) w(line);
     for (const [db, names] of surveyed.missingExtensions) {
       warnings.push(`${JSON.stringify(db)} ${extensionProblem(names)}: a run fails that database before creating it`);
+    }
+    if (surveyed.upgradeNotes.length) {
+      w();
+      w(`upgrade notes (PostgreSQL ${src.info.major} → ${tgt.info.major}), also in the report:`);
+      for (const n of surveyed.upgradeNotes) w(`  ${noteLine(n)}`);
     }
     if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);
     const taken = selected.filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name));

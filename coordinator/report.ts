@@ -37,6 +37,7 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
     fastRestore: record.fastRestore,
     globals: record.globals,
     skipped: record.skipped,
+    upgradeNotes: record.upgradeNotes ?? [],
     dumpRoot,
     dumps,
     totals: {

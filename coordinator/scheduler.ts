@@ -459,6 +459,9 @@ export class Scheduler {
         this.out.warn(`${name}: ${w.what} ${w.object} (source ${w.source ?? "none"}, target ${w.target ?? "none"}): ${w.note}`);
       }
       if (r.properties && !r.properties.applied && r.properties.why) this.out.warn(`${name}: its own properties were not applied: ${r.properties.why}`);
+      if (r.properties?.skipped?.length) {
+        this.out.warn(`${name}: left out ${plural(r.properties.skipped.length, "setting")} the target does not know (the rest applied): ${r.properties.skipped.join(" ")}`);
+      }
       if (r.ok) {
         const warned = db.warnings.length ? `, ${plural(db.warnings.length, "warning")} (not failures)` : "";
         this.out.line(`verify ${name} done: ${plural(r.tables, "table")} and ${plural(r.rows, "row")} match${warned}`);

@@ -187,7 +187,12 @@ const VerifyResult = z.object({
    * The database's own properties (settings, connection limit, comment, grants): applied (also after a failed
    * verification, whose reason stays in mismatches), none to apply, or not applied and why.
    */
-  properties: z.object({ applied: z.boolean(), why: z.string().optional() }).optional(),
+  properties: z.object({
+    applied: z.boolean(),
+    why: z.string().optional(),
+    /** SETs of settings the target's major no longer knows: left out, the rest applied. */
+    skipped: z.array(z.string()).optional(),
+  }).optional(),
   /** Relative to the dump root: every table's counts on both sides. */
   detailPath: z.string(),
 });

@@ -37,8 +37,23 @@ async function canLogIn(c: LocalCluster, user: string, password: string, databas
   await client.end();
 }
 
-/** The migrate test's assertions, for a run that already exited. */
-async function assertMigrated(t: TestContext, source: LocalCluster, target: LocalCluster, home: string, r: CliResult, settingsBefore: Record<string, string>): Promise<void> {
+/** A database's properties without the SETs of these settings (the ones a newer target no longer knows). */
+function without(props: unknown, dropped: string[]): unknown {
+  const p = props as { settings: string[] | null };
+  if (!dropped.length || !p.settings) return props;
+  const keep = (item: string) => !dropped.includes(item.slice(0, item.indexOf("=")));
+  const settings = p.settings
+    .map((entry) => {
+      const at = entry.indexOf(":");
+      const items = entry.slice(at + 1).split(",").filter(keep);
+      return items.length ? `${entry.slice(0, at)}:${items.join(",")}` : undefined;
+    })
+    .filter((x) => x !== undefined);
+  return { ...p, settings: settings.length ? settings : null };
+}
+
+/** The migrate test's assertions, for a run that already exited; `dropped`: settings the target's major removed. */
+async function assertMigrated(t: TestContext, source: LocalCluster, target: LocalCluster, home: string, r: CliResult, settingsBefore: Record<string, string>, dropped: string[] = []): Promise<void> {
   assert.equal(r.exitCode, 0, `exit ${r.exitCode}\n${r.stderr}`);
   assert.doesNotMatch(r.stderr, /globals statement failed/, "every role statement applies on the newer major");
   const sourceDbs = await databasesOf(source);
@@ -49,7 +64,7 @@ async function assertMigrated(t: TestContext, source: LocalCluster, target: Loca
     assert.ok(Object.keys(expected).length > 0, `${db} has tables`);
     assert.deepEqual(await tableCounts(target, db), expected, `row counts of ${db}`);
     assert.deepEqual(await sequencesOf(target, db), await sequencesOf(source, db), `sequences of ${db}`);
-    assert.deepEqual(await databaseProperties(target, db), await databaseProperties(source, db), `properties of ${db}`);
+    assert.deepEqual(await databaseProperties(target, db), without(await databaseProperties(source, db), dropped), `properties of ${db}`);
   }
   const roles = await query<{ rolname: string; rolcanlogin: boolean; rolconnlimit: number }>(
     target, "postgres", "SELECT rolname, rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname IN ('app_group', 'app_login') ORDER BY 1");
@@ -71,32 +86,74 @@ async function assertMigrated(t: TestContext, source: LocalCluster, target: Loca
   t.diagnostic(`PostgreSQL ${await majorOf(source)} → ${await majorOf(target)}, sample databases: ${sampleData}`);
 }
 
-async function migrateBetween(t: TestContext, from: number, to: number, extra?: (source: LocalCluster) => Promise<unknown>, check?: (source: LocalCluster, target: LocalCluster) => Promise<void>): Promise<void> {
+interface Case {
+  /** More on the source after the core fixture. */
+  extra?: (source: LocalCluster) => Promise<unknown>;
+  /** Checks of their own once the run is done; `plan` is what pg-migrate plan printed before it. */
+  check?: (c: { source: LocalCluster; target: LocalCluster; r: CliResult; plan: CliResult; home: string }) => Promise<void>;
+  /** Settings the target's major no longer knows: absent from the target's database properties. */
+  dropped?: string[];
+}
+
+async function migrateBetween(t: TestContext, from: number, to: number, c: Case = {}): Promise<void> {
   await withTestEnv(
     async ({ source, target, home }) => {
       assert.equal(await majorOf(source), from);
       assert.equal(await majorOf(target), to);
       await loadCoreFixture(source);
-      await extra?.(source);
+      await c.extra?.(source);
       const settingsBefore = await settingsOf(target);
+      const plan = await runCli(["plan", ...serverArgs(source, target)], cliEnv(home, source, target));
+      assert.equal(plan.exitCode, 0, plan.stdout + plan.stderr);
       const r = await runCli([...serverArgs(source, target), "--workers", "2", "--verify", "checksum"], cliEnv(home, source, target));
-      await assertMigrated(t, source, target, home, r, settingsBefore);
-      await check?.(source, target);
+      await assertMigrated(t, source, target, home, r, settingsBefore, c.dropped);
+      await c.check?.({ source, target, r, plan, home });
     },
     { nats: false, sourceServer: await serverOfMajor(from), targetServer: await serverOfMajor(to) },
   );
 }
 
-test("PostgreSQL 12 → 15", { timeout: 300_000 }, (t) => migrateBetween(t, 12, 15));
+test("PostgreSQL 12 → 15, with the upgrade notes in plan and in the report", { timeout: 300_000 }, (t) =>
+  migrateBetween(t, 12, 15, {
+    dropped: ["operator_precedence_warning"],
+    extra: async (source) => {
+      // A setting PostgreSQL 14 removed, on a database and on a role; an extension whose default version differs.
+      await psqlExec(source, "postgres", "ALTER DATABASE features SET operator_precedence_warning = on; ALTER ROLE app_login SET operator_precedence_warning = on; ALTER ROLE app_login SET work_mem = '9MB';");
+      await psqlExec(source, "features", "CREATE EXTENSION hstore; CREATE TABLE tagged (id int PRIMARY KEY, tags hstore); INSERT INTO tagged VALUES (1, 'a=>1');");
+    },
+    check: async ({ source, target, r, plan, home }) => {
+      const expected = [
+        /unknown-setting ALTER DATABASE "features" SET operator_precedence_warning: PostgreSQL 15 has no setting "operator_precedence_warning" \(PostgreSQL 12 had it\): left out/,
+        /unknown-setting ALTER ROLE "app_login" SET operator_precedence_warning: PostgreSQL 15 has no setting/,
+        /extension-version database "features" extension hstore: version 1\.6 on the source; .* the target creates its default 1\.8/,
+        /public-schema database "pagila" schema public: keeps the source's owner \(postgres\) and privileges \(CREATE for PUBLIC\)/,
+        /public-schema the target's own database "postgres" schema public: not migrated, so it keeps PostgreSQL 15's defaults/,
+      ];
+      for (const re of expected) {
+        assert.match(plan.stdout, re, "plan");
+        assert.match(r.stderr, re, "the run");
+      }
+      assert.match(plan.stdout, /upgrade notes \(PostgreSQL 12 → 15\)/);
+      const report = (await readReport(home, r.stderr)) as unknown as { upgradeNotes: { what: string; object: string; note: string }[]; globals: { unknownSettings: string[] } };
+      const lines = report.upgradeNotes.map((n) => `${n.what} ${n.object}: ${n.note}`).join("\n");
+      for (const re of expected) assert.match(lines, re, "the report");
+      assert.deepEqual(report.globals.unknownSettings, ["ALTER ROLE app_login SET operator_precedence_warning TO 'on';"]);
+      // The rest is applied: the role's other setting, the database's other settings.
+      const roleSettings = await query<{ c: string[] }>(target, "postgres", "SELECT setconfig AS c FROM pg_db_role_setting WHERE setrole = 'app_login'::regrole AND setdatabase = 0");
+      assert.deepEqual(roleSettings.map((x) => x.c), [["work_mem=9MB"]]);
+      // The migrated databases keep the source's public schema privileges, the target's own postgres the new defaults.
+      const acl = (c: LocalCluster, db: string) => query<{ acl: string; owner: string }>(c, db, "SELECT nspacl::text AS acl, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = 'public'");
+      assert.deepEqual(await acl(target, "pagila"), await acl(source, "pagila"));
+      assert.equal((await acl(target, "postgres"))[0]!.owner, "pg_database_owner");
+    },
+  }),
+);
 test("PostgreSQL 13 → 17", { timeout: 300_000 }, (t) => migrateBetween(t, 13, 17));
 test("PostgreSQL 14 → 16", { timeout: 300_000 }, (t) => migrateBetween(t, 14, 16));
 
 test("PostgreSQL 15 → 17: memberships that carry options (ADMIN, a NOINHERIT member, a grantor)", { timeout: 300_000 }, (t) =>
-  migrateBetween(
-    t,
-    15,
-    17,
-    (source) =>
+  migrateBetween(t, 15, 17, {
+    extra: (source) =>
       psqlExec(
         source,
         "postgres",
@@ -105,7 +162,7 @@ test("PostgreSQL 15 → 17: memberships that carry options (ADMIN, a NOINHERIT m
          GRANT app_group TO team_lead WITH ADMIN OPTION;
          GRANT app_group TO auditor WITH ADMIN OPTION GRANTED BY team_lead;`,
       ),
-    async (_source, target) => {
+    check: async ({ target }) => {
       const rows = await query<{ member: string; admin: boolean; inherit: boolean; set: boolean; grantor: string }>(
         target,
         "postgres",
@@ -118,5 +175,5 @@ test("PostgreSQL 15 → 17: memberships that carry options (ADMIN, a NOINHERIT m
         { member: "team_lead", admin: true, inherit: true, set: true, grantor: "postgres" },
       ]);
     },
-  ),
+  }),
 );
