@@ -60,7 +60,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const previous = cfg.restart ? undefined : await RunState.findUnfinished(appDir(), pairKey(src.info, tgt.info), createLogger({ level: "silent" }));
     const ours = previous?.createdDatabases() ?? new Set<string>();
     const total = selected.reduce((s, d) => s + d.sizeBytes, 0);
-    w(`plan: ${describe(cfg.source, cfg.sourceDb)} (PostgreSQL ${src.info.version}) → ${describe(cfg.target, cfg.targetDb)} (PostgreSQL ${tgt.info.version}), ${tools.version}`);
+    w(`plan: ${describe(cfg.source, cfg.sourceDb)} (PostgreSQL ${src.info.version}) → ${describe(cfg.target, cfg.targetDb)} (PostgreSQL ${tgt.info.version}), ${tools.version} (from ${tools.from})`);
     w();
     w(`databases: ${selected.length}, ${bytes(total)} in all, migrated largest first, ${cfg.maxParallel} at a time`);
     const dbs = new Table({ head: ["database", "size", "owner", "encoding", "on the target"], style: { head: [], border: [] } });

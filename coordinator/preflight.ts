@@ -97,6 +97,11 @@ export function checkServers(source: ServerInfo, target: ServerInfo, tools: Tool
       `pg_dump ${tools.major} is older than the source server (PostgreSQL ${source.version}) and cannot dump it: install the PostgreSQL ${source.major} client tools (Debian: postgresql-client-${source.major}) or point --pg-bin at them`,
     );
   }
+  if (tools.major < target.major) {
+    warnings.push(
+      `the client tools (${tools.version}, from ${tools.from}) are older than the target (PostgreSQL ${target.version}): the run works, but PostgreSQL ${target.major}'s pg_dump and pg_dumpall would write the schema and roles as a ${target.major} server expects them (they know its newer catalogs, privileges and role options), and its pg_restore its newer features; install postgresql-client-${target.major} (Debian) or point --pg-bin at them, as long as they are not older than the source`,
+    );
+  }
   if (target.major < source.major) {
     throw new PreflightError(
       `the target runs PostgreSQL ${target.version}, older than the source's ${source.version}: pg_restore cannot move a cluster to an older major version`,

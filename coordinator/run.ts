@@ -85,6 +85,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, outer: AbortSigna
       await waitForServices(services, cfg.waitMs, signal);
       out.line(`all answered after ${Math.round((Date.now() - started) / 1000)}s`);
     }
+    out.line(`client tools: ${tools.version} (from ${tools.from})`);
     out.line(`checking the ${describe(cfg.source, cfg.sourceDb)} and the ${describe(cfg.target, cfg.targetDb)}`);
     const src = await inspect(cfg.source, cfg.sourceDb);
     opened.push(src.client);

@@ -42,7 +42,7 @@ export interface DbState {
   /** What pg_dump could not preserve (column order, refreshed materialized views): named, not failures. */
   warnings?: VerifyWarning[];
   /** Whether verification applied the database's own properties, and why not. */
-  properties?: { applied: boolean; why?: string | undefined; skipped?: string[] | undefined };
+  properties?: { applied: boolean; why?: string | undefined; skipped?: string[] | undefined; none?: boolean | undefined };
   detailPath?: string;
   timings: Partial<Record<JobKind | "analyze", number>>;
   attempts: Partial<Record<JobKind, number>>;

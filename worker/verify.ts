@@ -40,9 +40,10 @@ export const verify: Handler<"verify"> = async (job, run, ctx) => {
 
   const { tables, mismatches, warnings } = compare(manifest, target);
   // A database with none of its own (the manifest says so) spares the listing of the dump.
-  let properties: { applied: boolean; why?: string; skipped?: string[] } = {
-    applied: manifest.databaseProperties !== false,
-    ...(manifest.databaseProperties === false ? { why: "the database has none of its own" } : {}),
+  // A database with none of its own has nothing left unapplied.
+  let properties: { applied: boolean; why?: string; skipped?: string[]; none?: boolean } = {
+    applied: true,
+    ...(manifest.databaseProperties === false ? { none: true } : {}),
   };
   if (manifest.databaseProperties !== false) {
     const { mismatches: failed, skipped } = await applyDatabaseProperties(ctx.tools, dir, server, job.db.name, run.signal, known);

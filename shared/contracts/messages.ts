@@ -192,6 +192,8 @@ const VerifyResult = z.object({
     why: z.string().optional(),
     /** SETs of settings the target's major no longer knows: left out, the rest applied. */
     skipped: z.array(z.string()).optional(),
+    /** The database has none of its own. */
+    none: z.boolean().optional(),
   }).optional(),
   /** Relative to the dump root: every table's counts on both sides. */
   detailPath: z.string(),

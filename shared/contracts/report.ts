@@ -65,7 +65,7 @@ export const ReportSchema = z.object({
       /** Differences pg_dump cannot avoid, named with what they mean: not failures. */
       warnings: z.array(z.object({ what: z.string(), object: z.string(), source: z.string().nullable(), target: z.string().nullable(), note: z.string() })).optional(),
       /** Whether the database's own properties (ALTER DATABASE … SET, limit, comment, grants) were applied, and why not. */
-      properties: z.object({ applied: z.boolean(), why: z.string().optional(), skipped: z.array(z.string()).optional() }).optional(),
+      properties: z.object({ applied: z.boolean(), why: z.string().optional(), skipped: z.array(z.string()).optional(), none: z.boolean().optional() }).optional(),
       detailPath: z.string().optional(),
       timings: Timings,
       attempts: PerKind(z.number().int()),

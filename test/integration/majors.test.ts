@@ -56,6 +56,15 @@ function without(props: unknown, dropped: string[]): unknown {
 async function assertMigrated(t: TestContext, source: LocalCluster, target: LocalCluster, home: string, r: CliResult, settingsBefore: Record<string, string>, dropped: string[] = []): Promise<void> {
   assert.equal(r.exitCode, 0, `exit ${r.exitCode}\n${r.stderr}`);
   assert.doesNotMatch(r.stderr, /globals statement failed/, "every role statement applies on the newer major");
+  // Which client tools, said; tools older than the target warned about before anything changed.
+  const tools = /client tools: pg_dump \(PostgreSQL\) (\d+).* \(from ([^)]+)\)$/m.exec(r.stderr);
+  assert.ok(tools, r.stderr);
+  const older = /warning: the client tools \(pg_dump \(PostgreSQL\) [\d.]+.*\) are older than the target .*install postgresql-client-(\d+)/.exec(r.stderr);
+  if (Number(tools[1]) < (await majorOf(target))) {
+    assert.ok(older, `no warning about tools older than the target:\n${r.stderr}`);
+    assert.equal(Number(older[1]), await majorOf(target));
+    assert.ok(r.stderr.indexOf(older[0]) < r.stderr.indexOf("globals:"), "the warning comes before anything changes");
+  } else assert.equal(older, null, r.stderr);
   const sourceDbs = await databasesOf(source);
   assert.ok(sourceDbs.includes("pagila") && sourceDbs.includes("chinook") && sourceDbs.includes(ODD_NAME), sourceDbs.join(", "));
   assert.deepEqual(await databasesOf(target), sourceDbs);
