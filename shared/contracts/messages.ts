@@ -32,7 +32,9 @@ const CreateSpec = z.object({
   encoding: z.string(),
   collate: z.string(),
   ctype: z.string(),
-  localeProvider: z.enum(["libc", "icu"]),
+  /** builtin: PostgreSQL 17's own provider (datlocprovider 'b'). */
+  localeProvider: z.enum(["libc", "icu", "builtin"]),
+  /** The provider's locale: ICU's (daticulocale in 15 and 16, datlocale from 17), or the builtin provider's (datlocale). */
   iculocale: z.string().nullable(),
   /** The database's default tablespace when it is not pg_default (absent: pg_default, or --no-tablespaces). */
   tablespace: z.string().optional(),

@@ -6,7 +6,9 @@
 import assert from "node:assert/strict";
 import { test, type TestContext } from "node:test";
 import pg from "pg";
-import { psqlExec, type LocalCluster } from "../../demo/cluster.js";
+import { psqlExec, startCluster, type LocalCluster } from "../../demo/cluster.js";
+import { discoverDatabases } from "../../coordinator/discovery.js";
+import { createDatabaseSql } from "../../shared/pg/create.js";
 import { cliEnv, databasesOf, query, readReport, runCli, sequencesOf, serverArgs, settingsOf, tableCounts, type CliResult } from "../helpers/cli.js";
 import { sampleData } from "../helpers/corpus.js";
 import { withTestEnv } from "../helpers/env.js";
@@ -186,3 +188,25 @@ test("PostgreSQL 15 → 17: memberships that carry options (ADMIN, a NOINHERIT m
     },
   }),
 );
+
+// A 17+ source needs client tools of 17 (not here), but its databases' locale is read and recreated by the same code.
+test("PostgreSQL 17: a database of the builtin locale provider is discovered and created again alike", { timeout: 120_000 }, async () => {
+  const c = await startCluster({ name: "builtin17", password: "builtin-Pw-17", server: await serverOfMajor(17) });
+  const client = new pg.Client({ host: c.host, port: c.port, user: c.user, password: c.password, database: "postgres" });
+  try {
+    await psqlExec(c, "postgres", "CREATE DATABASE bsrc TEMPLATE template0 LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' LOCALE 'C.UTF-8'");
+    await client.connect();
+    const found = (await discoverDatabases(client, 170000)).find((d) => d.name === "bsrc");
+    assert.ok(found);
+    assert.equal(found.create.localeProvider, "builtin");
+    await client.query(createDatabaseSql("bcopy", found.create));
+    const { rows } = await client.query("SELECT datname, datlocprovider, datlocale, datcollate FROM pg_database WHERE datname IN ('bsrc', 'bcopy') ORDER BY datname DESC");
+    assert.deepEqual(rows.map((r) => ({ ...r, datname: undefined })), [
+      { datname: undefined, datlocprovider: "b", datlocale: "C.UTF-8", datcollate: "C.UTF-8" },
+      { datname: undefined, datlocprovider: "b", datlocale: "C.UTF-8", datcollate: "C.UTF-8" },
+    ]);
+  } finally {
+    await client.end().catch(() => undefined);
+    await c.stop();
+  }
+});
