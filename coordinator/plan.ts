@@ -15,6 +15,7 @@ import { resolveTools } from "../shared/tools.js";
 import type { MigrateConfig } from "./config.js";
 import { existingDatabases, MAINTENANCE_DB } from "./discovery.js";
 import { maintenanceClash, survey } from "./survey.js";
+import { checkSourceDatabases } from "./source-check.js";
 import { readTargetRecord, settingsFor } from "./fast-restore.js";
 import { bytes, plural, type Output } from "./output.js";
 import { checkServers, dumpVolumeNotWritable, extensionProblem, inspect, minimumDumpSpace, pairKey, sessionTimeoutWarning } from "./preflight.js";
@@ -76,6 +77,9 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     for (const [db, names] of surveyed.missingExtensions) {
       warnings.push(`${JSON.stringify(db)} ${extensionProblem(names)}: a run fails that database before creating it`);
     }
+    const needs = await checkSourceDatabases(cfg.source, src.client, selected.filter((d) => !surveyed.missingExtensions.has(d.name)).map((d) => d.name), src.info.superuser);
+    refusals.push(...needs.refusals);
+    warnings.push(...needs.warnings);
     if (surveyed.upgradeNotes.length) {
       w();
       w(`upgrade notes (PostgreSQL ${src.info.major} → ${tgt.info.major}), also in the report:`);

@@ -36,7 +36,8 @@ import { noteLine } from "./upgrade-notes.js";
 import { knownSettings } from "../shared/pg/settings.js";
 import { checkDumpVolume, checkServers, extensionProblem, inspect, pairKey, sessionTimeoutWarning } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
-import { Scheduler } from "./scheduler.js";
+import { Scheduler, type TargetDatabases } from "./scheduler.js";
+import { checkSourceDatabases } from "./source-check.js";
 import { maintenanceClash, survey } from "./survey.js";
 import { FREE_CONNECTIONS_SQL, fitConnections } from "./parallelism.js";
 import { newRunId, RunState, sameTarget, type DbState, type RunRecord } from "./state.js";
@@ -127,6 +128,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, outer: AbortSigna
     for (const line of tablespaces.lines) out.line(line);
     // An extension the target cannot create fails that database now, before anything is created for it.
     for (const [db, names] of missingExtensions) out.warn(`${JSON.stringify(db)} ${extensionProblem(names)}; that database fails now, the others go on`);
+    // What each database asks of the source: lock room for its dump, and the right to read every table.
+    const needs = await checkSourceDatabases(cfg.source, src.client, selected.filter((d) => !missingExtensions.has(d.name)).map((d) => d.name), src.info.superuser);
+    for (const w of needs.warnings) out.warn(w);
+    if (needs.refusals.length) throw new PreflightError(`${needs.refusals.join("; ")}; nothing was changed`);
     const volume = await checkDumpVolume(cfg.dumpRoot, selected.reduce((s, d) => s + d.sizeBytes, 0));
     for (const w of volume.warnings) out.warn(w);
 
@@ -563,7 +568,7 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
  * DATABASE (a copy of template0 through the WAL, ~70 ms) overlaps the dump instead of delaying the whole run.
  * Returns why it failed, or undefined.
  */
-async function databaseCreator(cfg: MigrateConfig, state: RunState, d: Deps): Promise<(db: DbState) => Promise<string | undefined>> {
+async function databaseCreator(cfg: MigrateConfig, state: RunState, d: Deps): Promise<TargetDatabases> {
   const { rows } = await d.tgtClient.query<{ rolname: string; rolsuper: boolean }>("SELECT rolname, rolsuper FROM pg_roles");
   const roles = new Map(rows.map((r) => [r.rolname, r.rolsuper]));
   // One statement at a time on the coordinator's target session: the scheduler starts creations side by side.
@@ -573,7 +578,7 @@ async function databaseCreator(cfg: MigrateConfig, state: RunState, d: Deps): Pr
     queue = next.catch(() => undefined);
     return next;
   };
-  return (db) => serially(async () => {
+  const create = (db: DbState) => serially(async () => {
     // The maintenance database is there already: its objects are restored into it as it is.
     if (db.created || db.name === MAINTENANCE_DB) return undefined;
     if (cfg.noTablespaces && db.create.tablespace) {
@@ -609,6 +614,17 @@ async function databaseCreator(cfg: MigrateConfig, state: RunState, d: Deps): Pr
       }
     }
   });
+  // A database that failed before any restore began holds nothing of the source: it goes, so that the target
+  // keeps no empty database a user would take for a migrated one.
+  const dropUnrestored = (db: DbState) => serially(async () => {
+    if (!db.created || db.name === MAINTENANCE_DB) return false;
+    await d.session.ready();
+    await d.tgtClient.query(dropDatabaseSql(db.name));
+    db.created = false;
+    await state.save();
+    return true;
+  });
+  return { create, dropUnrestored };
 }
 
 /** A target user that is not a superuser joins the migrated roles, so that their databases and objects keep their owners. */

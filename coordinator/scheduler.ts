@@ -27,6 +27,14 @@ import { jobsFor } from "./parallelism.js";
 import { bytes, plural, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
 
+/** What the scheduler asks of the target's databases: each resolves to why it failed, or says what it did. */
+export interface TargetDatabases {
+  /** Creates a database on the target (nothing when this run created it already); resolves to why it failed. */
+  create(db: DbState): Promise<string | undefined>;
+  /** Drops a database this run created and restored nothing into; resolves to whether there was one to drop. */
+  dropUnrestored(db: DbState): Promise<boolean>;
+}
+
 /** How long the replay of earlier events may take before undecided jobs are published again anyway. */
 const REPLAY_LIMIT_MS = 15_000;
 /** Pulls expire every 4 s and heartbeat at half that: this long without either means the consumer is lost. */
@@ -46,8 +54,12 @@ export class Scheduler {
   private stopped = false;
   private settle: (() => void) | undefined;
   private jsm: JetStreamManager | undefined;
-  /** Until the events published before this coordinator started are read, claimed lines are not printed again. */
+  /** Until the events published before this coordinator started are read, the watchdog waits. */
   private replaying = true;
+  /** The events stream's last sequence when this coordinator started: an event up to it is read again, not new. */
+  private replayUpTo = 0;
+  /** Whether the event being handled was published before this coordinator started. */
+  private replayedEvent = false;
   /** When the newest event of each database's current job was published: the watchdog's input. */
   private readonly lastEventAt = new Map<string, number>();
   private events: ConsumerMessages | undefined;
@@ -61,14 +73,15 @@ export class Scheduler {
     private readonly key: SharedKey | undefined,
     private readonly log: Logger,
     private readonly out: Output,
-    /** Creates a database on the target (nothing when it exists already); resolves to why it failed. */
-    private readonly createDatabase: (db: DbState) => Promise<string | undefined>,
+    /** Creates and drops the run's databases on the target. */
+    private readonly targetDatabases: TargetDatabases,
   ) {}
 
   async run(signal: AbortSignal): Promise<void> {
     const runId = this.state.runId;
     const record = this.state.record;
     this.jsm = await jetstreamManager(this.nc);
+    this.replayUpTo = (await this.jsm.streams.info(EVENTS_STREAM)).state.last_seq;
 
     // Every unfinished database: queue it, adopt its live job, or publish its next step.
     const adopted = new Set<string>();
@@ -224,6 +237,7 @@ export class Scheduler {
   }
 
   private async onEventMessage(m: JsMsg): Promise<void> {
+    this.replayedEvent = m.seq <= this.replayUpTo;
     try {
       const e = decodeEvent(m.data, m.subject);
       if (e.type === "job") await this.onJobEvent(e);
@@ -293,7 +307,7 @@ export class Scheduler {
   private created(db: DbState): Promise<string | undefined> {
     let p = this.creating.get(db.key);
     if (!p) {
-      p = this.createDatabase(db).catch((err: unknown) => `CREATE DATABASE failed: ${errorMessage(err)}`);
+      p = this.targetDatabases.create(db).catch((err: unknown) => `CREATE DATABASE failed: ${errorMessage(err)}`);
       this.creating.set(db.key, p);
     }
     return p;
@@ -395,7 +409,7 @@ export class Scheduler {
       case "claimed":
         db.attempts[e.kind] = Math.max(db.attempts[e.kind] ?? 0, e.attempt);
         db.workers[e.kind] = e.worker;
-        if (!this.replaying) this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
+        if (!this.replayedEvent) this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} claimed`);
         this.out.progress(db.name, e.kind, 0, null);
         return;
@@ -409,7 +423,7 @@ export class Scheduler {
       case "released":
         // A stopping worker gave it back unfinished: offered again at once, as the same attempt.
         if (this.stopped || db.phase !== JOB_PHASES[e.kind].running) return;
-        const how = e.reason === "server-back" ? "handed it back once its server, which had gone away, was back" : `stopped and handed it back${this.replaying ? " as the earlier session ended" : ""}`;
+        const how = e.reason === "server-back" ? "handed it back once its server, which had gone away, was back" : `stopped and handed it back${this.replayedEvent ? " as the earlier session ended" : ""}`;
         this.out.line(`${e.kind} ${name}: ${e.worker} ${how}; offered again at once (attempt ${e.attempt} was not used up)`);
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} released`);
         await this.publish(db, e.kind, true, e.attempt - 1);
@@ -422,7 +436,7 @@ export class Scheduler {
           this.out.warn(`${e.kind} ${name} failed on attempt ${e.attempt} of ${e.maxAttempts}, will retry: ${error.message}`);
           return;
         }
-        await this.fail(db, `${e.kind} failed after ${plural(e.attempt, "attempt")}: ${error.message}`);
+        await this.fail(db, `${e.kind} failed after ${plural(e.attempt, "attempt")}${e.attempt < e.maxAttempts ? ", not retried (no retry can mend it)" : ""}: ${error.message}`);
         return;
       }
       case "done":
@@ -486,6 +500,16 @@ export class Scheduler {
   }
 
   private async fail(db: DbState, reason: string): Promise<void> {
+    // Before any restore began, the database this run created on the target is empty: it goes again.
+    const creating = this.creating.get(db.key);
+    if (creating && !db.attempts.restore) {
+      await creating;
+      try {
+        if (await this.targetDatabases.dropUnrestored(db)) reason += "; no restore had begun, so the empty database this run created was dropped from the target";
+      } catch (err) {
+        reason += `; its empty database stays on the target (dropping it failed: ${errorMessage(err)})`;
+      }
+    }
     this.out.warn(`${JSON.stringify(db.name)} failed: ${reason}`);
     db.jobId = undefined;
     await this.setPhase(db, "failed", reason);

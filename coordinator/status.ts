@@ -8,6 +8,8 @@ import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
 import { natsConnectOptions, connectNats, withoutCredentials, type NatsAuth } from "../shared/nats.js";
 import { appDir } from "../shared/paths.js";
+import { connect as connectPg, type ServerSpec } from "../shared/pg/connect.js";
+import { readTargetRecord, type TargetRecord } from "./fast-restore.js";
 import { bytes, seconds, type Output } from "./output.js";
 import { fileLockHolders, isStale, kvLockHolders } from "./lock.js";
 import { readPresence } from "./presence.js";
@@ -39,9 +41,14 @@ export interface StatusSnapshot {
   coordinator: "alive" | "gone";
   /** Live workers; null when the run's broker cannot be reached (a finished embedded run's broker is gone). */
   workers: { id: string; host?: string; pid?: number; jobs?: number; inFlight?: number; at?: string }[] | null;
+  /**
+   * What the target itself carries of fast-restore settings a run put there and has not put back (any run, from any
+   * home), or why it could not be read; left out by watch, which does not connect to the target.
+   */
+  target?: { read: true; fastRestore: TargetRecord | null } | { read: false; why: string };
 }
 
-export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsAuth">): Promise<StatusSnapshot> {
+export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsAuth">, readTarget = false): Promise<StatusSnapshot> {
   const r = await findRecord(opts);
   const holders = opts.natsUrl ? await kvHolders(opts.natsUrl, opts.natsAuth) : await fileLockHolders(appDir());
   const held = holders.some((h) => h.runId === r.runId && !isStale(h));
@@ -61,7 +68,43 @@ export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl" | "
       progress: d.progress && d.jobId === d.progress.jobId ? d.progress : null,
     })),
     workers: await liveWorkers(opts.natsUrl ?? r.broker, opts.natsAuth),
+    ...(readTarget ? { target: await targetCarries(r) } : {}),
   };
+}
+
+const TARGET_READ_MS = 5_000;
+
+/**
+ * The target's own record of fast-restore settings left on it, read as the run's target user (PGMIGRATE_TO_PASS,
+ * PGPASSWORD or the password file), within TARGET_READ_MS: status never waits long for a server it only reports on.
+ */
+async function targetCarries(r: RunRecord): Promise<NonNullable<StatusSnapshot["target"]>> {
+  const spec: ServerSpec = { role: "target", host: r.target.host, port: r.target.port, user: r.target.user, password: process.env.PGMIGRATE_TO_PASS || undefined };
+  const connecting = connectPg(spec, r.target.db, "pg-migrate status");
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${TARGET_READ_MS / 1000} s`)), TARGET_READ_MS)));
+  try {
+    const client = await Promise.race([connecting, late]);
+    try {
+      return { read: true, fastRestore: (await readTargetRecord(client)) ?? null };
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  } catch (err) {
+    // A connection that comes after all is closed at once.
+    void connecting.then((c) => c.end()).catch(() => undefined);
+    return { read: false, why: errorMessage(err) };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function targetLine(t: NonNullable<StatusSnapshot["target"]>, runId: string): string {
+  if (!t.read) return `target: not read (${t.why})`;
+  const c = t.fastRestore;
+  if (!c) return "target: no fast-restore settings of pg-migrate on it";
+  const whose = c.runId === runId ? "this run's" : `run ${c.runId}'s`;
+  return `target: in ${whose} fast-restore mode (${c.mode}) since ${c.at}, recorded on the target; put back at the run's end, or by pg-migrate revert-settings, to ${c.original.map((o) => `${o.name}=${o.setting}`).join(", ")}`;
 }
 
 async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsAuth">): Promise<RunRecord> {
@@ -115,6 +158,7 @@ export function renderStatus(s: StatusSnapshot): string {
     dbs.push([d.name, d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : ""), bytes(d.sizeBytes), worker, progressText(d.progress), seconds(d.timings.dump), seconds(d.timings.restore), seconds(d.timings.analyze), d.verifiedRows ?? "-"]);
   }
   lines.push(dbs.toString());
+  if (s.target) lines.push(targetLine(s.target, s.run.runId));
   if (s.workers === null) lines.push("workers: the run's broker cannot be reached");
   else {
     const w = new Table({ head: ["worker", "host", "pid", "jobs done", "in flight", "seen"], style: { head: [], border: [] } });
@@ -145,7 +189,7 @@ const ENDED = new Set(["finished", "failed", "interrupted", "abandoned"]);
 
 export async function status(opts: StatusOptions & { watch: boolean }, out: Output): Promise<number> {
   if (!opts.watch) {
-    const s = await snapshot(opts);
+    const s = await snapshot(opts, true);
     process.stdout.write(opts.json ? `${JSON.stringify(s)}\n` : `${renderStatus(s)}\n`);
     return 0;
   }

@@ -55,8 +55,10 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
     }))();
     // Settle both before deciding: a failed count must not leave pg_dump running unobserved.
     const [dumped, counted] = await Promise.allSettled([dumping, counting]);
+    // A failed count comes first: it ends the transaction that holds the snapshot, so pg_dump's own error then
+    // is only "could not import the requested snapshot".
+    if (counted.status === "rejected") throw countingFailed(counted.reason, job.db.name);
     if (dumped.status === "rejected") throw await volumeFull(dumped.reason, ctx.dumpRoot, attemptDir, job.db.name);
-    if (counted.status === "rejected") throw counted.reason;
     await client.query("COMMIT");
 
     const bytes = await directorySize(attemptDir);
@@ -89,6 +91,15 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
     await client.end().catch(() => undefined);
   }
 };
+
+/** Why counting in the snapshot failed, said as the cause it is; a table the source user may not read is for good. */
+function countingFailed(err: unknown, db: string): unknown {
+  const message = `counting the rows of ${JSON.stringify(db)} in pg_dump's snapshot failed: ${errorMessage(err)}`;
+  if ((err as { code?: string }).code === "42501") {
+    return new PermanentJobError(`${message} (the source user must be able to read every table, as pg_dump must: grant it SELECT, or migrate as a role that can read everything)`, { cause: err });
+  }
+  return new Error(message, { cause: err });
+}
 
 /**
  * A full dump volume is not something a retry mends while the other dumps keep writing to it: the job fails at

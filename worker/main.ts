@@ -10,7 +10,7 @@ import { JOB_KINDS, type JobKind } from "../shared/contracts/phases.js";
 import { ContractError, errorMessage, ToolError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 import { retry } from "../shared/retry.js";
-import { serverUnavailable, withClient } from "../shared/pg/connect.js";
+import { deterministicFailure, serverUnavailable, withClient } from "../shared/pg/connect.js";
 import { PermanentJobError, serverFor, type Handlers, type WorkerContext } from "./context.js";
 import { dump } from "./dump.js";
 import { restore } from "./restore.js";
@@ -292,7 +292,7 @@ export class Worker {
           return;
         }
       }
-      const permanent = err instanceof PermanentJobError || err instanceof ContractError;
+      const permanent = err instanceof PermanentJobError || err instanceof ContractError || deterministicFailure(err);
       const final = permanent || attempt >= maxAttempts;
       const stderrTail = err instanceof ToolError ? err.stderrTail.slice(-4000) : "";
       await retrying(() => emit("failed", { durationMs: Date.now() - started, error: { message: errorMessage(err), stderrTail, final } }), abort.signal).catch((e: unknown) =>

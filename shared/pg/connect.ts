@@ -95,6 +95,22 @@ export function serverUnavailable(err: unknown): boolean {
   );
 }
 
+/**
+ * Whether an error is one no retry can mend, because it says something about the servers' contents or rights that
+ * stays so until a person changes it: a permission refused, a database or role that does not exist, the lock
+ * table too small for the database. Read from the driver's SQLSTATE or from a native tool's
+ * stderr. Not among them: a relation that vanished (a concurrent DROP on the source is mended by a
+ * new snapshot) and a refused login (one worker's own password may be wrong where another's is right).
+ */
+export function deterministicFailure(err: unknown): boolean {
+  const code = (err as { code?: string }).code ?? "";
+  const text = `${errorMessage(err)}\n${(err as { stderrTail?: string }).stderrTail ?? ""}`;
+  return (
+    /^(42501|3D000|42704)$/.test(code) ||
+    /permission denied for |must be owner of |database "[^\n]*" does not exist|role "[^\n]*" does not exist|max_locks_per_transaction/i.test(text)
+  );
+}
+
 const wrap = (s: ServerSpec, database: string, err: unknown) => new ConnectError(`cannot connect to ${describe(s, database)}: ${explain(err, s)}`, { cause: err });
 
 /** A client for fn's duration; when signal aborts, the connection is closed, which fails a query still running. */

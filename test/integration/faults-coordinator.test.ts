@@ -174,7 +174,9 @@ test("a database whose restore always fails is reported failed with the reason; 
         cliEnv(home, source, target),
       );
       assert.equal(r.exitCode, 1, r.stderr);
-      assert.match(r.stderr, /"haunted" failed: restore failed after 2 attempts: pg_restore exited with code 1: .*role "ghost" does not exist/);
+      // A role that does not exist stays so: the restore is not retried.
+      assert.match(r.stderr, /"haunted" failed: restore failed after 1 attempt, not retried \(no retry can mend it\): pg_restore exited with code 1: .*role "ghost" does not exist/);
+      assert.doesNotMatch(r.stderr, /restore "haunted" failed on attempt 1 of 2, will retry/);
       const report = await readReport(home, r.stderr);
       const byName = new Map(report.databases.map((d) => [d.name, d]));
       assert.equal(byName.get("haunted")!.phase, "failed");
@@ -233,7 +235,10 @@ test("a dump volume too small: refused before any change, or the dump that fills
         const run = startCli(args, cliEnv(home, source, target), { prefix: onTmpfs("20m") });
         const r = await run.result;
         assert.equal(r.exitCode, 1, r.stderr);
-        assert.match(r.stderr, new RegExp(`"bulky" failed: dump failed after 1 attempt: the dump volume ${volume} \\(--dump-root\\) is full`));
+        assert.match(r.stderr, new RegExp(`"bulky" failed: dump failed after 1 attempt, not retried \\(no retry can mend it\\): the dump volume ${volume} \\(--dump-root\\) is full`));
+        // Nothing of it was restored: the database created for it is gone again.
+        assert.match(r.stderr, /no restore had begun, so the empty database this run created was dropped from the target/);
+        assert.ok(!(await databasesOf(target)).includes("bulky"), "no empty database left");
         assert.match(r.stderr, /target settings reverted and checkpointed/);
         const report = await readReport(home, r.stderr);
         assert.equal(report.databases.find((d) => d.name === "bulky")!.phase, "failed");

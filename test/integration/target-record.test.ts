@@ -33,6 +33,11 @@ test("a crashed run's fast-restore settings are found on the target by a coordin
       await assertNoLeftovers(home, [source.port, target.port]);
       assert.notDeepEqual(await settingsOf(target), before, "the killed run left its fast settings");
 
+      // status reads the target too: the killed run's settings are still on it, and what they go back to.
+      const shown = await runCli(["status"], cliEnv(home, source, target));
+      assert.equal(shown.exitCode, 0, shown.stderr);
+      assert.match(shown.stdout, /target: in this run's fast-restore mode \(full\) since \S+, recorded on the target; put back at the run's end, or by pg-migrate revert-settings, to [^\n]*fsync=on/);
+
       // Another home knows nothing of that run: the target tells it.
       const elsewhere = join(home, "another-host");
       const planned = await runCli(["plan", ...args], cliEnv(elsewhere, source, target));
@@ -45,6 +50,9 @@ test("a crashed run's fast-restore settings are found on the target by a coordin
       // Not "reverted" to the fast values it found: to what the target had before any run.
       await assertEndState(env, before, demoDatabases);
       assert.equal(await autoConf(target.dataDir), fileBefore, "postgresql.auto.conf as before the first run");
+      const after = await runCli(["status", "--json"], cliEnv(elsewhere, source, target));
+      assert.equal(after.exitCode, 0, after.stderr);
+      assert.deepEqual(JSON.parse(after.stdout).target, { read: true, fastRestore: null });
     },
     { nats: false },
   );
