@@ -33,7 +33,8 @@ for (const c of [
     await withTestEnv(
       async ({ source, target, home }) => {
         await psqlExec(source, "postgres", `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}'; CREATE DATABASE small; ${c.revoke};`);
-        await psqlExec(source, "small", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);");
+        // Readable by the source user: the preflight checks that of every table pg_dump reads.
+        await psqlExec(source, "small", "CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO reader;");
         const started = Date.now();
         const r = await runCli(
           [...serverArgs(source, target), "--from-user", "reader", "--no-role-passwords", "--workers", "1"],
