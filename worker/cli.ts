@@ -17,7 +17,7 @@ const program = new Command("pg-migrate worker")
   .addOption(new Option("--nats-url <url>", "NATS server(s), comma separated").env("PGMIGRATE_NATS_URL").makeOptionMandatory())
   .addOption(new Option("--dump-root <dir>", "shared dump volume (relative to $HOME)").env("PGMIGRATE_DUMP_ROOT").default("pg_dumps"))
   .addOption(new Option("--id <name>", "worker name in events and status (default: host and pid)").env("PGMIGRATE_WORKER_ID"))
-  .addOption(new Option("--pg-bin <dir>", "folder of pg_dump/pg_restore (default: PATH)").env("PGMIGRATE_PG_BIN"))
+  .addOption(new Option("--pg-bin <dir>", "folder of pg_dump/pg_restore (default: the newest installed, the highest /usr/lib/postgresql/N/bin or PATH's)").env("PGMIGRATE_PG_BIN"))
   .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is offered again").argParser(positiveInt).default(5))
   .addOption(new Option("--log-level <level>", "log level on stderr").choices(["debug", "info", "warn", "error"]).default("info"));
 for (const o of natsAuthOptions()) program.addOption(o);
