@@ -159,7 +159,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--workers <n>", "local workers in embedded mode (default: --max-parallel)").argParser(positiveInt))
     .addOption(new Option("--fast-restore <mode>", "target settings during the run: safe, full (also fsync and full_page_writes off) or off").choices(FAST_RESTORE_MODES).default("safe"))
     .addOption(new Option("--compress <how>", "pg_dump --compress for the dumps: auto (none on a local volume, the cheapest method on a network one), a gzip level 0-9, or with pg_dump 16+ none|gzip|lz4|zstd[:level]").default("auto"))
-    .addOption(new Option("--pg-bin <dir>", "folder of pg_dump, pg_restore, pg_dumpall and psql (default: PATH)").env("PGMIGRATE_PG_BIN"))
+    .addOption(new Option("--pg-bin <dir>", "folder of pg_dump, pg_restore, pg_dumpall and psql (default: the newest installed, the highest /usr/lib/postgresql/N/bin or PATH's)").env("PGMIGRATE_PG_BIN"))
     .addOption(new Option("--keep-dumps", "keep the dumps after a fully verified run").default(false))
     .addOption(new Option("--restart", "start a new run instead of resuming an unfinished one, after dropping the databases the old run created").default(false))
     .addOption(new Option("-y, --yes", "confirm what --restart drops without asking").default(false))

@@ -40,7 +40,8 @@ export async function discoverDatabases(client: pg.Client, versionNum: number): 
       encoding: r.encoding,
       collate: r.collate,
       ctype: r.ctype,
-      localeProvider: r.provider === "i" ? "icu" : "libc",
+      // datlocprovider (15+): 'c' libc, 'i' ICU, 'b' the builtin provider of 17.
+      localeProvider: r.provider === "i" ? "icu" : r.provider === "b" ? "builtin" : "libc",
       iculocale: r.icu,
       ...(r.tablespace !== "pg_default" ? { tablespace: r.tablespace } : {}),
     },

@@ -3,6 +3,7 @@
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 import { runPsqlScript } from "../shared/pg/psql-script.js";
+import { settingKnown, settingOf } from "../shared/pg/settings.js";
 import { literal } from "../shared/pg/quote.js";
 import { runTool, type Toolset } from "../shared/tools.js";
 import { roleStatementTarget, splitScript, type ScriptPart } from "./sql-split.js";
@@ -16,6 +17,8 @@ export interface GlobalsOutcome {
   withoutPassword: string[];
   /** A target user that is not a superuser cannot set these (SUPERUSER, REPLICATION, BYPASSRLS, a grantor): left out. */
   notApplied: string[];
+  /** ALTER ROLE … SET of a setting the target's major no longer knows: left out, the rest applied. */
+  unknownSettings: string[];
 }
 
 /**
@@ -70,6 +73,36 @@ export function relocateTablespaces(parts: ScriptPart[], relocate: ReadonlyMap<s
   });
 }
 
+const ROLE_NAME = `("(?:[^"]|"")*"|[^\\s;",]+)`;
+const ROLE_GRANT = new RegExp(`^GRANT\\s+${ROLE_NAME}\\s+TO\\s+${ROLE_NAME}[\\s\\S]*?(?:\\s+GRANTED\\s+BY\\s+${ROLE_NAME})?\\s*;$`, "i");
+
+/**
+ * Pure: role grants ordered so that a grant GRANTED BY a role comes after that role's own grant of the same role.
+ * PostgreSQL 16 checks the grantor's ADMIN OPTION when the GRANT runs, and pg_dumpall before 16 writes the grants
+ * by name (GRANT g TO auditor … GRANTED BY team_lead before GRANT g TO team_lead WITH ADMIN OPTION), which a 16+
+ * target refuses. The grants keep their places in the script; only their order among themselves changes.
+ */
+export function orderRoleGrants(parts: ScriptPart[]): ScriptPart[] {
+  const slots: number[] = [];
+  const grants: { part: ScriptPart; role: string; member: string; grantor: string | undefined }[] = [];
+  parts.forEach((p, i) => {
+    const m = p.meta ? null : ROLE_GRANT.exec(p.text);
+    if (!m || /^GRANT\s+\S+\s+ON\s/i.test(p.text)) return;
+    slots.push(i);
+    grants.push({ part: p, role: m[1]!, member: m[2]!, grantor: m[3] });
+  });
+  const ordered: typeof grants = [];
+  const pending = [...grants];
+  while (pending.length) {
+    // A grant waits while a pending grant of the same role makes its grantor a member of it.
+    const ready = pending.findIndex((g) => !g.grantor || !pending.some((o) => o !== g && o.role === g.role && o.member === g.grantor));
+    ordered.push(...pending.splice(ready < 0 ? 0 : ready, 1));
+  }
+  const out = [...parts];
+  slots.forEach((slot, i) => (out[slot] = ordered[i]!.part));
+  return out;
+}
+
 /** Pure: the script without the statements about `user`, and what was removed. */
 export function filterGlobals(script: string, user: string): { parts: ScriptPart[]; removed: string[] } {
   const parts: ScriptPart[] = [];
@@ -103,12 +136,22 @@ export async function migrateGlobals(
   target: ServerSpec,
   targetDb: string,
   signal: AbortSignal,
-  opts: { rolePasswords: boolean; targetSuperuser: boolean; noTablespaces: boolean; relocate: ReadonlyMap<string, string> },
+  opts: { rolePasswords: boolean; targetSuperuser: boolean; noTablespaces: boolean; relocate: ReadonlyMap<string, string>; knownSettings?: ReadonlySet<string> },
 ): Promise<GlobalsOutcome> {
   const args = ["--globals-only", ...(opts.rolePasswords ? [] : ["--no-role-passwords"]), ...(opts.noTablespaces ? ["--no-tablespaces"] : []), dbnameArg(sourceDb)];
   const { stdout } = await runTool(tools, "pg_dumpall", args, { conn: source, signal });
   const filtered = filterGlobals(stdout, target.user);
-  filtered.parts = relocateTablespaces(filtered.parts, opts.relocate);
+  filtered.parts = orderRoleGrants(relocateTablespaces(filtered.parts, opts.relocate));
+  const unknownSettings: string[] = [];
+  if (opts.knownSettings) {
+    const known = opts.knownSettings;
+    filtered.parts = filtered.parts.filter((p) => {
+      const name = p.meta ? undefined : settingOf(p.text);
+      if (name === undefined || settingKnown(name, known)) return true;
+      unknownSettings.push(p.text);
+      return false;
+    });
+  }
   const { parts, notApplied } = opts.targetSuperuser ? { parts: filtered.parts, notApplied: [] } : adaptForNonSuperuser(filtered.parts);
   // One statement per line-range we know, so psql's "psql:<stdin>:LINE:" errors map back to statements.
   const lines: string[] = [];
@@ -118,7 +161,7 @@ export async function migrateGlobals(
     lines.push(...p.text.split("\n"));
   }
   const errors = await runPsqlScript(tools, target, targetDb, lines.join("\n"), signal);
-  const outcome: GlobalsOutcome = { applied: 0, removed: filtered.removed, alreadyExisted: [], failed: [], withoutPassword: [], notApplied };
+  const outcome: GlobalsOutcome = { applied: 0, removed: filtered.removed, alreadyExisted: [], failed: [], withoutPassword: [], notApplied, unknownSettings };
   const errorsByStatement = new Map<string, string>();
   for (const e of errors) {
     const owner = e.line === null ? undefined : [...startLines].reverse().find((s) => s.line <= e.line!);

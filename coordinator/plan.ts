@@ -20,6 +20,7 @@ import { readTargetRecord, settingsFor } from "./fast-restore.js";
 import { bytes, plural, type Output } from "./output.js";
 import { checkServers, dumpVolumeNotWritable, extensionProblem, inspect, minimumDumpSpace, pairKey, sessionTimeoutWarning } from "./preflight.js";
 import { RunState } from "./state.js";
+import { noteLine } from "./upgrade-notes.js";
 import { EXIT } from "./run.js";
 import { connectionsNeeded } from "./parallelism.js";
 
@@ -51,7 +52,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     }
     const w = (line = "") => process.stdout.write(`${line}\n`);
 
-    const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client);
+    const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client, tgt.info.versionNum);
     const { selected, skipped } = surveyed;
     const clash = await maintenanceClash(cfg, surveyed);
     if (clash) refusals.push(clash);
@@ -60,7 +61,7 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const previous = cfg.restart ? undefined : await RunState.findUnfinished(appDir(), pairKey(src.info, tgt.info), createLogger({ level: "silent" }));
     const ours = previous?.createdDatabases() ?? new Set<string>();
     const total = selected.reduce((s, d) => s + d.sizeBytes, 0);
-    w(`plan: ${describe(cfg.source, cfg.sourceDb)} (PostgreSQL ${src.info.version}) → ${describe(cfg.target, cfg.targetDb)} (PostgreSQL ${tgt.info.version}), ${tools.version}`);
+    w(`plan: ${describe(cfg.source, cfg.sourceDb)} (PostgreSQL ${src.info.version}) → ${describe(cfg.target, cfg.targetDb)} (PostgreSQL ${tgt.info.version}), ${tools.version} (from ${tools.from})`);
     w();
     w(`databases: ${selected.length}, ${bytes(total)} in all, migrated largest first, ${cfg.maxParallel} at a time`);
     const dbs = new Table({ head: ["database", "size", "owner", "encoding", "on the target"], style: { head: [], border: [] } });
@@ -79,6 +80,11 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     const needs = await checkSourceDatabases(cfg.source, src.client, selected.filter((d) => !surveyed.missingExtensions.has(d.name)).map((d) => d.name), src.info.superuser, cfg.jobs);
     refusals.push(...needs.refusals);
     warnings.push(...needs.warnings);
+    if (surveyed.upgradeNotes.length) {
+      w();
+      w(`upgrade notes (PostgreSQL ${src.info.major} → ${tgt.info.major}), also in the report:`);
+      for (const n of surveyed.upgradeNotes) w(`  ${noteLine(n)}`);
+    }
     if (previous) w(`run ${previous.runId} (started ${previous.record.startedAt}) is unfinished: a run with these flags resumes it (--restart starts over)`);
     const taken = selected.filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name));
     if (taken.length) refusals.push(`the target already has database(s) ${taken.map((d) => JSON.stringify(d.name)).join(", ")}`);

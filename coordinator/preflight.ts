@@ -34,17 +34,30 @@ export async function inspect(spec: ServerSpec, db: string): Promise<{ info: Ser
     if (err instanceof ConnectError) throw new PreflightError(err.message, { cause: err });
     throw err;
   }
+  try {
+    return { client, info: await serverInfo(client, spec, db) };
+  } catch (err) {
+    // A check that fails after connecting (a catalog this server lacks, a function revoked) must not leave the
+    // connection open: the error ends the run, and an open socket would keep the process from exiting.
+    await client.end().catch(() => undefined);
+    throw err;
+  }
+}
+
+async function serverInfo(client: pg.Client, spec: ServerSpec, db: string): Promise<ServerInfo> {
+  const num = Number((await client.query<{ num: string }>("SELECT current_setting('server_version_num') AS num")).rows[0]!.num);
+  // pg_read_all_data exists from PostgreSQL 14 on: asking an older server about it is an error.
+  const readAll = num >= 140000 ? "pg_has_role(current_user, 'pg_read_all_data', 'USAGE')" : "false";
   const { rows } = await client.query<{
     version: string;
-    num: string;
     superuser: boolean;
     createdb: boolean;
     createrole: boolean;
     readall: boolean;
     authid: boolean;
-  }>(`SELECT current_setting('server_version') AS version, current_setting('server_version_num') AS num,
+  }>(`SELECT current_setting('server_version') AS version,
             r.rolsuper AS superuser, r.rolcreatedb AS createdb, r.rolcreaterole AS createrole,
-            pg_has_role(current_user, 'pg_read_all_data', 'USAGE') AS readall,
+            ${readAll} AS readall,
             has_table_privilege('pg_catalog.pg_authid', 'SELECT') AS authid
        FROM pg_roles r WHERE r.rolname = current_user`);
   const r = rows[0]!;
@@ -55,22 +68,18 @@ export async function inspect(spec: ServerSpec, db: string): Promise<{ info: Ser
   } catch {
     // pg_control_system() needs superuser or pg_monitor; the host:port comparison below still applies.
   }
-  const versionNum = Number(r.num);
   return {
-    client,
-    info: {
-      spec,
-      db,
-      version: r.version,
-      versionNum,
-      major: Math.floor(versionNum / 10000),
-      systemId,
-      superuser: r.superuser,
-      createdb: r.createdb,
-      createrole: r.createrole,
-      readAllData: r.superuser || r.readall,
-      readsAuthid: r.superuser || r.authid,
-    },
+    spec,
+    db,
+    version: r.version,
+    versionNum: num,
+    major: Math.floor(num / 10000),
+    systemId,
+    superuser: r.superuser,
+    createdb: r.createdb,
+    createrole: r.createrole,
+    readAllData: r.superuser || r.readall,
+    readsAuthid: r.superuser || r.authid,
   };
 }
 
@@ -88,13 +97,18 @@ export function checkServers(source: ServerInfo, target: ServerInfo, tools: Tool
       `pg_dump ${tools.major} is older than the source server (PostgreSQL ${source.version}) and cannot dump it: install the PostgreSQL ${source.major} client tools (Debian: postgresql-client-${source.major}) or point --pg-bin at them`,
     );
   }
+  if (tools.major < target.major) {
+    warnings.push(
+      `the client tools (${tools.version}, from ${tools.from}) are older than the target (PostgreSQL ${target.version}): the run works, but PostgreSQL ${target.major}'s pg_dump and pg_dumpall would write the schema and roles as a ${target.major} server expects them (they know its newer catalogs, privileges and role options), and its pg_restore its newer features; install postgresql-client-${target.major} (Debian) or point --pg-bin at them, as long as they are not older than the source`,
+    );
+  }
   if (target.major < source.major) {
     throw new PreflightError(
       `the target runs PostgreSQL ${target.version}, older than the source's ${source.version}: pg_restore cannot move a cluster to an older major version`,
     );
   }
   if (!source.readAllData) {
-    warnings.push(`${describe(source.spec)} is neither a superuser nor a member of pg_read_all_data: a table it cannot read fails its database's dump`);
+    warnings.push(`${describe(source.spec)} is neither a superuser nor a member of pg_read_all_data (PostgreSQL 14+): a table it cannot read fails its database's dump`);
   }
   if (opts.globals && opts.rolePasswords && !source.readsAuthid) {
     throw new PreflightError(

@@ -37,6 +37,7 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
     fastRestore: record.fastRestore,
     globals: record.globals,
     skipped: record.skipped,
+    upgradeNotes: record.upgradeNotes ?? [],
     dumpRoot,
     dumps,
     totals: {
@@ -44,6 +45,7 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
       verified: record.databases.filter((d) => d.phase === "done").length,
       failed: record.databases.filter((d) => d.phase === "failed").length,
       rows: record.databases.reduce((s, d) => s + (d.verifiedRows ?? 0), 0),
+      warnings: record.databases.reduce((s, d) => s + (d.warnings?.length ?? 0), 0),
     },
     databases,
   };
@@ -60,7 +62,7 @@ export async function writeReport(home: string, record: RunRecord, dumpRoot: str
 
 export function summaryTable(record: RunRecord): string {
   const table = new Table({
-    head: ["database", "size", "dump", "restore", "analyze", "tables", "rows", "verified"],
+    head: ["database", "size", "dump", "restore", "analyze", "tables", "rows", "verified", "warnings"],
     style: { head: [], border: [] },
   });
   for (const d of record.databases) {
@@ -73,7 +75,9 @@ export function summaryTable(record: RunRecord): string {
       d.tables ?? "-",
       d.verifiedRows ?? d.rows ?? "-",
       d.phase === "done" ? "yes" : d.phase === "failed" ? "FAILED" : d.phase,
+      d.warnings?.length ?? 0,
     ]);
   }
-  return table.toString();
+  const warnings = record.databases.reduce((s, d) => s + (d.warnings?.length ?? 0), 0);
+  return warnings ? `${table.toString()}\n${warnings === 1 ? "1 warning" : `${warnings} warnings`} (what pg_dump cannot preserve; not failures): see the report` : table.toString();
 }

@@ -32,6 +32,8 @@ import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { sessionLost, TargetSession } from "./target-session.js";
 import { Output, plural } from "./output.js";
 import { watchPresence, type PresenceWatch } from "./presence.js";
+import { noteLine } from "./upgrade-notes.js";
+import { knownSettings } from "../shared/pg/settings.js";
 import { checkDumpVolume, checkServers, extensionProblem, inspect, pairKey, sessionTimeoutWarning } from "./preflight.js";
 import { summaryTable, writeReport } from "./report.js";
 import { Scheduler, type TargetDatabases } from "./scheduler.js";
@@ -84,6 +86,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, outer: AbortSigna
       await waitForServices(services, cfg.waitMs, signal);
       out.line(`all answered after ${Math.round((Date.now() - started) / 1000)}s`);
     }
+    out.line(`client tools: ${tools.version} (from ${tools.from})`);
     out.line(`checking the ${describe(cfg.source, cfg.sourceDb)} and the ${describe(cfg.target, cfg.targetDb)}`);
     const src = await inspect(cfg.source, cfg.sourceDb);
     opened.push(src.client);
@@ -116,8 +119,10 @@ export async function migrate(cfg: MigrateConfig, out: Output, outer: AbortSigna
 
     // Discovery, and what is decided and said before anything is created: the maintenance database (taken when it
     // holds user objects, into the target's own), the tablespaces, and the databases whose extensions the target lacks.
-    const surveyed = await survey(cfg, src.client, src.info.versionNum, target.client);
+    const surveyed = await survey(cfg, src.client, src.info.versionNum, target.client, tgt.info.versionNum);
     const { selected, skipped, tablespaces, missingExtensions } = surveyed;
+    // Said before anything changes on the target; kept in the run record for the report.
+    for (const n of surveyed.upgradeNotes) out.warn(`upgrade note (PostgreSQL ${src.info.major} → ${tgt.info.major}): ${noteLine(n)}`);
     for (const closed of surveyed.closed) out.warn(`source database ${JSON.stringify(closed.name)} ${closed.reason}`);
     out.line(`found ${plural(selected.length, "database")} to migrate on the source${skipped.length ? ` (${skipped.length} left out: ${skipped.map((s) => JSON.stringify(s.name)).join(", ")})` : ""}`);
     for (const line of tablespaces.lines) out.line(line);
@@ -283,6 +288,7 @@ export async function migrate(cfg: MigrateConfig, out: Output, outer: AbortSigna
           d.error = `${extensionProblem(missing)}: install ${missing.length === 1 ? "it" : "them"} on the target host and run the same command again`;
         }
       }
+      state.record.upgradeNotes = surveyed.upgradeNotes;
       left.runId = state.runId;
       state.record.broker = withoutCredentials(natsUrl);
       state.attachKv(runsKv);
@@ -467,11 +473,13 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
         targetSuperuser: d.superuser,
         noTablespaces: cfg.noTablespaces,
         relocate: d.tablespaceRelocations,
+        knownSettings: await knownSettings(d.tgtClient),
       });
       record.globals = { done: true, ...g };
       await state.save();
       out.line(`globals: ${plural(g.applied, "statement")} applied, ${g.alreadyExisted.length} already existed, ${g.removed.length} about the migration user ${JSON.stringify(cfg.target.user)} left out`);
       for (const f of g.failed) out.warn(`globals statement failed: ${f.error}: ${f.statement.split("\n")[0]}`);
+      if (g.unknownSettings.length) out.warn(`globals: left out ${plural(g.unknownSettings.length, "role setting")} the target does not know (the rest applied): ${g.unknownSettings.join(" ")}`);
       if (g.notApplied.length) {
         out.warn(`the target user is not a superuser, so ${plural(g.notApplied.length, "role attribute or grantor", "role attributes or grantors")} were left out (listed in the report): ${g.notApplied.slice(0, 5).join("; ")}${g.notApplied.length > 5 ? "; …" : ""}`);
       }
@@ -550,7 +558,8 @@ async function execute(cfg: MigrateConfig, state: RunState, d: Deps): Promise<nu
       `subscription ${JSON.stringify(s.name)} in ${JSON.stringify(s.db)} is disabled on the target (pg_dump recreates subscriptions without connecting): once its publisher expects this server, run ALTER SUBSCRIPTION ${ident(s.name)} ENABLE in that database (and create its slot if it has none)`,
     );
   }
-  out.line(`${record.databases.length === 1 ? "the database" : `all ${record.databases.length} databases`} migrated and verified`);
+  const warnings = record.databases.reduce((s, x) => s + (x.warnings?.length ?? 0), 0);
+  out.line(`${record.databases.length === 1 ? "the database" : `all ${record.databases.length} databases`} migrated and verified${warnings ? `, with ${plural(warnings, "warning")} of what pg_dump cannot preserve (named above and in the report)` : ""}`);
   return EXIT.ok;
 }
 

@@ -468,9 +468,19 @@ export class Scheduler {
       db.verifiedRows = r.rows;
       db.sequences = r.sequences;
       db.mismatches = r.mismatches;
+      db.warnings = r.warnings ?? [];
+      if (r.properties) db.properties = r.properties;
       db.detailPath = r.detailPath;
+      for (const w of db.warnings) {
+        this.out.warn(`${name}: ${w.what} ${w.object} (source ${w.source ?? "none"}, target ${w.target ?? "none"}): ${w.note}`);
+      }
+      if (r.properties && !r.properties.applied && r.properties.why) this.out.warn(`${name}: its own properties were not applied: ${r.properties.why}`);
+      if (r.properties?.skipped?.length) {
+        this.out.warn(`${name}: left out ${plural(r.properties.skipped.length, "setting")} the target does not know (the rest applied): ${r.properties.skipped.join(" ")}`);
+      }
       if (r.ok) {
-        this.out.line(`verify ${name} done: ${plural(r.tables, "table")} and ${plural(r.rows, "row")} match`);
+        const warned = db.warnings.length ? `, ${plural(db.warnings.length, "warning")} (not failures)` : "";
+        this.out.line(`verify ${name} done: ${plural(r.tables, "table")} and ${plural(r.rows, "row")} match${warned}`);
         db.jobId = undefined;
         await this.setPhase(db, "done");
         await this.release(db);

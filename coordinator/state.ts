@@ -6,7 +6,8 @@ import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
 import { kvKeys } from "../shared/contracts/jetstream.js";
 import { customAlphabet } from "nanoid";
-import type { CreateSpec, Mismatch } from "../shared/contracts/messages.js";
+import type { CreateSpec, Mismatch, VerifyWarning } from "../shared/contracts/messages.js";
+import type { UpgradeNote } from "./upgrade-notes.js";
 import type { DbPhase, JobKind } from "../shared/contracts/phases.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
@@ -38,6 +39,10 @@ export interface DbState {
   verifiedRows?: number;
   sequences?: number;
   mismatches?: Mismatch[];
+  /** What pg_dump could not preserve (column order, refreshed materialized views): named, not failures. */
+  warnings?: VerifyWarning[];
+  /** Whether verification applied the database's own properties, and why not. */
+  properties?: { applied: boolean; why?: string | undefined; skipped?: string[] | undefined; none?: boolean | undefined };
   detailPath?: string;
   timings: Partial<Record<JobKind | "analyze", number>>;
   attempts: Partial<Record<JobKind, number>>;
@@ -62,7 +67,9 @@ export interface RunRecord {
   target: { host: string; port: number; user: string; db: string; systemId: string | null; version: string };
   options: Record<string, unknown>;
   fastRestore: { mode: string; applied: boolean; reverted: boolean; original: SavedSetting[]; skippedReason?: string };
-  globals: { done: boolean; applied: number; removed: string[]; alreadyExisted: string[]; failed: { statement: string; error: string }[]; withoutPassword?: string[]; notApplied?: string[] };
+  /** What crossing majors changes (coordinator/upgrade-notes.ts), said before the run changed anything. */
+  upgradeNotes?: UpgradeNote[];
+  globals: { done: boolean; applied: number; removed: string[]; alreadyExisted: string[]; failed: { statement: string; error: string }[]; withoutPassword?: string[]; notApplied?: string[]; unknownSettings?: string[] };
   skipped: { name: string; reason: string }[];
   /** Roles a target user that is not a superuser joined for the run, left again at its end. */
   memberships?: Memberships;

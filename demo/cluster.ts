@@ -112,6 +112,14 @@ export interface StartClusterOptions {
   settings?: Record<string, string>;
   /** TLS with this certificate and key (PEM); `only` refuses every connection without it (hostssl). */
   tls?: { cert: string; key: string; only?: boolean };
+  /** Another PostgreSQL's initdb, pg_ctl and postgres (another major, say); default postgresBinDir(). */
+  server?: ServerBinaries;
+}
+
+/** Where a cluster's server binaries are, and the environment they need (a private LD_LIBRARY_PATH, say). */
+export interface ServerBinaries {
+  bin: string;
+  env?: Record<string, string>;
 }
 
 // The OS account that owns the cluster when we run as root: PostgreSQL refuses to run as root.
@@ -201,11 +209,11 @@ function serverCommand(account: ServerAccount | undefined, bin: string, args: st
 }
 
 /** initdb / pg_ctl as the cluster's owner; never throws, the caller reads the result. */
-async function runServerTool(bin: string, args: string[], cwd: string, timeoutMs: number) {
+async function runServerTool(bin: string, args: string[], cwd: string, timeoutMs: number, extraEnv: Record<string, string> = {}) {
   const [file, argv] = serverCommand(await serverOsAccount(), bin, args);
   return execa(file, argv, {
     cwd, // the caller's cwd may be unreadable for the postgres user (e.g. /root)
-    env: envWithoutPgVars({ LC_MESSAGES: "C" }), // English messages: we match on them
+    env: envWithoutPgVars({ LC_MESSAGES: "C", ...extraEnv }), // English messages: we match on them
     extendEnv: false,
     reject: false,
     stdin: "ignore",
@@ -273,7 +281,8 @@ const isPortTaken = (log: string): boolean => /Address already in use|could not 
 export async function startCluster(opts: StartClusterOptions): Promise<LocalCluster> {
   const user = opts.user ?? "postgres";
   if (!opts.password || /[\r\n]/.test(opts.password)) throw new Error("cluster password must be one non-empty line");
-  const bin = await postgresBinDir();
+  const bin = opts.server?.bin ?? (await postgresBinDir());
+  const serverEnv = opts.server?.env ?? {};
   const account = await serverOsAccount();
 
   const baseDir = await mkdtemp(join(opts.baseDir ?? tmpdir(), `pgm-${slug(opts.name)}-`));
@@ -285,7 +294,7 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       forgetExitHook();
-      await stopPostmaster(bin, dataDir, baseDir);
+      await stopPostmaster(bin, dataDir, baseDir, serverEnv);
       await rm(baseDir, { recursive: true, force: true, maxRetries: 3 });
       if (socket?.separate) await rm(socket.dir, { recursive: true, force: true });
     })();
@@ -294,7 +303,7 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
   const forgetExitHook = onProcessExit(() => {
     if (existsSync(join(dataDir, "postmaster.pid"))) {
       const [file, argv] = serverCommand(account, join(bin, "pg_ctl"), ["-D", dataDir, "-m", "immediate", "-w", "-t", "10", "stop"]);
-      spawnSync(file, argv, { cwd: baseDir, stdio: "ignore", timeout: 15_000, env: envWithoutPgVars() });
+      spawnSync(file, argv, { cwd: baseDir, stdio: "ignore", timeout: 15_000, env: envWithoutPgVars(serverEnv) });
     }
     rmSync(baseDir, { recursive: true, force: true });
     if (socket?.separate) rmSync(socket.dir, { recursive: true, force: true });
@@ -304,18 +313,18 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
     socket = await makeSocketDir(baseDir);
     await giveToServerAccount(baseDir);
     await giveToServerAccount(socket.dir);
-    await initCluster(bin, baseDir, dataDir, user, opts.password);
+    await initCluster(bin, baseDir, dataDir, user, opts.password, serverEnv);
     const settings = { ...opts.settings };
     if (opts.tls) {
       await installTls(dataDir, opts.tls);
       Object.assign(settings, { ssl: "on", ssl_cert_file: "server.crt", ssl_key_file: "server.key" });
     }
-    const port = await startOnFreePort(opts.name, bin, baseDir, dataDir, logFile, socket.dir, settings);
+    const port = await startOnFreePort(opts.name, bin, baseDir, dataDir, logFile, socket.dir, settings, serverEnv);
     const outage = async (downMs: number): Promise<void> => {
-      await stopPostmaster(bin, dataDir, baseDir);
+      await stopPostmaster(bin, dataDir, baseDir, serverEnv);
       await sleep(downMs);
       // The settings file still names the port: the server comes back where its clients look for it.
-      const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"], baseDir, 90_000);
+      const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"], baseDir, 90_000, serverEnv);
       if (result.failed) throw new Error(`could not start cluster '${opts.name}' again: ${result.stderr.trim()}`);
     };
     return { host: "127.0.0.1", port, user, password: opts.password, dataDir, socketDir: socket.dir, baseDir, logFile, stop, outage };
@@ -325,7 +334,7 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
   }
 }
 
-async function initCluster(bin: string, baseDir: string, dataDir: string, user: string, password: string): Promise<void> {
+async function initCluster(bin: string, baseDir: string, dataDir: string, user: string, password: string, env: Record<string, string>): Promise<void> {
   // The password reaches initdb through a 0600 file, never argv.
   const pwfile = join(baseDir, "initdb.pw");
   await writeFile(pwfile, `${password}\n`, { mode: 0o600 });
@@ -333,7 +342,7 @@ async function initCluster(bin: string, baseDir: string, dataDir: string, user: 
   const locale = (await hasCUtf8Locale()) ? ["--locale=C.UTF-8"] : ["--no-locale"];
   const args = ["-D", dataDir, "-U", user, "--auth=scram-sha-256", `--pwfile=${pwfile}`, "-E", "UTF8", ...locale];
   // --no-sync only skips initdb's final flush of a cluster we throw away; the server itself keeps fsync on.
-  const result = await runServerTool(join(bin, "initdb"), [...args, "--no-sync"], baseDir, 120_000);
+  const result = await runServerTool(join(bin, "initdb"), [...args, "--no-sync"], baseDir, 120_000, env);
   await rm(pwfile, { force: true });
   if (result.failed) {
     throw new Error(`initdb failed (exit ${result.exitCode ?? result.signal}): ${tailOf(`${result.stdout}\n${result.stderr}`)}`);
@@ -361,6 +370,7 @@ async function startOnFreePort(
   logFile: string,
   socketDir: string,
   extra: Record<string, string>,
+  env: Record<string, string>,
 ): Promise<number> {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
@@ -368,7 +378,7 @@ async function startOnFreePort(
     await writeFile(settingsFile, clusterSettings(name, port, socketDir, extra), { mode: 0o600 });
     await giveToServerAccount(settingsFile);
     const logOffset = fileSize(logFile);
-    const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"], baseDir, 90_000);
+    const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"], baseDir, 90_000, env);
     if (!result.failed) return port;
     const log = readSince(logFile, logOffset);
     if (isPortTaken(log) && attempt < START_ATTEMPTS) continue;
@@ -380,10 +390,10 @@ async function startOnFreePort(
 }
 
 /** Immediate shutdown (the data is thrown away); a no-op when the server is already gone. */
-async function stopPostmaster(bin: string, dataDir: string, baseDir: string): Promise<void> {
+async function stopPostmaster(bin: string, dataDir: string, baseDir: string, env: Record<string, string>): Promise<void> {
   const pidFile = join(dataDir, "postmaster.pid");
   if (!existsSync(pidFile)) return;
-  const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-m", "immediate", "-w", "-t", "30", "stop"], baseDir, 45_000);
+  const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-m", "immediate", "-w", "-t", "30", "stop"], baseDir, 45_000, env);
   if (!result.failed || !existsSync(pidFile)) return;
   // pg_ctl could not do it (e.g. a stale pid file): kill the postmaster ourselves if it still exists.
   const pid = Number(readSince(pidFile, 0).split("\n")[0]);

@@ -1,7 +1,7 @@
 // The one wrapper around the native PostgreSQL tools: paths and versions resolved once, the password in the
 // environment (never argv), a cancel signal, the kernel ending the tool with its parent, and a failure turned
 // into a ToolError that keeps the tail of stderr.
-import { access, constants } from "node:fs/promises";
+import { access, constants, readdir } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { execa } from "execa";
 import { ConfigError, ToolError } from "./errors.js";
@@ -17,6 +17,8 @@ export interface Toolset {
   version: string;
   /** setpriv, when present, makes the kernel kill a tool whose parent died. */
   setpriv: string | undefined;
+  /** Where they were found, said to the user: --pg-bin, the newest /usr/lib/postgresql/N/bin, or PATH. */
+  from: string;
 }
 
 export async function findExecutable(name: string, dirs: string[]): Promise<string | undefined> {
@@ -34,9 +36,33 @@ export async function findExecutable(name: string, dirs: string[]): Promise<stri
 
 export const pathDirs = (): string[] => (process.env.PATH ?? "").split(delimiter).filter(Boolean);
 
-/** pgBin (--pg-bin / PGMIGRATE_PG_BIN) wins; otherwise PATH. */
+/** Where Debian and Ubuntu keep each major's client tools, one dir per major (postgresql-client-N). */
+export const DEBIAN_PG_DIR = "/usr/lib/postgresql";
+
+/**
+ * pgBin (--pg-bin / PGMIGRATE_PG_BIN) wins. Otherwise the newest installed client tools: the highest
+ * /usr/lib/postgresql/N/bin that has them all, or PATH's when those are newer (or the only ones). `from` says which.
+ */
 export async function resolveTools(pgBin?: string): Promise<Toolset> {
-  const dirs = pgBin ? [pgBin] : pathDirs();
+  if (pgBin) return toolsIn([pgBin], `--pg-bin ${pgBin}`, pgBin);
+  const candidates: Toolset[] = [];
+  const majors = await readdir(DEBIAN_PG_DIR).catch(() => [] as string[]);
+  for (const m of majors.filter((x) => /^\d+$/.test(x)).sort((a, b) => Number(b) - Number(a))) {
+    const dir = join(DEBIAN_PG_DIR, m, "bin");
+    const found = await toolsIn([dir], `${dir}, the newest installed`).catch(() => undefined);
+    if (found) {
+      candidates.push(found);
+      break;
+    }
+  }
+  const onPath = await toolsIn(pathDirs(), "PATH").catch((err: unknown) => err as Error);
+  if (!(onPath instanceof Error)) candidates.push(onPath);
+  if (!candidates.length) throw onPath;
+  // The newest wins; at the same major, PATH's (what the user would run by hand).
+  return candidates.reduce((best, t) => (t.major >= best.major ? t : best));
+}
+
+async function toolsIn(dirs: string[], from: string, pgBin?: string): Promise<Toolset> {
   const paths = {} as Record<ToolName, string>;
   for (const name of TOOL_NAMES) {
     const found = await findExecutable(name, dirs);
@@ -52,7 +78,7 @@ export async function resolveTools(pgBin?: string): Promise<Toolset> {
   const match = /(\d+)(?:\.(\d+))?/.exec(stdout);
   if (!match) throw new ConfigError(`cannot read the version of ${paths.pg_dump}: ${stdout}`, "--pg-bin");
   const setpriv = await findExecutable("setpriv", [...pathDirs(), "/usr/bin", "/bin"]);
-  return { paths, major: Number(match[1]), version: stdout.trim(), setpriv };
+  return { paths, major: Number(match[1]), version: stdout.trim(), setpriv, from };
 }
 
 export interface ToolConnection extends PgTls {

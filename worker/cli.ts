@@ -4,7 +4,7 @@ import { customAlphabet } from "nanoid";
 import { positiveInt } from "../shared/cli-values.js";
 import { errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
-import { connectNats, natsAuthFrom, natsAuthOptions, processTag, type NatsAuthFlags } from "../shared/nats.js";
+import { closeNats, connectNats, natsAuthFrom, natsAuthOptions, processTag, type NatsAuthFlags } from "../shared/nats.js";
 import { resolveDumpRoot } from "../shared/paths.js";
 import { readSecretFile, sharedKeyFromEnv } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
@@ -17,7 +17,7 @@ const program = new Command("pg-migrate worker")
   .addOption(new Option("--nats-url <url>", "NATS server(s), comma separated").env("PGMIGRATE_NATS_URL").makeOptionMandatory())
   .addOption(new Option("--dump-root <dir>", "shared dump volume (relative to $HOME)").env("PGMIGRATE_DUMP_ROOT").default("pg_dumps"))
   .addOption(new Option("--id <name>", "worker name in events and status (default: host and pid)").env("PGMIGRATE_WORKER_ID"))
-  .addOption(new Option("--pg-bin <dir>", "folder of pg_dump/pg_restore (default: PATH)").env("PGMIGRATE_PG_BIN"))
+  .addOption(new Option("--pg-bin <dir>", "folder of pg_dump/pg_restore (default: the newest installed, the highest /usr/lib/postgresql/N/bin or PATH's)").env("PGMIGRATE_PG_BIN"))
   .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is offered again").argParser(positiveInt).default(5))
   .addOption(new Option("--log-level <level>", "log level on stderr").choices(["debug", "info", "warn", "error"]).default("info"));
 for (const o of natsAuthOptions()) program.addOption(o);
@@ -47,9 +47,10 @@ async function main(argv: string[]): Promise<number> {
   const o = program.opts<{ natsUrl: string; dumpRoot: string; id?: string; pgBin?: string; retryDelay: number; logLevel: string } & NatsAuthFlags>();
   const id = (o.id ?? processTag("worker")).replace(/[^A-Za-z0-9_-]/g, "_") + `-${customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 4)()}`;
   const log = createLogger({ level: o.logLevel, stderrLevel: o.logLevel, base: { worker: id } });
+  let nc: Awaited<ReturnType<typeof connectNats>> | undefined;
   try {
     const tools = await resolveTools(o.pgBin);
-    const nc = await connectNats(o.natsUrl, id, natsAuthFrom(o));
+    nc = await connectNats(o.natsUrl, id, natsAuthFrom(o));
     const worker = new Worker(
       nc,
       {
@@ -70,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
       const forced = setTimeout(() => process.exit(1), 9000);
       forced.unref();
       await worker.stop();
-      await nc.drain().catch(() => undefined);
+      await nc?.drain().catch(() => undefined);
       process.exit(0);
     };
     process.on("SIGTERM", () => void shutdown("SIGTERM"));
@@ -79,8 +80,13 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     process.stderr.write(`pg-migrate worker: ${errorMessage(err)}\n`);
+    // An open NATS connection would keep the process alive after its error line.
+    await closeNats(nc);
     return 2;
   }
 }
 
-process.exitCode = await main(process.argv.slice(2));
+const code = await main(process.argv.slice(2));
+process.exitCode = code;
+// Everything is closed by now; a handle a library still holds must not keep a finished worker alive.
+setTimeout(() => process.exit(code), 1_000).unref();

@@ -1,10 +1,14 @@
-// verify: lists and counts the target's tables exactly as the dump counted the source's, compares them with the
-// manifest, and names every difference; then, and only for a database that matched, applies its own properties
-// (settings, connection limit, comment, grants), the one change this step makes.
+// verify: lists and counts the target's tables exactly as the dump counted the source's (checksums over the
+// source's columns by name), compares them with the manifest, and names every difference; what pg_dump itself
+// cannot preserve (an inheritance child's column order, a refreshed materialized view) is a named warning. Then it
+// applies the database's own properties (settings, connection limit, comment, grants), the one change this step
+// makes: after the checks, so a connection limit cannot hinder them, and also when they found a difference, so a
+// false alarm or a real one leaves no second difference behind.
 import { join, relative } from "node:path";
-import { CONTRACT_VERSION, type Manifest, type Mismatch, type VerifyTable } from "../shared/contracts/messages.js";
+import { CONTRACT_VERSION, type Manifest, type Mismatch, type VerifyTable, type VerifyWarning } from "../shared/contracts/messages.js";
 import { withClient } from "../shared/pg/connect.js";
 import { contentsOf } from "../shared/pg/catalog.js";
+import { knownSettings } from "../shared/pg/settings.js";
 import { serverFor, type Handler } from "./context.js";
 import { applyDatabaseProperties } from "./db-properties.js";
 import { readManifest } from "./dump.js";
@@ -20,12 +24,34 @@ export const verify: Handler<"verify"> = async (job, run, ctx) => {
   const server = serverFor("target", job.target, ctx);
   // The dump hashed the source's tables (--verify checksum): hash the target's the same way.
   const checksum = manifest.tables.some((t) => t.checksum !== undefined);
-  const target = await withClient(server, job.db.name, (c) => contentsOf(c, { checksum }), run.signal);
+  const sourceColumns = new Map(manifest.tables.map((t) => [tableKey(t), t.columns]));
+  // The source's columns, in the source's order, as the source hashed them; the target's own when it lacks one of
+  // them (compare then names the columns that differ).
+  const hashColumns = (t: { schema: string; name: string; columns: string[] }) => {
+    const cols = sourceColumns.get(tableKey(t));
+    return cols && cols.every((c) => t.columns.includes(c)) ? cols : t.columns;
+  };
+  const { target, known } = await withClient(
+    server,
+    job.db.name,
+    async (c) => ({ target: await contentsOf(c, { checksum, hashColumns }), known: await knownSettings(c) }),
+    run.signal,
+  );
 
-  const { tables, mismatches } = compare(manifest, target);
-  // Only a verified database gets its own properties: a connection limit or a setting must not hinder the checks.
+  const { tables, mismatches, warnings } = compare(manifest, target);
   // A database with none of its own (the manifest says so) spares the listing of the dump.
-  if (mismatches.length === 0 && manifest.databaseProperties !== false) mismatches.push(...(await applyDatabaseProperties(ctx.tools, dir, server, job.db.name, run.signal)));
+  // A database with none of its own has nothing left unapplied.
+  let properties: { applied: boolean; why?: string; skipped?: string[]; none?: boolean } = {
+    applied: true,
+    ...(manifest.databaseProperties === false ? { none: true } : {}),
+  };
+  if (manifest.databaseProperties !== false) {
+    const { mismatches: failed, skipped } = await applyDatabaseProperties(ctx.tools, dir, server, job.db.name, run.signal, known);
+    mismatches.push(...failed);
+    if (failed.length) properties = { applied: false, why: `${failed.length} of its statements failed (listed as database-property mismatches)` };
+    // Settings the target's major no longer knows: left out, named (the upgrade notes said so before the run).
+    if (skipped.length) properties.skipped = skipped;
+  }
   const detailPath = join(dir, VERIFY_FILE);
   await writeFileAtomic(detailPath, JSON.stringify({ v: CONTRACT_VERSION, tables }));
   return {
@@ -35,28 +61,60 @@ export const verify: Handler<"verify"> = async (job, run, ctx) => {
     rows: target.tables.reduce((sum, t) => sum + t.rows, 0),
     sequences: target.sequences.length,
     mismatches: mismatches.slice(0, MISMATCHES_IN_EVENT),
+    warnings: warnings.slice(0, MISMATCHES_IN_EVENT),
+    properties,
     detailPath: relative(ctx.dumpRoot, detailPath),
   };
 };
 
+const tableKey = (t: { schema: string; name: string }) => JSON.stringify([t.schema, t.name]);
+
 type Side = Pick<Manifest, "tables" | "sequences" | "largeObjects">;
 
-/** Pure: every table on either side, and every difference between the two. */
-export function compare(source: Side, target: Side): { tables: VerifyTable[]; mismatches: Mismatch[] } {
-  const key = (t: { schema: string; name: string }) => JSON.stringify([t.schema, t.name]);
+/** Pure: every table on either side, every difference between the two, and what pg_dump could not preserve. */
+export function compare(source: Side, target: Side): { tables: VerifyTable[]; mismatches: Mismatch[]; warnings: VerifyWarning[] } {
+  const key = tableKey;
   const label = (t: { schema: string; name: string }) => `${t.schema}.${t.name}`;
   const targetTables = new Map(target.tables.map((t) => [key(t), t]));
   const tables: VerifyTable[] = [];
   const mismatches: Mismatch[] = [];
+  const warnings: VerifyWarning[] = [];
 
   for (const s of source.tables) {
     const t = targetTables.get(key(s));
     targetTables.delete(key(s));
     const sums = s.checksum === undefined ? {} : { sourceChecksum: s.checksum, targetChecksum: t?.checksum ?? null };
     tables.push({ schema: s.schema, name: s.name, source: s.rows, target: t ? t.rows : null, ...sums });
-    if (!t) mismatches.push({ what: "table-missing", object: label(s), source: String(s.rows), target: null });
-    else if (t.rows !== s.rows) mismatches.push({ what: "row-count", object: label(s), source: String(s.rows), target: String(t.rows) });
-    else if (s.checksum !== undefined && t.checksum !== s.checksum) mismatches.push({ what: "checksum", object: label(s), source: s.checksum, target: t.checksum ?? null });
+    if (!t) {
+      mismatches.push({ what: "table-missing", object: label(s), source: String(s.rows), target: null });
+      continue;
+    }
+    const columnsDiffer = s.columns && t.columns && [...s.columns].sort().join("\0") !== [...t.columns].sort().join("\0");
+    if (columnsDiffer) mismatches.push({ what: "columns", object: label(s), source: s.columns!.join(", "), target: t.columns!.join(", ") });
+    else if (s.columns && t.columns && s.columns.join("\0") !== t.columns.join("\0")) {
+      warnings.push({
+        what: "column-order",
+        object: label(s),
+        source: s.columns.join(", "),
+        target: t.columns.join(", "),
+        note: "pg_dump recreates an inheritance child with its parent's columns first; the content matches column by column, but SELECT * and INSERT without a column list see the target's order",
+      });
+    }
+    const refreshed = (source: string, target: string | null) =>
+      warnings.push({
+        what: "matview-refreshed",
+        object: label(s),
+        source,
+        target,
+        note: "pg_restore refreshed this materialized view, which was stale on the source: it now holds what its query returns from the migrated tables",
+      });
+    if (t.rows !== s.rows) {
+      if (s.matview) refreshed(`${s.rows} rows`, `${t.rows} rows`);
+      else mismatches.push({ what: "row-count", object: label(s), source: String(s.rows), target: String(t.rows) });
+    } else if (s.checksum !== undefined && t.checksum !== s.checksum && !columnsDiffer) {
+      if (s.matview) refreshed(`checksum ${s.checksum}`, `checksum ${t.checksum ?? "none"}`);
+      else mismatches.push({ what: "checksum", object: label(s), source: s.checksum, target: t.checksum ?? null });
+    }
   }
   for (const t of targetTables.values()) {
     tables.push({ schema: t.schema, name: t.name, source: null, target: t.rows });
@@ -74,5 +132,5 @@ export function compare(source: Side, target: Side): { tables: VerifyTable[]; mi
   if (source.largeObjects !== target.largeObjects) {
     mismatches.push({ what: "large-objects", object: "pg_largeobject_metadata", source: String(source.largeObjects), target: String(target.largeObjects) });
   }
-  return { tables, mismatches };
+  return { tables, mismatches, warnings };
 }

@@ -32,7 +32,9 @@ const CreateSpec = z.object({
   encoding: z.string(),
   collate: z.string(),
   ctype: z.string(),
-  localeProvider: z.enum(["libc", "icu"]),
+  /** builtin: PostgreSQL 17's own provider (datlocprovider 'b'). */
+  localeProvider: z.enum(["libc", "icu", "builtin"]),
+  /** The provider's locale: ICU's (daticulocale in 15 and 16, datlocale from 17), or the builtin provider's (datlocale). */
   iculocale: z.string().nullable(),
   /** The database's default tablespace when it is not pg_default (absent: pg_default, or --no-tablespaces). */
   tablespace: z.string().optional(),
@@ -97,6 +99,10 @@ const TableCount = z.object({
   rows: z.number().int().nonnegative(),
   /** --verify checksum: an order-independent hash of the table's rows (the sum of each row's md5, as text). */
   checksum: z.string().optional(),
+  /** The columns in their physical order on that server (absent: a manifest of an older pg-migrate). */
+  columns: z.array(z.string()).optional(),
+  /** A materialized view: pg_restore refreshes it, so its content is the view's query run on the target. */
+  matview: z.boolean().optional(),
 });
 export type TableCount = z.infer<typeof TableCount>;
 const SequenceValue = z.object({
@@ -128,12 +134,26 @@ const Manifest = z.object({
 export type Manifest = z.infer<typeof Manifest>;
 
 const Mismatch = z.object({
-  what: z.enum(["table-missing", "table-extra", "row-count", "checksum", "sequence", "large-objects", "database-property"]),
+  what: z.enum(["table-missing", "table-extra", "row-count", "checksum", "columns", "sequence", "large-objects", "database-property"]),
   object: z.string(),
   source: z.string().nullable(),
   target: z.string().nullable(),
 });
 export type Mismatch = z.infer<typeof Mismatch>;
+
+/**
+ * A difference pg_dump itself cannot avoid, named but not a failure: an inheritance child whose columns the target
+ * keeps in another order (pg_dump recreates it with its parent's columns first), a materialized view whose content
+ * changed because pg_restore refreshed it. `note` says what it means for the user.
+ */
+const VerifyWarning = z.object({
+  what: z.enum(["column-order", "matview-refreshed"]),
+  object: z.string(),
+  source: z.string().nullable(),
+  target: z.string().nullable(),
+  note: z.string(),
+});
+export type VerifyWarning = z.infer<typeof VerifyWarning>;
 
 const DumpResult = z.object({
   kind: z.literal("dump"),
@@ -163,6 +183,20 @@ const VerifyResult = z.object({
   rows: z.number(),
   sequences: z.number().int(),
   mismatches: z.array(Mismatch),
+  /** What pg_dump cannot preserve, named: not a failure. */
+  warnings: z.array(VerifyWarning).optional(),
+  /**
+   * The database's own properties (settings, connection limit, comment, grants): applied (also after a failed
+   * verification, whose reason stays in mismatches), none to apply, or not applied and why.
+   */
+  properties: z.object({
+    applied: z.boolean(),
+    why: z.string().optional(),
+    /** SETs of settings the target's major no longer knows: left out, the rest applied. */
+    skipped: z.array(z.string()).optional(),
+    /** The database has none of its own. */
+    none: z.boolean().optional(),
+  }).optional(),
   /** Relative to the dump root: every table's counts on both sides. */
   detailPath: z.string(),
 });

