@@ -9,7 +9,7 @@ import { psqlExec, type PgLogin } from "../../demo/cluster.js";
 import { sampleSql, type SampleKind } from "../../demo/samples.js";
 
 /** The repo root: the nearest dir above this module with a package.json (works from dist/test/helpers and test/helpers). */
-function repoRoot(): string {
+export function repoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
     if (existsSync(join(dir, "package.json"))) return dir;

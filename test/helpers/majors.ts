@@ -7,22 +7,12 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdir, readlink, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { postgresBinDir, type ServerBinaries } from "../../demo/cluster.js";
+import { repoRoot } from "./corpus.js";
 import { execa } from "execa";
 
 /** The majors test/majors carries, by their alias. */
 export const EMBEDDED_MAJORS = [12, 13, 14, 16, 17, 18] as const;
-
-function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, "package.json"))) return dir;
-    const parent = dirname(dir);
-    if (parent === dir) return process.cwd();
-    dir = parent;
-  }
-}
 
 const found = new Map<number, Promise<ServerBinaries>>();
 
