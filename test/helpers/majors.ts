@@ -4,7 +4,7 @@
 // libraries are named by their full version only: their sonames are linked into a private lib dir, as the
 // package's own installer (hydrate-symlinks) would, since npm may not have run it.
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, readlink, symlink } from "node:fs/promises";
+import { cp, mkdir, readlink, rename, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { postgresBinDir, type ServerBinaries } from "../../demo/cluster.js";
@@ -40,8 +40,32 @@ async function locate(major: number): Promise<ServerBinaries> {
   if (!existsSync(join(native, "bin", "initdb"))) {
     throw new Error(`no PostgreSQL ${major} server binaries: neither ${debian} nor ${native} (bash scripts/ensure-deps --tests installs it in test/majors)`);
   }
-  const lib = await linkSonames(major, native);
-  return { bin: join(native, "bin"), env: { LD_LIBRARY_PATH: `${lib}:${join(native, "lib")}` } };
+  const served = await readableCopy(major, native);
+  const lib = await linkSonames(major, served);
+  return { bin: join(served, "bin"), env: { LD_LIBRARY_PATH: `${lib}:${join(served, "lib")}` } };
+}
+
+/**
+ * The package's binaries where the server's OS account can run them: a clone in a folder only its owner may enter
+ * (root's home, a 0700 temp dir) hides them from the postgres account that runs the test clusters. Copied once per
+ * version into the temp dir, whose path every account can traverse.
+ */
+async function readableCopy(major: number, native: string): Promise<string> {
+  const version = (JSON.parse(readFileSync(join(dirname(native), "package.json"), "utf8")) as { version: string }).version;
+  const root = join(tmpdir(), `pgm-server-${major}-${version}`);
+  const copy = join(root, "native");
+  if (existsSync(join(copy, "bin", "initdb"))) return copy;
+  const partial = `${root}.${process.pid}.partial`;
+  await rm(partial, { recursive: true, force: true });
+  await cp(native, join(partial, "native"), { recursive: true, verbatimSymlinks: true });
+  await execa("chmod", ["-R", "a+rX", partial]);
+  try {
+    await rename(partial, root);
+  } catch (err) {
+    await rm(partial, { recursive: true, force: true });
+    if (!existsSync(join(copy, "bin", "initdb"))) throw err; // another test process made it meanwhile: fine
+  }
+  return copy;
 }
 
 /** A private dir holding each soname the package's pg-symlinks.json names, pointing at the real file. */
