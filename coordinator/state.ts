@@ -1,6 +1,5 @@
 // The run record: the coordinator's memory across crashes. Kept as a local file under ~/.pg-migrate/state
 // (written whole, then renamed) and mirrored to the JetStream KV so a coordinator on another host can resume.
-import type { Memberships } from "./memberships.js";
 import { readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
@@ -42,7 +41,12 @@ export interface DbState {
   /** What pg_dump could not preserve (column order, refreshed materialized views): named, not failures. */
   warnings?: VerifyWarning[];
   /** Whether verification applied the database's own properties, and why not. */
-  properties?: { applied: boolean; why?: string | undefined; skipped?: string[] | undefined; none?: boolean | undefined };
+  properties?: {
+    applied: boolean;
+    why?: string | undefined;
+    skipped?: string[] | undefined;
+    none?: boolean | undefined;
+  };
   detailPath?: string;
   timings: Partial<Record<JobKind | "analyze", number>>;
   attempts: Partial<Record<JobKind, number>>;
@@ -51,7 +55,15 @@ export interface DbState {
   /** The tail of the failing tool's stderr, from the newest failed attempt. */
   stderrTail?: string | undefined;
   /** The current job's newest progress: what status and watch show as bytes, rate and ETA. */
-  progress?: { kind: JobKind; jobId: string; bytes: number; totalBytes: number | null; startedAt: string; at: string } | undefined;
+  progress?:
+    | { kind: JobKind; jobId: string; bytes: number; totalBytes: number | null; startedAt: string; at: string }
+    | undefined;
+}
+
+/** Roles a target user that is not a superuser joined for the run (granted), and whether it left them again. */
+export interface Memberships {
+  granted: string[];
+  revoked: boolean;
 }
 
 export interface RunRecord {
@@ -69,7 +81,16 @@ export interface RunRecord {
   fastRestore: { mode: string; applied: boolean; reverted: boolean; original: SavedSetting[]; skippedReason?: string };
   /** What crossing majors changes (coordinator/upgrade-notes.ts), said before the run changed anything. */
   upgradeNotes?: UpgradeNote[];
-  globals: { done: boolean; applied: number; removed: string[]; alreadyExisted: string[]; failed: { statement: string; error: string }[]; withoutPassword?: string[]; notApplied?: string[]; unknownSettings?: string[] };
+  globals: {
+    done: boolean;
+    applied: number;
+    removed: string[];
+    alreadyExisted: string[];
+    failed: { statement: string; error: string }[];
+    withoutPassword?: string[];
+    notApplied?: string[];
+    unknownSettings?: string[];
+  };
   skipped: { name: string; reason: string }[];
   /** Roles a target user that is not a superuser joined for the run, left again at its end. */
   memberships?: Memberships;
@@ -82,7 +103,9 @@ export interface RunRecord {
 
 /** Whether a record's target is this server: by system identifier when both are known, else by address. */
 export function sameTarget(r: RunRecord, systemId: string | null, host: string, port: number): boolean {
-  return systemId !== null && r.target.systemId !== null ? r.target.systemId === systemId : r.target.host === host && r.target.port === port;
+  return systemId !== null && r.target.systemId !== null
+    ? r.target.systemId === systemId
+    : r.target.host === host && r.target.port === port;
 }
 
 const newId = customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 8);
@@ -234,7 +257,9 @@ export class RunState {
     this.kvTimer = undefined;
     this.kvWrittenAt = Date.now();
     this.kvStatus = this.record.status;
-    await this.kv?.put(kvKeys.run(this.runId), text).catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "KV run record not updated"));
+    await this.kv
+      ?.put(kvKeys.run(this.runId), text)
+      .catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "KV run record not updated"));
   }
 }
 
