@@ -50,7 +50,8 @@ async function sh(ctx: BenchContext, script: string, env: Record<string, string>
     reject: false,
     all: true,
   });
-  if (r.exitCode !== 0) throw new Error(`bench step failed (exit ${r.exitCode}):\n${script}\n${String(r.all).slice(-3000)}`);
+  if (r.exitCode !== 0)
+    throw new Error(`bench step failed (exit ${r.exitCode}):\n${script}\n${String(r.all).slice(-3000)}`);
   return performance.now() - t0;
 }
 
@@ -68,7 +69,12 @@ export const APPROACHES: Approach[] = [
     name: "pg_dumpall | psql",
     async run(ctx) {
       // psql carries on past "role postgres already exists", as a user piping it would.
-      return { wallMs: await sh(ctx, `pg_dumpall ${conn(ctx.source)} -l postgres | grep -Ev '^(CREATE|ALTER) ROLE ${ctx.target.user}[ ;]' | psql -X -q ${conn(ctx.target)} -d postgres >/dev/null 2>&1`) };
+      return {
+        wallMs: await sh(
+          ctx,
+          `pg_dumpall ${conn(ctx.source)} -l postgres | grep -Ev '^(CREATE|ALTER) ROLE ${ctx.target.user}[ ;]' | psql -X -q ${conn(ctx.target)} -d postgres >/dev/null 2>&1`,
+        ),
+      };
     },
   },
   shellLoop("shell loop: pg_dump -Fd -j4 (gzip) | pg_restore -j4, 2 at a time", ""),
@@ -123,8 +129,25 @@ export function pgMigrate(name: string, extra: string[]): Approach {
       const t0 = performance.now();
       const r = await execa(
         process.execPath,
-        [BIN, "--from-host", ctx.source.host, "--from-port", String(ctx.source.port), "--to-host", ctx.target.host, "--to-port", String(ctx.target.port), "--pg-bin", ctx.pgBin, ...extra],
-        { env: { HOME: home, PGMIGRATE_FROM_PASS: ctx.source.password, PGMIGRATE_TO_PASS: ctx.target.password }, reject: false, all: true },
+        [
+          BIN,
+          "--from-host",
+          ctx.source.host,
+          "--from-port",
+          String(ctx.source.port),
+          "--to-host",
+          ctx.target.host,
+          "--to-port",
+          String(ctx.target.port),
+          "--pg-bin",
+          ctx.pgBin,
+          ...extra,
+        ],
+        {
+          env: { HOME: home, PGMIGRATE_FROM_PASS: ctx.source.password, PGMIGRATE_TO_PASS: ctx.target.password },
+          reject: false,
+          all: true,
+        },
       );
       const wallMs = performance.now() - t0;
       const peaks = rss.stop();

@@ -20,7 +20,10 @@ export const pgbenchName = (i: number) => `bench_${i}`;
 export const tinyName = (i: number) => `tiny_${String(i).padStart(3, "0")}`;
 
 export async function generate(source: LocalCluster, spec: DatasetSpec, log: (line: string) => void): Promise<void> {
-  const roles = Array.from({ length: spec.roles }, (_, i) => `CREATE ROLE bench_role_${i + 1} LOGIN PASSWORD 'role-pw-${i + 1}';`).join("\n");
+  const roles = Array.from(
+    { length: spec.roles },
+    (_, i) => `CREATE ROLE bench_role_${i + 1} LOGIN PASSWORD 'role-pw-${i + 1}';`,
+  ).join("\n");
   if (roles) await psqlExec(source, "postgres", roles);
   const pgbench = `${await postgresBinDir()}/pgbench`;
   for (let i = 1; i <= spec.pgbenchDbs; i++) {
@@ -28,9 +31,13 @@ export async function generate(source: LocalCluster, spec: DatasetSpec, log: (li
     const t0 = Date.now();
     const owner = spec.roles ? ` OWNER bench_role_${((i - 1) % spec.roles) + 1}` : "";
     await psqlExec(source, "postgres", `CREATE DATABASE ${db}${owner}`);
-    await execa(pgbench, ["-i", "-q", "-s", String(spec.scale), "-h", source.host, "-p", String(source.port), "-U", source.user, db], {
-      env: { PGPASSWORD: source.password },
-    });
+    await execa(
+      pgbench,
+      ["-i", "-q", "-s", String(spec.scale), "-h", source.host, "-p", String(source.port), "-U", source.user, db],
+      {
+        env: { PGPASSWORD: source.password },
+      },
+    );
     const rows = Math.round(spec.scale * 100_000 * spec.realisticShare);
     if (rows > 0) {
       await psqlExec(
@@ -50,7 +57,11 @@ export async function generate(source: LocalCluster, spec: DatasetSpec, log: (li
   }
   for (let i = 1; i <= spec.tinyDbs; i++) {
     await psqlExec(source, "postgres", `CREATE DATABASE ${tinyName(i)}`);
-    await psqlExec(source, tinyName(i), "CREATE TABLE items (id int PRIMARY KEY, label text); INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g;");
+    await psqlExec(
+      source,
+      tinyName(i),
+      "CREATE TABLE items (id int PRIMARY KEY, label text); INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g;",
+    );
   }
   if (spec.tinyDbs) log(`generated ${spec.tinyDbs} tiny databases`);
   // The generation's dirty pages written now, not by a checkpoint during the first timed run.
@@ -60,7 +71,11 @@ export async function generate(source: LocalCluster, spec: DatasetSpec, log: (li
 /** User databases of a cluster. */
 export async function userDatabases(c: LocalCluster): Promise<string[]> {
   return withClient(c, "postgres", async (client) =>
-    (await client.query<{ d: string }>("SELECT datname AS d FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1")).rows.map((r) => r.d),
+    (
+      await client.query<{ d: string }>(
+        "SELECT datname AS d FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1",
+      )
+    ).rows.map((r) => r.d),
   );
 }
 
@@ -83,14 +98,21 @@ export async function rowCounts(c: LocalCluster): Promise<Record<string, number>
 
 /** The project's own client wrapper, for a throwaway cluster. */
 export function withClient<T>(c: LocalCluster, db: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  return withServerClient({ role: "bench cluster", host: c.host, port: c.port, user: c.user, password: c.password, sslmode: "disable" }, db, fn);
+  return withServerClient(
+    { role: "bench cluster", host: c.host, port: c.port, user: c.user, password: c.password, sslmode: "disable" },
+    db,
+    fn,
+  );
 }
 
 /** The target as it was: no user database, no role but its bootstrap superuser, settings reset. */
 export async function resetTarget(t: LocalCluster): Promise<void> {
   await withClient(t, "postgres", async (client) => {
-    for (const db of await userDatabasesOf(client)) await client.query(`DROP DATABASE ${pg.escapeIdentifier(db)} WITH (FORCE)`);
-    const { rows } = await client.query<{ r: string }>("SELECT rolname AS r FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> current_user");
+    for (const db of await userDatabasesOf(client))
+      await client.query(`DROP DATABASE ${pg.escapeIdentifier(db)} WITH (FORCE)`);
+    const { rows } = await client.query<{ r: string }>(
+      "SELECT rolname AS r FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> current_user",
+    );
     for (const r of rows) await client.query(`DROP ROLE ${pg.escapeIdentifier(r.r)}`);
     await client.query("ALTER SYSTEM RESET ALL");
     await client.query("SELECT pg_reload_conf()");
@@ -99,5 +121,9 @@ export async function resetTarget(t: LocalCluster): Promise<void> {
 }
 
 async function userDatabasesOf(client: pg.Client): Promise<string[]> {
-  return (await client.query<{ d: string }>("SELECT datname AS d FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'")).rows.map((r) => r.d);
+  return (
+    await client.query<{ d: string }>(
+      "SELECT datname AS d FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'",
+    )
+  ).rows.map((r) => r.d);
 }

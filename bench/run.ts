@@ -61,18 +61,33 @@ async function passfile(dir: string, c: Cluster2): Promise<string> {
 
 async function databasesBySize(c: LocalCluster): Promise<string[]> {
   return withClient(c, "postgres", async (client) =>
-    (await client.query<{ d: string }>("SELECT datname AS d FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY pg_database_size(datname) DESC, 1")).rows.map((r) => r.d),
+    (
+      await client.query<{ d: string }>(
+        "SELECT datname AS d FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY pg_database_size(datname) DESC, 1",
+      )
+    ).rows.map((r) => r.d),
   );
 }
 
 async function sourceBytes(c: LocalCluster): Promise<number> {
   return withClient(c, "postgres", async (client) =>
-    Number((await client.query<{ b: string }>("SELECT sum(pg_database_size(datname))::bigint AS b FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'")).rows[0]!.b),
+    Number(
+      (
+        await client.query<{ b: string }>(
+          "SELECT sum(pg_database_size(datname))::bigint AS b FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'",
+        )
+      ).rows[0]!.b,
+    ),
   );
 }
 
 /** Runs each approach `runs` times, alternating, each from a reset target and checked row for row. */
-async function measure(ctx: BenchContext, approaches: Approach[], runs: number, expected: Record<string, number>): Promise<Map<string, RunResult[]>> {
+async function measure(
+  ctx: BenchContext,
+  approaches: Approach[],
+  runs: number,
+  expected: Record<string, number>,
+): Promise<Map<string, RunResult[]>> {
   const results = new Map<string, RunResult[]>(approaches.map((a) => [a.name, []]));
   for (const a of approaches) await a.prepare?.(ctx);
   for (let round = 1; round <= runs; round++) {
@@ -83,9 +98,17 @@ async function measure(ctx: BenchContext, approaches: Approach[], runs: number, 
       const r = await a.run({ ...ctx, work: join(ctx.work, "scratch") });
       const got = await rowCounts(ctx.target);
       const wrong = Object.keys(expected).filter((k) => got[k] !== expected[k]);
-      if (wrong.length) throw new Error(`${a.name}, run ${round}: ${wrong.length} table(s) differ, e.g. ${wrong.slice(0, 3).map((k) => `${k}: ${got[k]} vs ${expected[k]}`).join(", ")}`);
+      if (wrong.length)
+        throw new Error(
+          `${a.name}, run ${round}: ${wrong.length} table(s) differ, e.g. ${wrong
+            .slice(0, 3)
+            .map((k) => `${k}: ${got[k]} vs ${expected[k]}`)
+            .join(", ")}`,
+        );
       results.get(a.name)!.push(r);
-      log(`round ${round}/${runs}: ${a.name}: ${(r.wallMs / 1000).toFixed(2)}s${r.rss ? ` (peak RSS coordinator ${mb(r.rss.coordinator)}, worker ${mb(r.rss.worker)})` : ""}`);
+      log(
+        `round ${round}/${runs}: ${a.name}: ${(r.wallMs / 1000).toFixed(2)}s${r.rss ? ` (peak RSS coordinator ${mb(r.rss.coordinator)}, worker ${mb(r.rss.worker)})` : ""}`,
+      );
     }
   }
   return results;
@@ -98,8 +121,17 @@ async function withBench<T>(fn: (ctx: BenchContext, c: Cluster2) => Promise<T>):
   const work = await mkdtemp(join(tmpdir(), "pgm-bench-"));
   const c = await clusters();
   try {
-    const pgBin = (await execa("bash", ["-c", "dirname \"$(command -v pg_dump)\""])).stdout.trim() || (await postgresBinDir());
-    const ctx: BenchContext = { source: c.source, target: c.target, work, passfile: await passfile(work, c), databases: [], floorDumps: join(work, "floor"), pgBin };
+    const pgBin =
+      (await execa("bash", ["-c", 'dirname "$(command -v pg_dump)"'])).stdout.trim() || (await postgresBinDir());
+    const ctx: BenchContext = {
+      source: c.source,
+      target: c.target,
+      work,
+      passfile: await passfile(work, c),
+      databases: [],
+      floorDumps: join(work, "floor"),
+      pgBin,
+    };
     return await fn(ctx, c);
   } finally {
     await Promise.allSettled([c.source.stop(), c.target.stop()]);
@@ -123,14 +155,22 @@ async function available(base: Approach[]): Promise<Approach[]> {
 }
 
 async function standard(): Promise<unknown> {
-  const spec: DatasetSpec = { pgbenchDbs: num(o.dbs, "dbs"), scale: num(o.scale, "scale"), realisticShare: 0.25, tinyDbs: num(o.tiny, "tiny"), roles: 20 };
+  const spec: DatasetSpec = {
+    pgbenchDbs: num(o.dbs, "dbs"),
+    scale: num(o.scale, "scale"),
+    realisticShare: 0.25,
+    tinyDbs: num(o.tiny, "tiny"),
+    roles: 20,
+  };
   const runs = num(o.runs, "runs");
   return withBench(async (ctx) => {
     await generate(ctx.source, spec, log);
     ctx.databases = await databasesBySize(ctx.source);
     const bytes = await sourceBytes(ctx.source);
     const expected = await rowCounts(ctx.source);
-    log(`source: ${ctx.databases.length} databases, ${(bytes / 2 ** 30).toFixed(2)} GiB, ${Object.keys(expected).length} tables`);
+    log(
+      `source: ${ctx.databases.length} databases, ${(bytes / 2 ** 30).toFixed(2)} GiB, ${Object.keys(expected).length} tables`,
+    );
     const approaches = await available(APPROACHES);
     const results = await measure(ctx, approaches, runs, expected);
     const summaries = summarize(results, "shell loop: pg_dump", "floor:");
@@ -146,9 +186,14 @@ async function tinyCost(count: number, runs: number): Promise<Summary[]> {
     await generate(ctx.source, { pgbenchDbs: 0, scale: 0, realisticShare: 0, tinyDbs: count, roles: 0 }, log);
     ctx.databases = await userDatabases(ctx.source);
     const expected = await rowCounts(ctx.source);
-    const approaches = (await available(APPROACHES)).filter((a) => a.name.startsWith("shell loop: pg_dump") || a.name.startsWith("pg-migrate"));
+    const approaches = (await available(APPROACHES)).filter(
+      (a) => a.name.startsWith("shell loop: pg_dump") || a.name.startsWith("pg-migrate"),
+    );
     const results = await measure(ctx, approaches, runs, expected);
-    return summarize(results, "shell loop: pg_dump", undefined).map((x) => ({ ...x, perDatabaseMs: x.medianMs / count }));
+    return summarize(results, "shell loop: pg_dump", undefined).map((x) => ({
+      ...x,
+      perDatabaseMs: x.medianMs / count,
+    }));
   });
 }
 
@@ -159,7 +204,9 @@ async function many(): Promise<unknown> {
     out[count] = await withBench(async (ctx) => {
       await generate(ctx.source, { pgbenchDbs: 0, scale: 0, realisticShare: 0, tinyDbs: count, roles: 0 }, log);
       ctx.databases = await userDatabases(ctx.source);
-      const approaches = (await available(APPROACHES)).filter((a) => a.name.startsWith("pg-migrate") || a.name.startsWith("shell loop: pg_dump"));
+      const approaches = (await available(APPROACHES)).filter(
+        (a) => a.name.startsWith("pg-migrate") || a.name.startsWith("shell loop: pg_dump"),
+      );
       const results = await measure(ctx, approaches, runs, await rowCounts(ctx.source));
       return summarize(results, "shell loop: pg_dump", undefined);
     });
@@ -167,10 +214,35 @@ async function many(): Promise<unknown> {
   const growth = out[30]!.map((a) => {
     const big = out[300]!.find((b) => b.name === a.name)!;
     // The cost of one more database, the run's fixed start and end set aside.
-    return { name: a.name, ms30: a.medianMs, ms300: big.medianMs, ratioTo10x: big.medianMs / (10 * a.medianMs), perExtraDbMs: (big.medianMs - a.medianMs) / 270, peakRss300: big.peakRss };
+    return {
+      name: a.name,
+      ms30: a.medianMs,
+      ms300: big.medianMs,
+      ratioTo10x: big.medianMs / (10 * a.medianMs),
+      perExtraDbMs: (big.medianMs - a.medianMs) / 270,
+      peakRss300: big.peakRss,
+    };
   });
-  const t = new Table({ head: ["approach", "30 tiny dbs", "300 tiny dbs", "300 / (10 × 30)", "per database beyond 30", "peak RSS at 300 coord / worker"], style: { head: [], border: [] } });
-  for (const g of growth) t.push([g.name, s(g.ms30), s(g.ms300), g.ratioTo10x.toFixed(2), `${g.perExtraDbMs.toFixed(0)} ms`, g.peakRss300 ? `${mb(g.peakRss300.coordinator)} / ${mb(g.peakRss300.worker)}` : ""]);
+  const t = new Table({
+    head: [
+      "approach",
+      "30 tiny dbs",
+      "300 tiny dbs",
+      "300 / (10 × 30)",
+      "per database beyond 30",
+      "peak RSS at 300 coord / worker",
+    ],
+    style: { head: [], border: [] },
+  });
+  for (const g of growth)
+    t.push([
+      g.name,
+      s(g.ms30),
+      s(g.ms300),
+      g.ratioTo10x.toFixed(2),
+      `${g.perExtraDbMs.toFixed(0)} ms`,
+      g.peakRss300 ? `${mb(g.peakRss300.coordinator)} / ${mb(g.peakRss300.worker)}` : "",
+    ]);
   process.stdout.write(`${t.toString()}\n`);
   return { runs, growth };
 }
@@ -184,34 +256,71 @@ async function large(): Promise<unknown> {
       await withBench(async (ctx) => {
         await generate(ctx.source, { pgbenchDbs: 1, scale: sc, realisticShare: 0.25, tinyDbs: 0, roles: 0 }, log);
         ctx.databases = await userDatabases(ctx.source);
-        const approaches = (await available(APPROACHES)).filter((a) => a.name.startsWith("pg-migrate") || a.name.startsWith("shell loop: pg_dump") || a.name.startsWith("floor"));
+        const approaches = (await available(APPROACHES)).filter(
+          (a) =>
+            a.name.startsWith("pg-migrate") || a.name.startsWith("shell loop: pg_dump") || a.name.startsWith("floor"),
+        );
         const results = await measure(ctx, approaches, runs, await rowCounts(ctx.source));
-        return { scale: sc, bytes: await sourceBytes(ctx.source), summaries: summarize(results, "shell loop: pg_dump", "floor:") };
+        return {
+          scale: sc,
+          bytes: await sourceBytes(ctx.source),
+          summaries: summarize(results, "shell loop: pg_dump", "floor:"),
+        };
       }),
     );
   }
-  const t = new Table({ head: ["approach", `1 db, scale ${scale}`, `1 db, scale ${scale * 4}`, "time ratio", "size ratio"], style: { head: [], border: [] } });
+  const t = new Table({
+    head: ["approach", `1 db, scale ${scale}`, `1 db, scale ${scale * 4}`, "time ratio", "size ratio"],
+    style: { head: [], border: [] },
+  });
   for (const a of out[0]!.summaries) {
     const b = out[1]!.summaries.find((x) => x.name === a.name)!;
-    t.push([a.name, s(a.medianMs), s(b.medianMs), (b.medianMs / a.medianMs).toFixed(2), (out[1]!.bytes / out[0]!.bytes).toFixed(2)]);
+    t.push([
+      a.name,
+      s(a.medianMs),
+      s(b.medianMs),
+      (b.medianMs / a.medianMs).toFixed(2),
+      (out[1]!.bytes / out[0]!.bytes).toFixed(2),
+    ]);
   }
   process.stdout.write(`${t.toString()}\n`);
   return { runs, sizes: out };
 }
 
 function print(summaries: Summary[], tiny: Summary[] | undefined): void {
-  const t = new Table({ head: ["approach", "median", "min", "max", "× shell loop", "× floor", "peak RSS coord / worker"], style: { head: [], border: [] } });
+  const t = new Table({
+    head: ["approach", "median", "min", "max", "× shell loop", "× floor", "peak RSS coord / worker"],
+    style: { head: [], border: [] },
+  });
   for (const x of summaries) {
-    t.push([x.name, s(x.medianMs), s(x.minMs), s(x.maxMs), x.vsReference?.toFixed(2) ?? "-", x.vsFloor?.toFixed(2) ?? "-", x.peakRss ? `${mb(x.peakRss.coordinator)} / ${mb(x.peakRss.worker)}` : ""]);
+    t.push([
+      x.name,
+      s(x.medianMs),
+      s(x.minMs),
+      s(x.maxMs),
+      x.vsReference?.toFixed(2) ?? "-",
+      x.vsFloor?.toFixed(2) ?? "-",
+      x.peakRss ? `${mb(x.peakRss.coordinator)} / ${mb(x.peakRss.worker)}` : "",
+    ]);
   }
   process.stdout.write(`${t.toString()}\n`);
-  if (tiny) for (const x of tiny) process.stdout.write(`tiny databases, ${x.name}: ${(x.perDatabaseMs ?? 0).toFixed(0)} ms per database (median ${s(x.medianMs)})\n`);
+  if (tiny)
+    for (const x of tiny)
+      process.stdout.write(
+        `tiny databases, ${x.name}: ${(x.perDatabaseMs ?? 0).toFixed(0)} ms per database (median ${s(x.medianMs)})\n`,
+      );
 }
 
 const started = new Date();
 const mode = o.mode ?? "standard";
 const body = mode === "many" ? await many() : mode === "large" ? await large() : await standard();
-const machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), node: process.version, pgDump: (await execa("pg_dump", ["--version"])).stdout.trim() };
+const machine = {
+  cpus: cpus().length,
+  cpuModel: cpus()[0]?.model,
+  memGiB: Math.round(totalmem() / 2 ** 30),
+  node: process.version,
+  pgDump: (await execa("pg_dump", ["--version"])).stdout.trim(),
+};
 const file = o.json!.replace(/\.json$/, mode === "standard" ? ".json" : `-${mode}.json`);
 await writeFile(file, JSON.stringify({ mode, date: started.toISOString(), machine, ...(body as object) }, null, 2));
 log(`results written to ${file}`);

@@ -21,7 +21,11 @@ export function median(xs: number[]): number {
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
-export function summarize(results: Map<string, RunResult[]>, referencePrefix: string, floorPrefix: string | undefined): Summary[] {
+export function summarize(
+  results: Map<string, RunResult[]>,
+  referencePrefix: string,
+  floorPrefix: string | undefined,
+): Summary[] {
   const base = [...results].map(([name, rs]) => {
     const walls = rs.map((r) => r.wallMs);
     const rss = rs.filter((r) => r.rss).map((r) => r.rss!);
@@ -31,7 +35,14 @@ export function summarize(results: Map<string, RunResult[]>, referencePrefix: st
       medianMs: median(walls),
       minMs: Math.min(...walls),
       maxMs: Math.max(...walls),
-      ...(rss.length ? { peakRss: { coordinator: Math.max(...rss.map((r) => r.coordinator)), worker: Math.max(...rss.map((r) => r.worker)) } } : {}),
+      ...(rss.length
+        ? {
+            peakRss: {
+              coordinator: Math.max(...rss.map((r) => r.coordinator)),
+              worker: Math.max(...rss.map((r) => r.worker)),
+            },
+          }
+        : {}),
     };
   });
   const ref = base.find((b) => b.name.startsWith(referencePrefix));

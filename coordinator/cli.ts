@@ -4,7 +4,13 @@ import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import { bool, nonEmpty, nonNegativeInt, port, positiveInt } from "../shared/cli-values.js";
 import { ConfigError, errorMessage, InterruptedError, PreflightError, ToolError } from "../shared/errors.js";
-import { natsAuthFrom, natsAuthOptions, NatsConnectError, withoutCredentials, type NatsAuthFlags } from "../shared/nats.js";
+import {
+  natsAuthFrom,
+  natsAuthOptions,
+  NatsConnectError,
+  withoutCredentials,
+  type NatsAuthFlags,
+} from "../shared/nats.js";
 import { ConnectError, type ServerSpec } from "../shared/pg/connect.js";
 import { libpqPassword } from "../shared/pg/passwords.js";
 import { SSL_MODES } from "../shared/pg/tls.js";
@@ -22,16 +28,50 @@ import { status } from "./status.js";
 import { EXIT, LeftBehind, migrate } from "./run.js";
 
 interface ServerFlags {
-  Host: string; Port: number; User: string; Pass?: string; PassFile?: string; Db: string;
-  Sslmode?: string; Sslrootcert?: string; Sslcert?: string; Sslkey?: string;
+  Host: string;
+  Port: number;
+  User: string;
+  Pass?: string;
+  PassFile?: string;
+  Db: string;
+  Sslmode?: string;
+  Sslrootcert?: string;
+  Sslcert?: string;
+  Sslkey?: string;
 }
 type Prefixed<P extends string, T> = { [K in keyof T as `${P}${K & string}`]: T[K] };
-type RawOptions = Prefixed<"from", ServerFlags> & Prefixed<"to", ServerFlags> & NatsAuthFlags & {
-  jobs?: number; maxParallel?: number; dumpRoot: string; migrateGlobals: boolean; rolePasswords: boolean; owner: boolean; includeDb: string[]; excludeDb: string[]; verify: "count" | "checksum"; tablespaces: boolean; tablespaceLocation: string[];
-  natsUrl?: string; workers?: number; fastRestore: FastRestoreMode; compress: string; pgBin?: string;
-  keepDumps: boolean; restart: boolean; yes: boolean; dryRun: boolean; wait: number; workerWait: number; ackWait: number; maxDeliver: number; retryDelay: number;
-  natsReplicas: number; report?: string; logLevel?: string;
-};
+type RawOptions = Prefixed<"from", ServerFlags> &
+  Prefixed<"to", ServerFlags> &
+  NatsAuthFlags & {
+    jobs?: number;
+    maxParallel?: number;
+    dumpRoot: string;
+    migrateGlobals: boolean;
+    rolePasswords: boolean;
+    owner: boolean;
+    includeDb: string[];
+    excludeDb: string[];
+    verify: "count" | "checksum";
+    tablespaces: boolean;
+    tablespaceLocation: string[];
+    natsUrl?: string;
+    workers?: number;
+    fastRestore: FastRestoreMode;
+    compress: string;
+    pgBin?: string;
+    keepDumps: boolean;
+    restart: boolean;
+    yes: boolean;
+    dryRun: boolean;
+    wait: number;
+    workerWait: number;
+    ackWait: number;
+    maxDeliver: number;
+    retryDelay: number;
+    natsReplicas: number;
+    report?: string;
+    logLevel?: string;
+  };
 
 type Side = "from" | "to";
 /** The passwords of the demo's seeded servers: the last resort, after every place libpq itself would look. */
@@ -47,7 +87,10 @@ function serverOptions(side: Side): Option[] {
     new Option(`--${side}-host <host>`, `${role} host`).env(`${env}_HOST`).default("localhost").argParser(nonEmpty),
     new Option(`--${side}-port <port>`, `${role} port`).env(`${env}_PORT`).default(5432).argParser(port),
     side === "to"
-      ? new Option("--to-user <user>", "target user (the migration user: never created or altered by the globals)").env(`${env}_USER`).default("postgres").argParser(nonEmpty)
+      ? new Option("--to-user <user>", "target user (the migration user: never created or altered by the globals)")
+          .env(`${env}_USER`)
+          .default("postgres")
+          .argParser(nonEmpty)
       : new Option("--from-user <user>", "source user").env(`${env}_USER`).default("postgres").argParser(nonEmpty),
     new Option(
       `--${side}-pass <password>`,
@@ -55,11 +98,19 @@ function serverOptions(side: Side): Option[] {
     ).env(`${env}_PASS`),
     new Option(`--${side}-pass-file <file>`, `file whose first line is the ${role} password`).env(`${env}_PASS_FILE`),
     side === "to"
-      ? new Option("--to-db <db>", "target database used for settings, globals and CREATE DATABASE").default("postgres").argParser(nonEmpty)
+      ? new Option("--to-db <db>", "target database used for settings, globals and CREATE DATABASE")
+          .default("postgres")
+          .argParser(nonEmpty)
       : new Option("--from-db <db>", "source database used for discovery").default("postgres").argParser(nonEmpty),
-    new Option(`--${side}-sslmode <mode>`, `TLS to the ${role}, as libpq's sslmode (default prefer)`).choices(SSL_MODES).env(`${env}_SSLMODE`),
-    new Option(`--${side}-sslrootcert <file>`, `CA certificate(s) that verify the ${role}'s server certificate`).env(`${env}_SSLROOTCERT`),
-    new Option(`--${side}-sslcert <file>`, `client certificate for the ${role} (with --${side}-sslkey)`).env(`${env}_SSLCERT`),
+    new Option(`--${side}-sslmode <mode>`, `TLS to the ${role}, as libpq's sslmode (default prefer)`)
+      .choices(SSL_MODES)
+      .env(`${env}_SSLMODE`),
+    new Option(`--${side}-sslrootcert <file>`, `CA certificate(s) that verify the ${role}'s server certificate`).env(
+      `${env}_SSLROOTCERT`,
+    ),
+    new Option(`--${side}-sslcert <file>`, `client certificate for the ${role} (with --${side}-sslkey)`).env(
+      `${env}_SSLCERT`,
+    ),
     new Option(`--${side}-sslkey <file>`, `client key for the ${role}`).env(`${env}_SSLKEY`),
   ];
 }
@@ -74,19 +125,35 @@ async function serverSpec(side: Side, o: RawOptions, program: Command): Promise<
   const passFile = f("PassFile");
   const passSource = program.getOptionValueSource(`${side}Pass`);
   if (passFile && passSource === "cli") {
-    throw new ConfigError(`--${side}-pass and --${side}-pass-file both give the ${ROLE[side]} password: keep one (the file)`, `--${side}-pass`);
+    throw new ConfigError(
+      `--${side}-pass and --${side}-pass-file both give the ${ROLE[side]} password: keep one (the file)`,
+      `--${side}-pass`,
+    );
   }
-  const spec: ServerSpec = { role: ROLE[side], host: f("Host")!, port: Number(f("Port")), user: f("User")!, password: undefined };
+  const spec: ServerSpec = {
+    role: ROLE[side],
+    host: f("Host")!,
+    port: Number(f("Port")),
+    user: f("User")!,
+    password: undefined,
+  };
   if (passFile) {
     spec.password = readSecretFile(passFile, `--${side}-pass-file`);
-    spec.passwordFrom = program.getOptionValueSource(`${side}PassFile`) === "env" ? `${ENV[side]}_PASS_FILE` : `--${side}-pass-file`;
+    spec.passwordFrom =
+      program.getOptionValueSource(`${side}PassFile`) === "env" ? `${ENV[side]}_PASS_FILE` : `--${side}-pass-file`;
   } else if (f("Pass") !== undefined) {
     spec.password = f("Pass");
     spec.passwordFrom = passSource === "env" ? `${ENV[side]}_PASS` : `--${side}-pass`;
   } else {
-    const found = await libpqPassword({ host: spec.host, port: spec.port, database: side === "from" ? o.fromDb : o.toDb, user: spec.user });
+    const found = await libpqPassword({
+      host: spec.host,
+      port: spec.port,
+      database: side === "from" ? o.fromDb : o.toDb,
+      user: spec.user,
+    });
     spec.password = found?.password ?? DEMO_PASSWORDS[side];
-    spec.passwordFrom = found?.from ?? `the demo's default "${DEMO_PASSWORDS[side]}" (none given, no PGPASSWORD, no ~/.pgpass entry)`;
+    spec.passwordFrom =
+      found?.from ?? `the demo's default "${DEMO_PASSWORDS[side]}" (none given, no PGPASSWORD, no ~/.pgpass entry)`;
   }
   for (const k of ["sslmode", "sslrootcert", "sslcert", "sslkey"] as const) {
     const v = f(`Ssl${k.slice(3)}` as keyof ServerFlags);
@@ -104,9 +171,14 @@ function tablespaceLocations(values: string[]): Map<string, string> {
   const map = new Map<string, string>();
   for (const v of values) {
     const at = v.indexOf("=");
-    if (at <= 0 || at === v.length - 1) throw new ConfigError(`--tablespace-location wants NAME=PATH, got ${JSON.stringify(v)}`, "--tablespace-location");
+    if (at <= 0 || at === v.length - 1)
+      throw new ConfigError(`--tablespace-location wants NAME=PATH, got ${JSON.stringify(v)}`, "--tablespace-location");
     const path = v.slice(at + 1);
-    if (!path.startsWith("/")) throw new ConfigError(`--tablespace-location ${JSON.stringify(v)}: the path must be absolute (it is on the target host)`, "--tablespace-location");
+    if (!path.startsWith("/"))
+      throw new ConfigError(
+        `--tablespace-location ${JSON.stringify(v)}: the path must be absolute (it is on the target host)`,
+        "--tablespace-location",
+      );
     map.set(v.slice(0, at), path);
   }
   return map;
@@ -127,8 +199,9 @@ export function buildRevertProgram(): Command {
     "Put back the target settings a run changed for fast-restore, from the run records under ~/.pg-migrate (and the KV with --nats-url). For the day a run could not do it itself.",
   );
   withOptions(program, targetOptions());
-  program
-    .addOption(new Option("--nats-url <url>", "also look for run records in this NATS server's KV").env("PGMIGRATE_NATS_URL"));
+  program.addOption(
+    new Option("--nats-url <url>", "also look for run records in this NATS server's KV").env("PGMIGRATE_NATS_URL"),
+  );
   return withOptions(program, natsAuthOptions())
     .showHelpAfterError("(pg-migrate revert-settings --help lists the options)")
     .exitOverride()
@@ -137,42 +210,171 @@ export function buildRevertProgram(): Command {
 
 export function buildProgram(): Command {
   const program = new Command("pg-migrate")
-    .description("Move every database and the roles of one PostgreSQL server to another, verified row for row, through NATS JetStream workers.")
+    .description(
+      "Move every database and the roles of one PostgreSQL server to another, verified row for row, through NATS JetStream workers.",
+    )
     .version(version(), "-V, --version", "print pg-migrate's version");
   withOptions(program, [...serverOptions("from"), ...targetOptions()]);
   program
-    .addOption(new Option("-j, --jobs <n>", "pg_dump/pg_restore -j for one database (default: this machine's cores, 2 to 8)").argParser(positiveInt))
-    .addOption(new Option("-m, --max-parallel <n>", "databases restoring at once, with as many dumping ahead (default: half this machine's cores, 2 to 8)").argParser(positiveInt))
-    .addOption(new Option("--dump-root <dir>", "dump volume shared by the workers (relative to $HOME)").default("pg_dumps").env("PGMIGRATE_DUMP_ROOT"))
-    .addOption(new Option("--migrate-globals [bool]", "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)").default(true).argParser(bool))
+    .addOption(
+      new Option(
+        "-j, --jobs <n>",
+        "pg_dump/pg_restore -j for one database (default: this machine's cores, 2 to 8)",
+      ).argParser(positiveInt),
+    )
+    .addOption(
+      new Option(
+        "-m, --max-parallel <n>",
+        "databases restoring at once, with as many dumping ahead (default: half this machine's cores, 2 to 8)",
+      ).argParser(positiveInt),
+    )
+    .addOption(
+      new Option("--dump-root <dir>", "dump volume shared by the workers (relative to $HOME)")
+        .default("pg_dumps")
+        .env("PGMIGRATE_DUMP_ROOT"),
+    )
+    .addOption(
+      new Option(
+        "--migrate-globals [bool]",
+        "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)",
+      )
+        .default(true)
+        .argParser(bool),
+    )
     .addOption(new Option("--no-migrate-globals", "do not migrate roles and tablespaces"))
-    .addOption(new Option("--verify <mode>", "count: every table's exact row count on both sides; checksum: also a hash of every table's content, the source's in the dump's snapshot").choices(["count", "checksum"]).default("count"))
-    .addOption(new Option("--tablespace-location <name=path>", "create this source tablespace at this path on the target (repeatable; two servers on one host cannot share a path)").argParser(collect).default([]))
-    .addOption(new Option("--no-tablespaces", "create no tablespace: everything goes to the target's default tablespace"))
-    .addOption(new Option("--include-db <pattern>", "migrate only the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
-    .addOption(new Option("--exclude-db <pattern>", "leave out the databases matching this name pattern (* and ?; repeatable)").argParser(collect).default([]))
-    .addOption(new Option("--no-owner", "give every restored object to the target user instead of its owner on the source (pg_restore --no-owner): for a target user that may not act as those owners, e.g. when a superuser owns objects on the source"))
-    .addOption(new Option("--no-role-passwords", "create the roles without their passwords, for sources that refuse to read pg_authid (managed services); the report lists them"))
-    .addOption(new Option("--nats-url <url>", "NATS server(s) of a distributed run (absent: embedded mode, a local nats-server and local workers)").env("PGMIGRATE_NATS_URL"));
+    .addOption(
+      new Option(
+        "--verify <mode>",
+        "count: every table's exact row count on both sides; checksum: also a hash of every table's content, the source's in the dump's snapshot",
+      )
+        .choices(["count", "checksum"])
+        .default("count"),
+    )
+    .addOption(
+      new Option(
+        "--tablespace-location <name=path>",
+        "create this source tablespace at this path on the target (repeatable; two servers on one host cannot share a path)",
+      )
+        .argParser(collect)
+        .default([]),
+    )
+    .addOption(
+      new Option("--no-tablespaces", "create no tablespace: everything goes to the target's default tablespace"),
+    )
+    .addOption(
+      new Option(
+        "--include-db <pattern>",
+        "migrate only the databases matching this name pattern (* and ?; repeatable)",
+      )
+        .argParser(collect)
+        .default([]),
+    )
+    .addOption(
+      new Option("--exclude-db <pattern>", "leave out the databases matching this name pattern (* and ?; repeatable)")
+        .argParser(collect)
+        .default([]),
+    )
+    .addOption(
+      new Option(
+        "--no-owner",
+        "give every restored object to the target user instead of its owner on the source (pg_restore --no-owner): for a target user that may not act as those owners, e.g. when a superuser owns objects on the source",
+      ),
+    )
+    .addOption(
+      new Option(
+        "--no-role-passwords",
+        "create the roles without their passwords, for sources that refuse to read pg_authid (managed services); the report lists them",
+      ),
+    )
+    .addOption(
+      new Option(
+        "--nats-url <url>",
+        "NATS server(s) of a distributed run (absent: embedded mode, a local nats-server and local workers)",
+      ).env("PGMIGRATE_NATS_URL"),
+    );
   withOptions(program, natsAuthOptions());
   return program
-    .addOption(new Option("--workers <n>", "local workers in embedded mode (default: --max-parallel)").argParser(positiveInt))
-    .addOption(new Option("--fast-restore <mode>", "target settings during the run: safe, full (also fsync and full_page_writes off) or off").choices(FAST_RESTORE_MODES).default("safe"))
-    .addOption(new Option("--compress <how>", "pg_dump --compress for the dumps: auto (none on a local volume, the cheapest method on a network one), a gzip level 0-9, or with pg_dump 16+ none|gzip|lz4|zstd[:level]").default("auto"))
-    .addOption(new Option("--pg-bin <dir>", "folder of pg_dump, pg_restore, pg_dumpall and psql (default: the newest installed, the highest /usr/lib/postgresql/N/bin or PATH's)").env("PGMIGRATE_PG_BIN"))
+    .addOption(
+      new Option("--workers <n>", "local workers in embedded mode (default: --max-parallel)").argParser(positiveInt),
+    )
+    .addOption(
+      new Option(
+        "--fast-restore <mode>",
+        "target settings during the run: safe, full (also fsync and full_page_writes off) or off",
+      )
+        .choices(FAST_RESTORE_MODES)
+        .default("safe"),
+    )
+    .addOption(
+      new Option(
+        "--compress <how>",
+        "pg_dump --compress for the dumps: auto (none on a local volume, the cheapest method on a network one), a gzip level 0-9, or with pg_dump 16+ none|gzip|lz4|zstd[:level]",
+      ).default("auto"),
+    )
+    .addOption(
+      new Option(
+        "--pg-bin <dir>",
+        "folder of pg_dump, pg_restore, pg_dumpall and psql (default: the newest installed, the highest /usr/lib/postgresql/N/bin or PATH's)",
+      ).env("PGMIGRATE_PG_BIN"),
+    )
     .addOption(new Option("--keep-dumps", "keep the dumps after a fully verified run").default(false))
-    .addOption(new Option("--restart", "start a new run instead of resuming an unfinished one, after dropping the databases the old run created").default(false))
+    .addOption(
+      new Option(
+        "--restart",
+        "start a new run instead of resuming an unfinished one, after dropping the databases the old run created",
+      ).default(false),
+    )
     .addOption(new Option("-y, --yes", "confirm what --restart drops without asking").default(false))
-    .addOption(new Option("--dry-run", "print what a run would do and change nothing (the same as pg-migrate plan)").default(false))
-    .addOption(new Option("--wait <seconds>", "keep trying the source, the target and NATS this long before giving up (servers starting alongside, as in a compose stack); 0: no waiting").default(0).env("PGMIGRATE_WAIT").argParser(nonNegativeInt))
-    .addOption(new Option("--worker-wait <seconds>", "how long to wait for the first worker").default(60).argParser(positiveInt))
-    .addOption(new Option("--ack-wait <seconds>", "seconds a silent worker keeps a job before it is redelivered").default(DEFAULT_ACK_WAIT_MS / 1000).argParser(positiveInt))
-    .addOption(new Option("--max-deliver <n>", "deliveries of a job before its database fails").default(DEFAULT_MAX_DELIVER).argParser(positiveInt))
-    .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is tried again").default(5).argParser(positiveInt))
-    .addOption(new Option("--nats-replicas <n>", "replicas of the streams and buckets (3 on a NATS cluster)").default(1).argParser(positiveInt))
-    .addOption(new Option("--report <path>", "also write the JSON report here (it is always under ~/.pg-migrate/reports)"))
-    .addOption(new Option("--log-level <level>", "also print the run's log lines on stderr from this level (JSON; one readable line each on a terminal, where it also turns the progress bars off)").choices(["debug", "info", "warn", "error"]))
-    .addHelpText("after", "\nCommands:\n  pg-migrate --version                                   the version\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS, or --from-pass-file and --to-pass-file, keep them off the command line.")
+    .addOption(
+      new Option("--dry-run", "print what a run would do and change nothing (the same as pg-migrate plan)").default(
+        false,
+      ),
+    )
+    .addOption(
+      new Option(
+        "--wait <seconds>",
+        "keep trying the source, the target and NATS this long before giving up (servers starting alongside, as in a compose stack); 0: no waiting",
+      )
+        .default(0)
+        .env("PGMIGRATE_WAIT")
+        .argParser(nonNegativeInt),
+    )
+    .addOption(
+      new Option("--worker-wait <seconds>", "how long to wait for the first worker").default(60).argParser(positiveInt),
+    )
+    .addOption(
+      new Option("--ack-wait <seconds>", "seconds a silent worker keeps a job before it is redelivered")
+        .default(DEFAULT_ACK_WAIT_MS / 1000)
+        .argParser(positiveInt),
+    )
+    .addOption(
+      new Option("--max-deliver <n>", "deliveries of a job before its database fails")
+        .default(DEFAULT_MAX_DELIVER)
+        .argParser(positiveInt),
+    )
+    .addOption(
+      new Option("--retry-delay <seconds>", "delay before a failed job is tried again")
+        .default(5)
+        .argParser(positiveInt),
+    )
+    .addOption(
+      new Option("--nats-replicas <n>", "replicas of the streams and buckets (3 on a NATS cluster)")
+        .default(1)
+        .argParser(positiveInt),
+    )
+    .addOption(
+      new Option("--report <path>", "also write the JSON report here (it is always under ~/.pg-migrate/reports)"),
+    )
+    .addOption(
+      new Option(
+        "--log-level <level>",
+        "also print the run's log lines on stderr from this level (JSON; one readable line each on a terminal, where it also turns the progress bars off)",
+      ).choices(["debug", "info", "warn", "error"]),
+    )
+    .addHelpText(
+      "after",
+      "\nCommands:\n  pg-migrate --version                                   the version\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS, or --from-pass-file and --to-pass-file, keep them off the command line.",
+    )
     .showHelpAfterError("(pg-migrate --help lists the options)")
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -180,7 +382,11 @@ export function buildProgram(): Command {
 
 export async function toConfig(program: Command): Promise<MigrateConfig> {
   const o = program.opts<RawOptions>();
-  if (!COMPRESS_PATTERN.test(o.compress)) throw new ConfigError(`--compress must be auto, a gzip level 0-9, or none|gzip|lz4|zstd[:level], got ${JSON.stringify(o.compress)}`, "--compress");
+  if (!COMPRESS_PATTERN.test(o.compress))
+    throw new ConfigError(
+      `--compress must be auto, a gzip level 0-9, or none|gzip|lz4|zstd[:level], got ${JSON.stringify(o.compress)}`,
+      "--compress",
+    );
   const cores = defaultParallelism(availableParallelism());
   return Object.freeze({
     source: await serverSpec("from", o, program),
@@ -234,7 +440,8 @@ function editDistance(a: string, b: string): number {
   let row = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
     const next = [i];
-    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    for (let j = 1; j <= b.length; j++)
+      next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
     row = next;
   }
   return row[b.length]!;
@@ -277,7 +484,9 @@ export async function main(argv: string[]): Promise<number> {
   const onSignal = (signal: NodeJS.Signals) => {
     signals++;
     if (signals === 1) {
-      out.line(`${signal} received: stopping the workers, reverting the target, saving the state (again to force quit)`);
+      out.line(
+        `${signal} received: stopping the workers, reverting the target, saving the state (again to force quit)`,
+      );
       abort.abort();
     } else {
       // Forced out before the run could finish putting things back: say what is left, and how to mend it.
@@ -306,20 +515,29 @@ export async function main(argv: string[]): Promise<number> {
 function warnAboutArgv(program: Command, out: Output): void {
   for (const side of ["from", "to"] as const) {
     if (program.getOptionValueSource(`${side}Pass`) === "cli") {
-      out.warn(`--${side}-pass puts the password in the process list; ${ENV[side]}_PASS or --${side}-pass-file keeps it out`);
+      out.warn(
+        `--${side}-pass puts the password in the process list; ${ENV[side]}_PASS or --${side}-pass-file keeps it out`,
+      );
     }
   }
   const url = program.opts<RawOptions>().natsUrl;
   if (url && program.getOptionValueSource("natsUrl") === "cli" && withoutCredentials(url) !== url) {
-    out.warn("--nats-url holds credentials, which puts them in the process list; --nats-user with PGMIGRATE_NATS_PASS (or PGMIGRATE_NATS_URL) keeps them out");
+    out.warn(
+      "--nats-url holds credentials, which puts them in the process list; --nats-user with PGMIGRATE_NATS_PASS (or PGMIGRATE_NATS_URL) keeps them out",
+    );
   }
 }
 
 /** A password that is only the demo's default is tried, but never silently. */
 function warnAboutDefaults(cfg: MigrateConfig, out: Output): void {
-  for (const [side, spec] of [["from", cfg.source], ["to", cfg.target]] as const) {
+  for (const [side, spec] of [
+    ["from", cfg.source],
+    ["to", cfg.target],
+  ] as const) {
     if (spec.passwordFrom?.startsWith("the demo's default")) {
-      out.warn(`no ${spec.role} password given, none in PGPASSWORD or ~/.pgpass: trying the demo's "${DEMO_PASSWORDS[side]}" (set ${ENV[side]}_PASS, --${side}-pass-file or a ~/.pgpass entry)`);
+      out.warn(
+        `no ${spec.role} password given, none in PGPASSWORD or ~/.pgpass: trying the demo's "${DEMO_PASSWORDS[side]}" (set ${ENV[side]}_PASS, --${side}-pass-file or a ~/.pgpass entry)`,
+      );
     }
   }
 }
@@ -332,7 +550,11 @@ async function statusMain(command: "status" | "watch", argv: string[], out: Outp
         : "The same as status, kept up to date until the run ends.",
     )
     .argument("[run]", "run id (default: the newest)")
-    .addOption(new Option("--nats-url <url>", "read the run from this NATS server's KV (a run of another host)").env("PGMIGRATE_NATS_URL"));
+    .addOption(
+      new Option("--nats-url <url>", "read the run from this NATS server's KV (a run of another host)").env(
+        "PGMIGRATE_NATS_URL",
+      ),
+    );
   withOptions(program, natsAuthOptions())
     .addOption(new Option("--json", "JSON instead of tables (watch: one line per change)").default(false))
     .showHelpAfterError()
@@ -346,7 +568,16 @@ async function statusMain(command: "status" | "watch", argv: string[], out: Outp
   }
   const o = program.opts<{ natsUrl?: string; json: boolean } & NatsAuthFlags>();
   try {
-    return await status({ runId: program.args[0], natsUrl: o.natsUrl, natsAuth: natsAuthFrom(o), json: o.json, watch: command === "watch" }, out);
+    return await status(
+      {
+        runId: program.args[0],
+        natsUrl: o.natsUrl,
+        natsAuth: natsAuthFrom(o),
+        json: o.json,
+        watch: command === "watch",
+      },
+      out,
+    );
   } catch (err) {
     return report(err, out);
   }
@@ -362,7 +593,12 @@ async function revertMain(argv: string[], out: Output): Promise<number> {
   }
   const o = program.opts<RawOptions>();
   try {
-    return await revertByHand(await serverSpec("to", o, program), o.toDb, o.natsUrl ? { url: o.natsUrl, auth: natsAuthFrom(o) } : undefined, out);
+    return await revertByHand(
+      await serverSpec("to", o, program),
+      o.toDb,
+      o.natsUrl ? { url: o.natsUrl, auth: natsAuthFrom(o) } : undefined,
+      out,
+    );
   } catch (err) {
     return report(err, out);
   }
@@ -390,4 +626,3 @@ function report(err: unknown, out: Output): number {
   if (process.env.PGMIGRATE_DEBUG) console.error(err);
   return EXIT.failed;
 }
-

@@ -62,6 +62,20 @@ export interface MigrateConfig {
 /** What is safe to write into state files, the KV and reports: everything but the passwords. */
 export function publicOptions(cfg: MigrateConfig) {
   const { source, target, natsUrl, natsAuth, ...rest } = cfg;
-  const strip = (s: ServerSpec) => ({ host: s.host, port: s.port, user: s.user, sslmode: s.sslmode, sslrootcert: s.sslrootcert, sslcert: s.sslcert, sslkey: s.sslkey });
-  return { source: strip(source), target: strip(target), natsUrl: natsUrl === undefined ? undefined : withoutCredentials(natsUrl), natsAuth: describeAuth(natsAuth), ...rest };
+  const strip = (s: ServerSpec) => ({
+    host: s.host,
+    port: s.port,
+    user: s.user,
+    sslmode: s.sslmode,
+    sslrootcert: s.sslrootcert,
+    sslcert: s.sslcert,
+    sslkey: s.sslkey,
+  });
+  return {
+    source: strip(source),
+    target: strip(target),
+    natsUrl: natsUrl === undefined ? undefined : withoutCredentials(natsUrl),
+    natsAuth: describeAuth(natsAuth),
+    ...rest,
+  };
 }

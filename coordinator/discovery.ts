@@ -56,10 +56,13 @@ export interface SourceTablespace {
 
 /** Databases that refuse connections (ALLOW_CONNECTIONS false): pg_dump cannot read them, so a run names them. */
 export async function closedDatabases(client: pg.Client): Promise<{ name: string; reason: string }[]> {
-  const { rows } = await client.query<{ name: string }>("SELECT datname AS name FROM pg_database WHERE NOT datallowconn AND NOT datistemplate ORDER BY 1");
+  const { rows } = await client.query<{ name: string }>(
+    "SELECT datname AS name FROM pg_database WHERE NOT datallowconn AND NOT datistemplate ORDER BY 1",
+  );
   return rows.map((r) => ({
     name: r.name,
-    reason: "does not allow connections (ALLOW_CONNECTIONS false), so pg_dump cannot read it: allow them on the source (ALTER DATABASE … ALLOW_CONNECTIONS true) to migrate it",
+    reason:
+      "does not allow connections (ALLOW_CONNECTIONS false), so pg_dump cannot read it: allow them on the source (ALTER DATABASE … ALLOW_CONNECTIONS true) to migrate it",
   }));
 }
 
@@ -82,7 +85,11 @@ export function planTablespaces(
   opts: { none: boolean; locations: ReadonlyMap<string, string> },
 ): { relocate: Map<string, string>; lines: string[] } {
   for (const name of opts.locations.keys()) {
-    if (!source.some((t) => t.name === name)) throw new ConfigError(`--tablespace-location ${JSON.stringify(name)}: the source has no such tablespace`, "--tablespace-location");
+    if (!source.some((t) => t.name === name))
+      throw new ConfigError(
+        `--tablespace-location ${JSON.stringify(name)}: the source has no such tablespace`,
+        "--tablespace-location",
+      );
   }
   const relocate = new Map<string, string>();
   const lines = source.map((t) => {
@@ -113,7 +120,9 @@ export async function subscriptionsOf(client: pg.Client): Promise<{ name: string
 
 /** A database-name pattern as --include-db and --exclude-db take it: `*` and `?` as in a shell, the rest literal. */
 export function namePattern(pattern: string): RegExp {
-  const body = [...pattern].map((c) => (c === "*" ? "[\\s\\S]*" : c === "?" ? "[\\s\\S]" : c.replace(/[.+^${}()|[\]\\]/g, "\\$&"))).join("");
+  const body = [...pattern]
+    .map((c) => (c === "*" ? "[\\s\\S]*" : c === "?" ? "[\\s\\S]" : c.replace(/[.+^${}()|[\]\\]/g, "\\$&")))
+    .join("");
   return new RegExp(`^${body}$`, "u");
 }
 
@@ -130,14 +139,17 @@ export function selectDatabases<T extends { name: string }>(
 ): { selected: T[]; skipped: { name: string; reason: string }[] } {
   const candidates = all.filter((d) => withMaintenance || d.name !== MAINTENANCE_DB);
   for (const p of include) {
-    if (!candidates.some((d) => namePattern(p).test(d.name))) throw new ConfigError(`--include-db ${JSON.stringify(p)} matches no database on the source`, "--include-db");
+    if (!candidates.some((d) => namePattern(p).test(d.name)))
+      throw new ConfigError(`--include-db ${JSON.stringify(p)} matches no database on the source`, "--include-db");
   }
   const selected: T[] = [];
   const skipped: { name: string; reason: string }[] = [];
   for (const d of candidates) {
     const excludedBy = exclude.find((p) => namePattern(p).test(d.name));
-    if (include.length && !include.some((p) => namePattern(p).test(d.name))) skipped.push({ name: d.name, reason: "not matched by --include-db" });
-    else if (excludedBy !== undefined) skipped.push({ name: d.name, reason: `excluded by --exclude-db ${JSON.stringify(excludedBy)}` });
+    if (include.length && !include.some((p) => namePattern(p).test(d.name)))
+      skipped.push({ name: d.name, reason: "not matched by --include-db" });
+    else if (excludedBy !== undefined)
+      skipped.push({ name: d.name, reason: `excluded by --exclude-db ${JSON.stringify(excludedBy)}` });
     else selected.push(d);
   }
   return { selected, skipped };

@@ -27,7 +27,12 @@ export interface EmbeddedNats {
   stop(): Promise<void>;
 }
 
-export async function startEmbeddedNats(storeDir: string, logFile: string, log: Logger, warn: (line: string) => void = () => undefined): Promise<EmbeddedNats> {
+export async function startEmbeddedNats(
+  storeDir: string,
+  logFile: string,
+  log: Logger,
+  warn: (line: string) => void = () => undefined,
+): Promise<EmbeddedNats> {
   const configured = process.env.PGMIGRATE_NATS_SERVER;
   const bin = configured
     ? await findExecutable(basename(configured), [dirname(configured)])
@@ -42,7 +47,9 @@ export async function startEmbeddedNats(storeDir: string, logFile: string, log: 
   /** One nats-server on this port and the run's store; resolves once it answers, or to undefined if it never did. */
   const launch = async (port: number): Promise<ChildProcess | undefined> => {
     const out = openSync(logFile, "a", 0o600);
-    const child = await spawnGuarded(bin, ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], { stdio: ["ignore", out, out] });
+    const child = await spawnGuarded(bin, ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], {
+      stdio: ["ignore", out, out],
+    });
     closeSync(out);
     let exited = false;
     child.once("exit", () => (exited = true));
@@ -58,7 +65,8 @@ export async function startEmbeddedNats(storeDir: string, logFile: string, log: 
     const port = await freePort();
     const first = await launch(port);
     if (!first) {
-      if (tries >= 2) throw new ConfigError(`the embedded nats-server (${bin}) did not start; see ${logFile}`, "--nats-url");
+      if (tries >= 2)
+        throw new ConfigError(`the embedded nats-server (${bin}) did not start; see ${logFile}`, "--nats-url");
       continue;
     }
     log.info({ port, storeDir }, "embedded nats-server started");
@@ -69,7 +77,10 @@ export async function startEmbeddedNats(storeDir: string, logFile: string, log: 
     const watch = (c: ChildProcess) =>
       c.once("exit", (code, signal) => {
         if (stopping) return;
-        log.warn({ code, signal }, `the embedded nats-server exited (${signal ?? code}); starting it again on port ${port}`);
+        log.warn(
+          { code, signal },
+          `the embedded nats-server exited (${signal ?? code}); starting it again on port ${port}`,
+        );
         warn(`the embedded nats-server exited (${signal ?? code}); starting it again on the same port and store`);
         void (async () => {
           for (let attempt = 1; !stopping; attempt++) {
@@ -121,7 +132,14 @@ export class LocalWorkers {
   restarts = 0;
 
   constructor(
-    private readonly opts: { natsUrl: string; dumpRoot: string; secret: string; logDir: string; retryDelayS: number; pgBin?: string | undefined },
+    private readonly opts: {
+      natsUrl: string;
+      dumpRoot: string;
+      secret: string;
+      logDir: string;
+      retryDelayS: number;
+      pgBin?: string | undefined;
+    },
     private readonly log: Logger,
     /** Once the run is stopping, a worker that exits is not started again. */
     private readonly signal?: AbortSignal,
@@ -140,7 +158,18 @@ export class LocalWorkers {
       if (/^PGMIGRATE_(FROM_PASS|TO_PASS|NATS_)/.test(name)) delete env[name];
     }
     const out = openSync(join(this.opts.logDir, `worker-${index}.log`), "a", 0o600);
-    const args = [BIN, "worker", "--nats-url", this.opts.natsUrl, "--dump-root", this.opts.dumpRoot, "--id", `local-${index}`, "--retry-delay", String(this.opts.retryDelayS)];
+    const args = [
+      BIN,
+      "worker",
+      "--nats-url",
+      this.opts.natsUrl,
+      "--dump-root",
+      this.opts.dumpRoot,
+      "--id",
+      `local-${index}`,
+      "--retry-delay",
+      String(this.opts.retryDelayS),
+    ];
     if (this.opts.pgBin) args.push("--pg-bin", this.opts.pgBin);
     const child = await spawnGuarded(process.execPath, args, { stdio: ["ignore", out, out], env });
     closeSync(out);
@@ -148,7 +177,10 @@ export class LocalWorkers {
     child.once("exit", (code, signal) => {
       if (this.stopping || this.signal?.aborted) return;
       this.restarts++;
-      this.log.warn({ worker: index, code, signal }, `local worker ${index} exited (${signal ?? code}); starting it again`);
+      this.log.warn(
+        { worker: index, code, signal },
+        `local worker ${index} exited (${signal ?? code}); starting it again`,
+      );
       setTimeout(() => {
         if (!this.stopping && !this.signal?.aborted) void this.spawn(index);
       }, 500);

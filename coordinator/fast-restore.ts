@@ -78,7 +78,11 @@ export async function readTargetRecord(client: pg.Client): Promise<TargetRecord 
 }
 
 /** The record first, then the fast values, then one reload: there is never a fast value on the target without it. */
-export async function applySettings(client: pg.Client, values: Record<string, string>, record: Omit<TargetRecord, "v" | "at">): Promise<void> {
+export async function applySettings(
+  client: pg.Client,
+  values: Record<string, string>,
+  record: Omit<TargetRecord, "v" | "at">,
+): Promise<void> {
   // ALTER SYSTEM takes a custom setting only once this session knows the name (a placeholder, from PostgreSQL 15).
   await client.query(`SET ${TARGET_RECORD} = ''`);
   const carried: TargetRecord = { v: 1, ...record, at: new Date().toISOString() };
@@ -90,7 +94,8 @@ export async function applySettings(client: pg.Client, values: Record<string, st
 }
 
 /** Whether reverting these settings must end with a CHECKPOINT: data files were written without fsync. */
-export const needsCheckpoint = (saved: SavedSetting[]): boolean => saved.some((s) => s.name === "fsync" || s.name === "full_page_writes");
+export const needsCheckpoint = (saved: SavedSetting[]): boolean =>
+  saved.some((s) => s.name === "fsync" || s.name === "full_page_writes");
 
 /**
  * Puts every saved setting back, reloads, waits until a new session sees the original values, and makes the
@@ -116,7 +121,10 @@ export async function revertSettings(openClient: () => Promise<pg.Client>, saved
     await new Promise((r) => setTimeout(r, 100));
     const c = await openClient();
     try {
-      const now = await saveSettings(c, saved.map((s) => s.name));
+      const now = await saveSettings(
+        c,
+        saved.map((s) => s.name),
+      );
       const byName = new Map(now.map((n) => [n.name, n.setting]));
       differing = saved.filter((s) => byName.get(s.name) !== s.setting).map((s) => s.name);
       if (!differing.length) await makeDurable(c, saved);
@@ -131,14 +139,22 @@ export async function revertSettings(openClient: () => Promise<pg.Client>, saved
  * revertSettings, waiting for a target that is away for now (restarting, in recovery) with backoff for up to boundMs,
  * saying so once: a revert tried once against a server that says "starting up" would leave it in fast mode.
  */
-export async function revertWhenBack(openClient: () => Promise<pg.Client>, saved: SavedSetting[], say: (line: string) => void, boundMs = 180_000): Promise<string[]> {
+export async function revertWhenBack(
+  openClient: () => Promise<pg.Client>,
+  saved: SavedSetting[],
+  say: (line: string) => void,
+  boundMs = 180_000,
+): Promise<string[]> {
   const deadline = Date.now() + boundMs;
   for (let attempt = 1; ; attempt++) {
     try {
       return await revertSettings(openClient, saved);
     } catch (err) {
       if (!serverUnavailable(err) || Date.now() > deadline) throw err;
-      if (attempt === 1) say(`the target is not answering (${errorMessage(err)}); trying again to put its settings back, for up to ${Math.round(boundMs / 1000)}s`);
+      if (attempt === 1)
+        say(
+          `the target is not answering (${errorMessage(err)}); trying again to put its settings back, for up to ${Math.round(boundMs / 1000)}s`,
+        );
       await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** Math.min(attempt, 5))));
     }
   }
@@ -150,7 +166,9 @@ export async function revertWhenBack(openClient: () => Promise<pg.Client>, saved
  * follows every earlier one.
  */
 async function makeDurable(c: pg.Client, saved: SavedSetting[]): Promise<void> {
-  const [sql, what] = needsCheckpoint(saved) ? ["CHECKPOINT", "CHECKPOINT"] : ["BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT", "flushing the WAL"];
+  const [sql, what] = needsCheckpoint(saved)
+    ? ["CHECKPOINT", "CHECKPOINT"]
+    : ["BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT", "flushing the WAL"];
   await c.query(sql).catch((err: unknown) => {
     throw new Error(`${what} after reverting failed: ${errorMessage(err)}`);
   });

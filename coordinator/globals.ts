@@ -58,14 +58,18 @@ const quotedParts = (text: string): string[] => text.split(/('(?:[^']|'')*'|"(?:
 
 /** Applies fn to the parts of a statement outside single and double quotes. */
 function mapUnquoted(text: string, fn: (chunk: string) => string): string {
-  return quotedParts(text).map((chunk, i) => (i % 2 === 1 ? chunk : fn(chunk))).join("");
+  return quotedParts(text)
+    .map((chunk, i) => (i % 2 === 1 ? chunk : fn(chunk)))
+    .join("");
 }
 
 /** Pure: CREATE TABLESPACE statements with the LOCATION --tablespace-location gives their tablespace. */
 export function relocateTablespaces(parts: ScriptPart[], relocate: ReadonlyMap<string, string>): ScriptPart[] {
   if (!relocate.size) return parts;
   return parts.map((p) => {
-    const m = /^(CREATE\s+TABLESPACE\s+("(?:[^"]|"")*"|[^\s;]+)\s[\s\S]*?\bLOCATION\s+)'(?:[^']|'')*'(\s*;)$/i.exec(p.text);
+    const m = /^(CREATE\s+TABLESPACE\s+("(?:[^"]|"")*"|[^\s;]+)\s[\s\S]*?\bLOCATION\s+)'(?:[^']|'')*'(\s*;)$/i.exec(
+      p.text,
+    );
     if (p.meta || !m) return p;
     const name = m[2]!.startsWith('"') ? m[2]!.slice(1, -1).replace(/""/g, '"') : m[2]!.toLowerCase();
     const path = relocate.get(name);
@@ -74,7 +78,10 @@ export function relocateTablespaces(parts: ScriptPart[], relocate: ReadonlyMap<s
 }
 
 const ROLE_NAME = `("(?:[^"]|"")*"|[^\\s;",]+)`;
-const ROLE_GRANT = new RegExp(`^GRANT\\s+${ROLE_NAME}\\s+TO\\s+${ROLE_NAME}[\\s\\S]*?(?:\\s+GRANTED\\s+BY\\s+${ROLE_NAME})?\\s*;$`, "i");
+const ROLE_GRANT = new RegExp(
+  `^GRANT\\s+${ROLE_NAME}\\s+TO\\s+${ROLE_NAME}[\\s\\S]*?(?:\\s+GRANTED\\s+BY\\s+${ROLE_NAME})?\\s*;$`,
+  "i",
+);
 
 /**
  * Pure: role grants ordered so that a grant GRANTED BY a role comes after that role's own grant of the same role.
@@ -95,7 +102,9 @@ export function orderRoleGrants(parts: ScriptPart[]): ScriptPart[] {
   const pending = [...grants];
   while (pending.length) {
     // A grant waits while a pending grant of the same role makes its grantor a member of it.
-    const ready = pending.findIndex((g) => !g.grantor || !pending.some((o) => o !== g && o.role === g.role && o.member === g.grantor));
+    const ready = pending.findIndex(
+      (g) => !g.grantor || !pending.some((o) => o !== g && o.role === g.role && o.member === g.grantor),
+    );
     ordered.push(...pending.splice(ready < 0 ? 0 : ready, 1));
   }
   const out = [...parts];
@@ -124,7 +133,8 @@ export function loginRolesCreated(parts: ScriptPart[], alreadyExisted: Set<strin
     if (role === undefined) continue;
     if (/^CREATE\s+ROLE/i.test(p.text) && !alreadyExisted.has(p.text)) created.add(role);
     // pg_dumpall spells every attribute out: "... NOLOGIN ..." or "... LOGIN ...".
-    if (/^ALTER\s+ROLE/i.test(p.text) && /\sLOGIN[\s;]/i.test(p.text.replace(/'(?:[^']|'')*'|"(?:[^"]|"")*"/g, "''"))) login.add(role);
+    if (/^ALTER\s+ROLE/i.test(p.text) && /\sLOGIN[\s;]/i.test(p.text.replace(/'(?:[^']|'')*'|"(?:[^"]|"")*"/g, "''")))
+      login.add(role);
   }
   return [...created].filter((r) => login.has(r)).sort();
 }
@@ -136,9 +146,20 @@ export async function migrateGlobals(
   target: ServerSpec,
   targetDb: string,
   signal: AbortSignal,
-  opts: { rolePasswords: boolean; targetSuperuser: boolean; noTablespaces: boolean; relocate: ReadonlyMap<string, string>; knownSettings?: ReadonlySet<string> },
+  opts: {
+    rolePasswords: boolean;
+    targetSuperuser: boolean;
+    noTablespaces: boolean;
+    relocate: ReadonlyMap<string, string>;
+    knownSettings?: ReadonlySet<string>;
+  },
 ): Promise<GlobalsOutcome> {
-  const args = ["--globals-only", ...(opts.rolePasswords ? [] : ["--no-role-passwords"]), ...(opts.noTablespaces ? ["--no-tablespaces"] : []), dbnameArg(sourceDb)];
+  const args = [
+    "--globals-only",
+    ...(opts.rolePasswords ? [] : ["--no-role-passwords"]),
+    ...(opts.noTablespaces ? ["--no-tablespaces"] : []),
+    dbnameArg(sourceDb),
+  ];
   const { stdout } = await runTool(tools, "pg_dumpall", args, { conn: source, signal });
   const filtered = filterGlobals(stdout, target.user);
   filtered.parts = orderRoleGrants(relocateTablespaces(filtered.parts, opts.relocate));
@@ -152,7 +173,9 @@ export async function migrateGlobals(
       return false;
     });
   }
-  const { parts, notApplied } = opts.targetSuperuser ? { parts: filtered.parts, notApplied: [] } : adaptForNonSuperuser(filtered.parts);
+  const { parts, notApplied } = opts.targetSuperuser
+    ? { parts: filtered.parts, notApplied: [] }
+    : adaptForNonSuperuser(filtered.parts);
   // One statement per line-range we know, so psql's "psql:<stdin>:LINE:" errors map back to statements.
   const lines: string[] = [];
   const startLines: { line: number; text: string }[] = [];
@@ -161,7 +184,15 @@ export async function migrateGlobals(
     lines.push(...p.text.split("\n"));
   }
   const errors = await runPsqlScript(tools, target, targetDb, lines.join("\n"), signal);
-  const outcome: GlobalsOutcome = { applied: 0, removed: filtered.removed, alreadyExisted: [], failed: [], withoutPassword: [], notApplied, unknownSettings };
+  const outcome: GlobalsOutcome = {
+    applied: 0,
+    removed: filtered.removed,
+    alreadyExisted: [],
+    failed: [],
+    withoutPassword: [],
+    notApplied,
+    unknownSettings,
+  };
   const errorsByStatement = new Map<string, string>();
   for (const e of errors) {
     const owner = e.line === null ? undefined : [...startLines].reverse().find((s) => s.line <= e.line!);
@@ -188,5 +219,9 @@ export async function migrateGlobals(
 /** Pure: the statement with every PASSWORD '…' literal (a SCRAM or md5 verifier from pg_dumpall) blanked out. */
 export function redactPasswords(statement: string): string {
   const parts = quotedParts(statement);
-  return parts.map((part, i) => (i % 2 === 1 && part.startsWith("'") && /\bPASSWORD\s+$/i.test(parts[i - 1] ?? "") ? "'(redacted)'" : part)).join("");
+  return parts
+    .map((part, i) =>
+      i % 2 === 1 && part.startsWith("'") && /\bPASSWORD\s+$/i.test(parts[i - 1] ?? "") ? "'(redacted)'" : part,
+    )
+    .join("");
 }

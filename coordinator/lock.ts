@@ -33,7 +33,10 @@ const STALE_MS = 30_000;
 
 /** The target's identity: its system identifier when readable, else its address. */
 export function targetLockKey(systemId: string | null, host: string, port: number): string {
-  return createHash("sha256").update(systemId ?? `${host}:${port}`).digest("hex").slice(0, 16);
+  return createHash("sha256")
+    .update(systemId ?? `${host}:${port}`)
+    .digest("hex")
+    .slice(0, 16);
 }
 
 /** Whether a pg-migrate process with this pid runs on this host (a reused pid belongs to something else). */
@@ -103,7 +106,12 @@ export class TargetLock {
         // Moved aside and checked: if what was moved is not the stale holder we judged (someone took the lock
         // over in between), it is put back and counts as live.
         const aside = `${path}.stale-${process.pid}`;
-        if (await rename(path, aside).then(() => true, () => false)) {
+        if (
+          await rename(path, aside).then(
+            () => true,
+            () => false,
+          )
+        ) {
           const moved = await readHolder(aside);
           if (moved && !sameHolder(moved, current)) {
             await link(aside, path).catch(() => undefined);
@@ -157,7 +165,8 @@ export class TargetLock {
       const entry = await this.kv?.kv.get(this.kv.key).catch(() => null);
       const current = entry && entry.operation === "PUT" ? parseHolder(entry.string()) : undefined;
       if (this.kv && entry && current && sameHolder(current, this.holder)) this.kv.revision = entry.revision;
-      else if (this.kv && current) this.log.error({ holder: current }, "the target lock in the KV is now held by another run");
+      else if (this.kv && current)
+        this.log.error({ holder: current }, "the target lock in the KV is now held by another run");
     }
   }
 
@@ -166,7 +175,8 @@ export class TargetLock {
     this.released = true;
     clearInterval(this.timer);
     const current = await readHolder(this.path);
-    if (current && current.pid === this.holder.pid && current.host === this.holder.host) await rm(this.path, { force: true });
+    if (current && current.pid === this.holder.pid && current.host === this.holder.host)
+      await rm(this.path, { force: true });
     if (this.kv) await this.kv.kv.delete(this.kv.key, { previousSeq: this.kv.revision }).catch(() => undefined);
   }
 }
@@ -222,7 +232,12 @@ export async function holdOnTarget(client: pg.Client, target: string): Promise<v
   // Advisory locks are per database and coordinators may connect to different ones (--to-db): take ours, then
   // look for the same lock held by another session in any database of the cluster.
   const { rows } = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1, $2) AS ok", [...ADVISORY]);
-  const { rows: holders } = await client.query<{ app: string | null; addr: string | null; since: Date | null; pid: number }>(
+  const { rows: holders } = await client.query<{
+    app: string | null;
+    addr: string | null;
+    since: Date | null;
+    pid: number;
+  }>(
     `SELECT a.application_name AS app, a.client_addr::text AS addr, a.backend_start AS since, a.pid
        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
       WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
@@ -233,7 +248,9 @@ export async function holdOnTarget(client: pg.Client, target: string): Promise<v
   if (rows[0]?.ok && !holders.length) return;
   if (rows[0]?.ok) await client.query("SELECT pg_advisory_unlock($1, $2)", [...ADVISORY]);
   const h = holders[0];
-  const who = h?.app?.startsWith("pg-migrate run ") ? `run ${h.app.slice("pg-migrate run ".length)}` : "another pg-migrate run";
+  const who = h?.app?.startsWith("pg-migrate run ")
+    ? `run ${h.app.slice("pg-migrate run ".length)}`
+    : "another pg-migrate run";
   throw new PreflightError(
     `the target ${target} is being migrated by ${who} (its coordinator's session ${h ? `pid ${h.pid} from ${h.addr ?? "a local socket"}, since ${h.since?.toISOString() ?? "?"}` : "holds the target's pg-migrate lock"}): wait for it to end or stop it (Ctrl-C) first`,
   );

@@ -21,7 +21,9 @@ export class Output {
           format: (options, params, payload: { name?: string; detail?: string }) => {
             const size = 24;
             const done = Math.round(Math.max(0, Math.min(1, params.progress)) * size);
-            const bar = (options.barCompleteString ?? "█").slice(0, done) + (options.barIncompleteString ?? "░").slice(0, size - done);
+            const bar =
+              (options.barCompleteString ?? "█").slice(0, done) +
+              (options.barIncompleteString ?? "░").slice(0, size - done);
             return `${(payload.name ?? "").padEnd(28).slice(0, 28)} ${bar} ${String(Math.round(params.progress * 100)).padStart(3)}% ${payload.detail ?? ""}`;
           },
           hideCursor: true,
@@ -88,7 +90,9 @@ export class Output {
     const rate = elapsed > 0 ? value / elapsed : 0;
     const eta = rate > 0 && t > value ? `ETA ${Math.ceil((t - value) / rate)}s` : "";
     entry.bar.setTotal(t);
-    entry.bar.update(Math.min(value, t), { detail: `${bytes(value)}${total ? ` of ${bytes(total)}` : ""} ${bytes(rate)}/s ${eta}`.trim() });
+    entry.bar.update(Math.min(value, t), {
+      detail: `${bytes(value)}${total ? ` of ${bytes(total)}` : ""} ${bytes(rate)}/s ${eta}`.trim(),
+    });
   }
 
   /** A database left the flight (verified or failed): its bar goes, the run bar moves. */

@@ -27,7 +27,8 @@ export const BYTES_PER_JOB = 64 * 2 ** 20;
  * Pure: -j for one database. A tiny database dumped and restored with -j 4 opens ten connections for one table;
  * with -j 1 it opens two (bench/RESULTS.md: the per-database cost on tiny databases).
  */
-export const jobsFor = (sizeBytes: number, jobs: number): number => clamp(Math.floor(sizeBytes / BYTES_PER_JOB), 1, jobs);
+export const jobsFor = (sizeBytes: number, jobs: number): number =>
+  clamp(Math.floor(sizeBytes / BYTES_PER_JOB), 1, jobs);
 
 /**
  * Connections the run holds on each server at most: on the source, each dump's pg_dump leader and -j workers and

@@ -45,7 +45,9 @@ export async function inspect(spec: ServerSpec, db: string): Promise<{ info: Ser
 }
 
 async function serverInfo(client: pg.Client, spec: ServerSpec, db: string): Promise<ServerInfo> {
-  const num = Number((await client.query<{ num: string }>("SELECT current_setting('server_version_num') AS num")).rows[0]!.num);
+  const num = Number(
+    (await client.query<{ num: string }>("SELECT current_setting('server_version_num') AS num")).rows[0]!.num,
+  );
   // pg_read_all_data exists from PostgreSQL 14 on: asking an older server about it is an error.
   const readAll = num >= 140000 ? "pg_has_role(current_user, 'pg_read_all_data', 'USAGE')" : "false";
   const { rows } = await client.query<{
@@ -63,7 +65,9 @@ async function serverInfo(client: pg.Client, spec: ServerSpec, db: string): Prom
   const r = rows[0]!;
   let systemId: string | null = null;
   try {
-    const { rows: id } = await client.query<{ id: string }>("SELECT system_identifier::text AS id FROM pg_control_system()");
+    const { rows: id } = await client.query<{ id: string }>(
+      "SELECT system_identifier::text AS id FROM pg_control_system()",
+    );
     systemId = id[0]?.id ?? null;
   } catch {
     // pg_control_system() needs superuser or pg_monitor; the host:port comparison below still applies.
@@ -83,7 +87,12 @@ async function serverInfo(client: pg.Client, spec: ServerSpec, db: string): Prom
   };
 }
 
-export function checkServers(source: ServerInfo, target: ServerInfo, tools: Toolset, opts: { globals: boolean; rolePasswords: boolean }): string[] {
+export function checkServers(
+  source: ServerInfo,
+  target: ServerInfo,
+  tools: Toolset,
+  opts: { globals: boolean; rolePasswords: boolean },
+): string[] {
   const warnings: string[] = [];
   const sameId = source.systemId !== null && source.systemId === target.systemId;
   const sameAddress = source.spec.host === target.spec.host && source.spec.port === target.spec.port;
@@ -108,18 +117,26 @@ export function checkServers(source: ServerInfo, target: ServerInfo, tools: Tool
     );
   }
   if (!source.readAllData) {
-    warnings.push(`${describe(source.spec)} is neither a superuser nor a member of pg_read_all_data (PostgreSQL 14+): a table it cannot read fails its database's dump`);
+    warnings.push(
+      `${describe(source.spec)} is neither a superuser nor a member of pg_read_all_data (PostgreSQL 14+): a table it cannot read fails its database's dump`,
+    );
   }
   if (opts.globals && opts.rolePasswords && !source.readsAuthid) {
     throw new PreflightError(
       `${describe(source.spec)} cannot read pg_authid, where role passwords are kept (managed services refuse it): add --no-role-passwords to create the roles without passwords (the report lists them), or connect as a superuser`,
     );
   }
-  if (opts.globals && !opts.rolePasswords) warnings.push("--no-role-passwords: login roles are created without passwords; the report lists them");
+  if (opts.globals && !opts.rolePasswords)
+    warnings.push("--no-role-passwords: login roles are created without passwords; the report lists them");
   if (!target.superuser && !(target.createdb && target.createrole)) {
-    throw new PreflightError(`${describe(target.spec)} needs SUPERUSER, or CREATEDB and CREATEROLE, to create the databases and roles`);
+    throw new PreflightError(
+      `${describe(target.spec)} needs SUPERUSER, or CREATEDB and CREATEROLE, to create the databases and roles`,
+    );
   }
-  if (!target.superuser) warnings.push(`${describe(target.spec)} is not a superuser: fast-restore settings and some role attributes cannot be applied`);
+  if (!target.superuser)
+    warnings.push(
+      `${describe(target.spec)} is not a superuser: fast-restore settings and some role attributes cannot be applied`,
+    );
   return warnings;
 }
 
@@ -129,7 +146,11 @@ export function checkServers(source: ServerInfo, target: ServerInfo, tools: Tool
  * target session comes back if it is ended anyway; what it cannot reach are pg_restore's and pg_dump's own parallel
  * sessions, which may wait idle. The warning says so, with the fix.
  */
-export async function sessionTimeoutWarning(client: pg.Client, role: string, user: string): Promise<string | undefined> {
+export async function sessionTimeoutWarning(
+  client: pg.Client,
+  role: string,
+  user: string,
+): Promise<string | undefined> {
   // reset_val: the server's (and role's) value, not this session's own, which connect turned off.
   const { rows } = await client.query<{ name: string; setting: string }>(
     `SELECT name, reset_val AS setting FROM pg_settings WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout') AND reset_val <> '0'`,
@@ -142,7 +163,10 @@ export async function sessionTimeoutWarning(client: pg.Client, role: string, use
 /** Identifies the pair of servers so that running the same command again finds the unfinished run. */
 export function pairKey(source: ServerInfo, target: ServerInfo): string {
   const side = (s: ServerInfo) => `${s.systemId ?? "?"}@${s.spec.host}:${s.spec.port}`;
-  return createHash("sha256").update(`${side(source)}>${side(target)}`).digest("hex").slice(0, 16);
+  return createHash("sha256")
+    .update(`${side(source)}>${side(target)}`)
+    .digest("hex")
+    .slice(0, 16);
 }
 
 /** Below this much free space the dump volume is refused: not even a small share of the source would fit. */
@@ -154,16 +178,23 @@ export function minimumDumpSpace(sourceBytes: number): number {
 export function dumpVolumeNotWritable(dumpRoot: string, err: unknown): string {
   const code = (err as NodeJS.ErrnoException).code;
   const reason =
-    code === "EACCES" || code === "EPERM" ? "permission denied" :
-    code === "EROFS" ? "a read-only file system" :
-    code === "ENOENT" || code === "ENOTDIR" ? "it cannot be created there" :
-    code === "ENOSPC" ? "no space left" :
-    (err as Error).message;
+    code === "EACCES" || code === "EPERM"
+      ? "permission denied"
+      : code === "EROFS"
+        ? "a read-only file system"
+        : code === "ENOENT" || code === "ENOTDIR"
+          ? "it cannot be created there"
+          : code === "ENOSPC"
+            ? "no space left"
+            : (err as Error).message;
   return `the dump volume ${dumpRoot} (--dump-root) is not writable: ${reason}`;
 }
 
 /** The dump volume: writable, and with room for what the source holds (an upper bound: dumps are compressed and carry no indexes). */
-export async function checkDumpVolume(dumpRoot: string, sourceBytes: number): Promise<{ freeBytes: number; warnings: string[] }> {
+export async function checkDumpVolume(
+  dumpRoot: string,
+  sourceBytes: number,
+): Promise<{ freeBytes: number; warnings: string[] }> {
   try {
     await makeDir(dumpRoot);
     await access(dumpRoot, constants.W_OK);
@@ -184,7 +215,9 @@ export async function checkDumpVolume(dumpRoot: string, sourceBytes: number): Pr
     );
   }
   if (freeBytes < sourceBytes) {
-    warnings.push(`the dump volume ${dumpRoot} has ${gib(freeBytes)} free and the source holds ${gib(sourceBytes)}: compressed dumps usually fit, but watch it`);
+    warnings.push(
+      `the dump volume ${dumpRoot} has ${gib(freeBytes)} free and the source holds ${gib(sourceBytes)}: compressed dumps usually fit, but watch it`,
+    );
   }
   return { freeBytes, warnings };
 }
@@ -203,14 +236,23 @@ export function extensionsMissing(used: Map<string, string[]>, availableOnTarget
 }
 
 /** The extensions each database uses on the source (a few databases at a time), and what the target can install. */
-export async function extensionCheck(source: ServerSpec, databases: string[], target: pg.Client): Promise<Map<string, string[]>> {
+export async function extensionCheck(
+  source: ServerSpec,
+  databases: string[],
+  target: pg.Client,
+): Promise<Map<string, string[]>> {
   const { rows } = await target.query<{ name: string }>("SELECT name FROM pg_available_extensions");
   const used = new Map<string, string[]>();
   const queue = [...databases];
   const worker = async () => {
     for (let db = queue.shift(); db !== undefined; db = queue.shift()) {
       const name = db;
-      used.set(name, await withClient(source, name, async (c) => (await c.query<{ e: string }>("SELECT extname AS e FROM pg_extension ORDER BY 1")).rows.map((r) => r.e)));
+      used.set(
+        name,
+        await withClient(source, name, async (c) =>
+          (await c.query<{ e: string }>("SELECT extname AS e FROM pg_extension ORDER BY 1")).rows.map((r) => r.e),
+        ),
+      );
     }
   };
   await Promise.all(Array.from({ length: Math.min(4, databases.length) }, worker));

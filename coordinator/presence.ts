@@ -37,7 +37,11 @@ export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: L
     busy = true;
     try {
       const now = new Map<string, { host?: string; pid?: number }>();
-      for (const [id, p] of await readPresence(kv)) now.set(id, { ...(p.host !== undefined ? { host: p.host } : {}), ...(p.pid !== undefined ? { pid: p.pid } : {}) });
+      for (const [id, p] of await readPresence(kv))
+        now.set(id, {
+          ...(p.host !== undefined ? { host: p.host } : {}),
+          ...(p.pid !== undefined ? { pid: p.pid } : {}),
+        });
       const changes: [string, "joined" | "left", { host?: string; pid?: number }][] = [];
       for (const [id, info] of now) if (!known.has(id)) changes.push([id, "joined", info]);
       for (const [id, info] of known) if (!now.has(id)) changes.push([id, "left", info]);
@@ -45,7 +49,18 @@ export function watchPresence(kv: KV, js: JetStreamClient, runId: string, log: L
       for (const [id, info] of now) known.set(id, info);
       for (const [worker, status, info] of changes) {
         await js
-          .publish(subjects.event(runId, "worker", status), encode({ v: CONTRACT_VERSION, type: "worker", runId, worker, status, ...info, at: new Date().toISOString() }))
+          .publish(
+            subjects.event(runId, "worker", status),
+            encode({
+              v: CONTRACT_VERSION,
+              type: "worker",
+              runId,
+              worker,
+              status,
+              ...info,
+              at: new Date().toISOString(),
+            }),
+          )
           .catch((err: unknown) => log.warn({ err: errorMessage(err) }, "worker event not published"));
       }
     } catch (err) {

@@ -11,13 +11,22 @@ import { makeDir } from "../shared/dirs.js";
 export const REPORT_VERSION = 1 as const;
 
 /** Writes the report under home (always) and to extraPath (--report) too; returns the path under home. */
-export async function writeReport(home: string, record: RunRecord, dumpRoot: string, dumps: Report["dumps"], extraPath?: string): Promise<string> {
+export async function writeReport(
+  home: string,
+  record: RunRecord,
+  dumpRoot: string,
+  dumps: Report["dumps"],
+  extraPath?: string,
+): Promise<string> {
   const databases = [];
   for (const d of record.databases) {
     let tables: VerifyTable[] = [];
     if (d.detailPath) {
       const path = join(dumpRoot, d.detailPath);
-      tables = await readFile(path, "utf8").then((t) => decodeVerifyDetail(t, path).tables, () => []);
+      tables = await readFile(path, "utf8").then(
+        (t) => decodeVerifyDetail(t, path).tables,
+        () => [],
+      );
     }
     const { create: _create, jobId: _jobId, jobSeq: _jobSeq, progress: _progress, dumpPath, detailPath, ...rest } = d;
     // Paths into dumps that are removed right after the report would lead nowhere.
@@ -79,5 +88,7 @@ export function summaryTable(record: RunRecord): string {
     ]);
   }
   const warnings = record.databases.reduce((s, d) => s + (d.warnings?.length ?? 0), 0);
-  return warnings ? `${table.toString()}\n${warnings === 1 ? "1 warning" : `${warnings} warnings`} (what pg_dump cannot preserve; not failures): see the report` : table.toString();
+  return warnings
+    ? `${table.toString()}\n${warnings === 1 ? "1 warning" : `${warnings} warnings`} (what pg_dump cannot preserve; not failures): see the report`
+    : table.toString();
 }

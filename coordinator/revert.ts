@@ -16,7 +16,12 @@ import type { Output } from "./output.js";
 import { inspect } from "./preflight.js";
 import { RunState, sameTarget, type RunRecord } from "./state.js";
 
-export async function revertByHand(target: ServerSpec, targetDb: string, nats: NatsEndpoint | undefined, out: Output): Promise<number> {
+export async function revertByHand(
+  target: ServerSpec,
+  targetDb: string,
+  nats: NatsEndpoint | undefined,
+  out: Output,
+): Promise<number> {
   const home = appDir();
   const log = createLogger({ level: "info", file: join(home, "logs", "revert-settings.log") });
   const { info, client } = await inspect(target, targetDb);
@@ -28,7 +33,8 @@ export async function revertByHand(target: ServerSpec, targetDb: string, nats: N
     await holdOnTarget(client, `${target.host}:${target.port}`);
     if (nats) nc = await connectNats(nats.url, "pg-migrate-revert-settings", nats.auth);
     const settingsLeft = (r: RunRecord) => r.fastRestore.applied && !r.fastRestore.reverted;
-    const pending = (r: RunRecord) => sameTarget(r, info.systemId, target.host, target.port) && (settingsLeft(r) || rolesLeft(r));
+    const pending = (r: RunRecord) =>
+      sameTarget(r, info.systemId, target.host, target.port) && (settingsLeft(r) || rolesLeft(r));
 
     const states = (await RunState.all(home, log)).filter((s) => pending(s.record));
     if (nc) {
@@ -48,16 +54,27 @@ export async function revertByHand(target: ServerSpec, targetDb: string, nats: N
     const carried = await readTargetRecord(client);
     if (carried && !states.some((st) => st.runId === carried.runId && settingsLeft(st.record))) {
       const differing = await revertSettings(openTarget, carried.original);
-      if (differing.length) throw new PreflightError(`could not revert ${differing.join(", ")} on ${describe(target)} (run ${carried.runId}, recorded on the target): check the target's postgresql.auto.conf`);
-      out.line(`run ${carried.runId} (recorded on the target): reverted ${carried.original.map((o) => `${o.name}=${o.setting}`).join(", ")} and ${needsCheckpoint(carried.original) ? "checkpointed" : "flushed the WAL"}`);
-      if (carried.mode === "full") out.line("fsync was off during that run: run `sync` on the target host (or restart it cleanly) before relying on the data");
+      if (differing.length)
+        throw new PreflightError(
+          `could not revert ${differing.join(", ")} on ${describe(target)} (run ${carried.runId}, recorded on the target): check the target's postgresql.auto.conf`,
+        );
+      out.line(
+        `run ${carried.runId} (recorded on the target): reverted ${carried.original.map((o) => `${o.name}=${o.setting}`).join(", ")} and ${needsCheckpoint(carried.original) ? "checkpointed" : "flushed the WAL"}`,
+      );
+      if (carried.mode === "full")
+        out.line(
+          "fsync was off during that run: run `sync` on the target host (or restart it cleanly) before relying on the data",
+        );
       for (const st of states.filter((x) => x.runId === carried.runId)) {
         st.record.fastRestore.reverted = true;
         await st.save();
       }
     }
     if (!states.length) {
-      if (!carried) out.line(`nothing to revert: no run record under ${home}${nc ? " or in the KV" : ""}, nor the target itself, holds unreverted settings or joined roles of ${describe(target)}`);
+      if (!carried)
+        out.line(
+          `nothing to revert: no run record under ${home}${nc ? " or in the KV" : ""}, nor the target itself, holds unreverted settings or joined roles of ${describe(target)}`,
+        );
       return 0;
     }
     for (const state of states) {
@@ -65,11 +82,19 @@ export async function revertByHand(target: ServerSpec, targetDb: string, nats: N
       const fr = state.record.fastRestore;
       if (!settingsLeft(state.record)) continue;
       const differing = await revertSettings(openTarget, fr.original);
-      if (differing.length) throw new PreflightError(`could not revert ${differing.join(", ")} on ${describe(target)} (run ${state.runId}): check the target's postgresql.auto.conf`);
+      if (differing.length)
+        throw new PreflightError(
+          `could not revert ${differing.join(", ")} on ${describe(target)} (run ${state.runId}): check the target's postgresql.auto.conf`,
+        );
       fr.reverted = true;
       await state.save();
-      out.line(`run ${state.runId}: reverted ${fr.original.map((s) => `${s.name}=${s.setting}`).join(", ")} and ${needsCheckpoint(fr.original) ? "checkpointed" : "flushed the WAL"}`);
-      if (fr.mode === "full") out.line("fsync was off during that run: run `sync` on the target host (or restart it cleanly) before relying on the data");
+      out.line(
+        `run ${state.runId}: reverted ${fr.original.map((s) => `${s.name}=${s.setting}`).join(", ")} and ${needsCheckpoint(fr.original) ? "checkpointed" : "flushed the WAL"}`,
+      );
+      if (fr.mode === "full")
+        out.line(
+          "fsync was off during that run: run `sync` on the target host (or restart it cleanly) before relying on the data",
+        );
     }
     return 0;
   } finally {

@@ -10,11 +10,25 @@
 // as the same attempt. In embedded mode every worker of the earlier session died with it, so a job it left in the
 // stream would only come back after the ack wait, as another attempt: it is published again at once instead.
 import { posix } from "node:path";
-import { DeliverPolicy, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
+import {
+  DeliverPolicy,
+  jetstreamManager,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { nanoid } from "nanoid";
 import { EVENTS_STREAM, JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
-import { CONTRACT_VERSION, decodeEvent, encode, type ConnSpec, type Job, type JobEvent } from "../shared/contracts/messages.js";
+import {
+  CONTRACT_VERSION,
+  decodeEvent,
+  encode,
+  type ConnSpec,
+  type Job,
+  type JobEvent,
+} from "../shared/contracts/messages.js";
 import { JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
 import { MAINTENANCE_DB } from "./discovery.js";
 import { errorMessage } from "../shared/errors.js";
@@ -40,7 +54,14 @@ const REPLAY_LIMIT_MS = 15_000;
 /** Pulls expire every 4 s and heartbeat at half that: this long without either means the consumer is lost. */
 const EVENTS_SILENCE_MS = 12_000;
 /** Consumer notifications that are not a sign of a working consumer. */
-const TROUBLE = new Set(["heartbeats_missed", "no_responders", "consumer_not_found", "stream_not_found", "consumer_deleted", "reset"]);
+const TROUBLE = new Set([
+  "heartbeats_missed",
+  "no_responders",
+  "consumer_not_found",
+  "stream_not_found",
+  "consumer_deleted",
+  "reset",
+]);
 
 export class Scheduler {
   /** Every database between its first job and its end: dumping, waiting for a restore slot, restoring, verifying. */
@@ -106,7 +127,9 @@ export class Scheduler {
         continue;
       }
       const subject = subjects.job(kind, runId, db.jobId);
-      const live = this.cfg.natsUrl ? await this.jsm.streams.getMessage(JOBS_STREAM, { last_by_subj: subject }).catch(() => null) : null;
+      const live = this.cfg.natsUrl
+        ? await this.jsm.streams.getMessage(JOBS_STREAM, { last_by_subj: subject }).catch(() => null)
+        : null;
       if (live) {
         adopted.add(subject);
         db.jobSeq = live.seq;
@@ -169,7 +192,10 @@ export class Scheduler {
       }
       this.queue.sort(largestFirst);
       this.restoreQueue.sort(largestFirst);
-      this.out.startRun(record.databases.length, record.databases.filter((d) => d.phase === "done" || d.phase === "failed").length);
+      this.out.startRun(
+        record.databases.length,
+        record.databases.filter((d) => d.phase === "done" || d.phase === "failed").length,
+      );
       await this.admit();
       this.checkFinished();
       await done;
@@ -195,7 +221,9 @@ export class Scheduler {
         const from = record.eventsSeq ?? 0;
         const consumer = await this.js.consumers.get(EVENTS_STREAM, {
           filter_subjects: subjects.eventsOfRun(this.state.runId),
-          ...(from > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from + 1 } : { deliver_policy: DeliverPolicy.All }),
+          ...(from > 0
+            ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from + 1 }
+            : { deliver_policy: DeliverPolicy.All }),
         });
         // Short pulls: a lost consumer is noticed through missed heartbeats, half the pull's expiry.
         this.events = await consumer.consume({ expires: 4_000 });
@@ -232,7 +260,10 @@ export class Scheduler {
           clearInterval(silence);
         }
       } catch (err) {
-        this.log.warn({ err: errorMessage(err) }, "reading the run's events failed; starting again from the last handled one");
+        this.log.warn(
+          { err: errorMessage(err) },
+          "reading the run's events failed; starting again from the last handled one",
+        );
       }
       if (!this.stopped) await new Promise((r) => setTimeout(r, 1000));
     }
@@ -269,14 +300,22 @@ export class Scheduler {
         if (!this.inFlight.has(db.key) || !jobId || !kind || db.phase !== JOB_PHASES[kind].running) continue;
         if (seen === undefined || Date.now() - seen < limit) continue;
         if ((db.attempts[kind] ?? 0) >= this.cfg.maxDeliver) {
-          if (db.jobSeq !== undefined) await this.jsm?.streams.deleteMessage(JOBS_STREAM, db.jobSeq).catch(() => undefined);
+          if (db.jobSeq !== undefined)
+            await this.jsm?.streams.deleteMessage(JOBS_STREAM, db.jobSeq).catch(() => undefined);
           if (db.jobId !== jobId) continue; // a result arrived meanwhile
-          await this.fail(db, `its ${kind} job went silent on its last delivery (${db.attempts[kind]} of ${this.cfg.maxDeliver}): the worker died or lost its connection`);
+          await this.fail(
+            db,
+            `its ${kind} job went silent on its last delivery (${db.attempts[kind]} of ${this.cfg.maxDeliver}): the worker died or lost its connection`,
+          );
           continue;
         }
-        const live = await this.jsm?.streams.getMessage(JOBS_STREAM, { last_by_subj: subjects.job(kind, this.state.runId, jobId) }).catch(() => undefined);
+        const live = await this.jsm?.streams
+          .getMessage(JOBS_STREAM, { last_by_subj: subjects.job(kind, this.state.runId, jobId) })
+          .catch(() => undefined);
         if (live === null && db.jobId === jobId && !this.stopped) {
-          this.out.warn(`${kind} ${JSON.stringify(db.name)}: its job ended without a result reaching the coordinator; doing it again`);
+          this.out.warn(
+            `${kind} ${JSON.stringify(db.name)}: its job ended without a result reaching the coordinator; doing it again`,
+          );
           await this.publish(db, kind, true, unfinishedAttempts(db, kind));
         } else if (live) this.lastEventAt.set(db.key, Date.now()); // still queued (workers busy): look again later
       }
@@ -346,19 +385,35 @@ export class Scheduler {
     const runId = this.state.runId;
     const jobId = `${kind}-${nanoid(12)}`;
     const ref = { name: db.name, key: db.key };
-    const common = { v: CONTRACT_VERSION, runId, jobId, db: ref, maxAttempts: this.cfg.maxDeliver, ...(attemptsBefore ? { attemptsBefore } : {}) } as const;
+    const common = {
+      v: CONTRACT_VERSION,
+      runId,
+      jobId,
+      db: ref,
+      maxAttempts: this.cfg.maxDeliver,
+      ...(attemptsBefore ? { attemptsBefore } : {}),
+    } as const;
     let job: Job;
     if (kind === "dump") {
       job = {
-        ...common, kind,
+        ...common,
+        kind,
         dumpPath: posix.join(runId, db.key, jobId),
-        source: this.conn(this.cfg.source), jobs: jobsFor(db.sizeBytes, this.cfg.jobs), compress: this.cfg.compress, estimatedBytes: db.sizeBytes,
+        source: this.conn(this.cfg.source),
+        jobs: jobsFor(db.sizeBytes, this.cfg.jobs),
+        compress: this.cfg.compress,
+        estimatedBytes: db.sizeBytes,
         ...(this.cfg.verify === "checksum" ? { checksum: true } : {}),
       };
     } else if (kind === "restore") {
       job = {
-        ...common, kind, dumpPath: db.dumpPath!,
-        target: this.conn(this.cfg.target), jobs: jobsFor(db.sizeBytes, this.cfg.jobs), create: db.create, estimatedBytes: db.sizeBytes,
+        ...common,
+        kind,
+        dumpPath: db.dumpPath!,
+        target: this.conn(this.cfg.target),
+        jobs: jobsFor(db.sizeBytes, this.cfg.jobs),
+        create: db.create,
+        estimatedBytes: db.sizeBytes,
         maintenanceDb: this.cfg.targetDb,
         ...(this.cfg.noOwner ? { noOwner: true } : {}),
         ...(this.cfg.noTablespaces ? { noTablespaces: true } : {}),
@@ -376,7 +431,9 @@ export class Scheduler {
     db.phase = JOB_PHASES[kind].running;
     this.lastEventAt.delete(db.key);
     await this.state.save();
-    const ack = await this.withRetry(`publish ${kind} job`, () => this.js.publish(subjects.job(kind, runId, jobId), encode(job), { msgID: jobId }));
+    const ack = await this.withRetry(`publish ${kind} job`, () =>
+      this.js.publish(subjects.job(kind, runId, jobId), encode(job), { msgID: jobId }),
+    );
     db.jobSeq = ack.seq;
     await this.setPhase(db, db.phase);
   }
@@ -393,7 +450,15 @@ export class Scheduler {
     await this.js
       .publish(
         subjects.event(this.state.runId, "db", phase),
-        encode({ v: CONTRACT_VERSION, type: "db", runId: this.state.runId, db: { name: db.name, key: db.key }, phase, at: new Date().toISOString(), ...(error ? { error } : {}) }),
+        encode({
+          v: CONTRACT_VERSION,
+          type: "db",
+          runId: this.state.runId,
+          db: { name: db.name, key: db.key },
+          phase,
+          at: new Date().toISOString(),
+          ...(error ? { error } : {}),
+        }),
       )
       .catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "phase event not published"));
   }
@@ -411,34 +476,55 @@ export class Scheduler {
       case "claimed":
         db.attempts[e.kind] = Math.max(db.attempts[e.kind] ?? 0, e.attempt);
         db.workers[e.kind] = e.worker;
-        if (!this.replayedEvent) this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
+        if (!this.replayedEvent)
+          this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} claimed`);
         this.out.progress(db.name, e.kind, 0, null);
         return;
       case "progress":
         if (e.progress) {
           this.out.progress(db.name, e.kind, e.progress.bytes, e.progress.totalBytes);
-          db.progress = { kind: e.kind, bytes: e.progress.bytes, totalBytes: e.progress.totalBytes, startedAt: db.progress?.kind === e.kind && db.progress.jobId === e.jobId ? db.progress.startedAt : e.at, at: e.at, jobId: e.jobId };
+          db.progress = {
+            kind: e.kind,
+            bytes: e.progress.bytes,
+            totalBytes: e.progress.totalBytes,
+            startedAt: db.progress?.kind === e.kind && db.progress.jobId === e.jobId ? db.progress.startedAt : e.at,
+            at: e.at,
+            jobId: e.jobId,
+          };
           void this.state.save().catch(() => undefined);
         }
         return;
       case "released":
         // A stopping worker gave it back unfinished: offered again at once, as the same attempt.
         if (this.stopped || db.phase !== JOB_PHASES[e.kind].running) return;
-        const how = e.reason === "server-back" ? "handed it back once its server, which had gone away, was back" : `stopped and handed it back${this.replayedEvent ? " as the earlier session ended" : ""}`;
-        this.out.line(`${e.kind} ${name}: ${e.worker} ${how}; offered again at once (attempt ${e.attempt} was not used up)`);
+        const how =
+          e.reason === "server-back"
+            ? "handed it back once its server, which had gone away, was back"
+            : `stopped and handed it back${this.replayedEvent ? " as the earlier session ended" : ""}`;
+        this.out.line(
+          `${e.kind} ${name}: ${e.worker} ${how}; offered again at once (attempt ${e.attempt} was not used up)`,
+        );
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} released`);
         await this.publish(db, e.kind, true, e.attempt - 1);
         return;
       case "failed": {
         const error = e.error!;
         if (error.stderrTail) db.stderrTail = error.stderrTail;
-        log.warn({ attempt: e.attempt, final: error.final, stderrTail: error.stderrTail }, `${e.kind} ${name} failed: ${error.message}`);
+        log.warn(
+          { attempt: e.attempt, final: error.final, stderrTail: error.stderrTail },
+          `${e.kind} ${name} failed: ${error.message}`,
+        );
         if (!error.final) {
-          this.out.warn(`${e.kind} ${name} failed on attempt ${e.attempt} of ${e.maxAttempts}, will retry: ${error.message}`);
+          this.out.warn(
+            `${e.kind} ${name} failed on attempt ${e.attempt} of ${e.maxAttempts}, will retry: ${error.message}`,
+          );
           return;
         }
-        await this.fail(db, `${e.kind} failed after ${plural(e.attempt, "attempt")}${e.attempt < e.maxAttempts ? ", not retried (no retry can mend it)" : ""}: ${error.message}`);
+        await this.fail(
+          db,
+          `${e.kind} failed after ${plural(e.attempt, "attempt")}${e.attempt < e.maxAttempts ? ", not retried (no retry can mend it)" : ""}: ${error.message}`,
+        );
         return;
       }
       case "done":
@@ -452,7 +538,9 @@ export class Scheduler {
       db.dumpBytes = r.bytes;
       db.tables = r.tables;
       db.rows = r.rows;
-      this.out.line(`dump ${name} done in ${seconds(e.durationMs)}: ${plural(r.tables, "table")}, ${plural(r.rows, "row")}, ${bytes(r.bytes)}${r.compression === undefined ? "" : r.compression === "0" ? " uncompressed" : ` (--compress ${r.compression})`}`);
+      this.out.line(
+        `dump ${name} done in ${seconds(e.durationMs)}: ${plural(r.tables, "table")}, ${plural(r.rows, "row")}, ${bytes(r.bytes)}${r.compression === undefined ? "" : r.compression === "0" ? " uncompressed" : ` (--compress ${r.compression})`}`,
+      );
       await this.setPhase(db, "dumped");
       if (!this.restoreQueue.includes(db)) this.restoreQueue.push(db);
       this.restoreQueue.sort(largestFirst);
@@ -472,11 +560,16 @@ export class Scheduler {
       if (r.properties) db.properties = r.properties;
       db.detailPath = r.detailPath;
       for (const w of db.warnings) {
-        this.out.warn(`${name}: ${w.what} ${w.object} (source ${w.source ?? "none"}, target ${w.target ?? "none"}): ${w.note}`);
+        this.out.warn(
+          `${name}: ${w.what} ${w.object} (source ${w.source ?? "none"}, target ${w.target ?? "none"}): ${w.note}`,
+        );
       }
-      if (r.properties && !r.properties.applied && r.properties.why) this.out.warn(`${name}: its own properties were not applied: ${r.properties.why}`);
+      if (r.properties && !r.properties.applied && r.properties.why)
+        this.out.warn(`${name}: its own properties were not applied: ${r.properties.why}`);
       if (r.properties?.skipped?.length) {
-        this.out.warn(`${name}: left out ${plural(r.properties.skipped.length, "setting")} the target does not know (the rest applied): ${r.properties.skipped.join(" ")}`);
+        this.out.warn(
+          `${name}: left out ${plural(r.properties.skipped.length, "setting")} the target does not know (the rest applied): ${r.properties.skipped.join(" ")}`,
+        );
       }
       if (r.ok) {
         const warned = db.warnings.length ? `, ${plural(db.warnings.length, "warning")} (not failures)` : "";
@@ -485,7 +578,9 @@ export class Scheduler {
         await this.setPhase(db, "done");
         await this.release(db);
       } else {
-        const first = r.mismatches.slice(0, 3).map((m) => `${m.what} ${m.object} (source ${m.source ?? "none"}, target ${m.target ?? "none"})`);
+        const first = r.mismatches
+          .slice(0, 3)
+          .map((m) => `${m.what} ${m.object} (source ${m.source ?? "none"}, target ${m.target ?? "none"})`);
         await this.fail(db, `verification found ${plural(r.mismatches.length, "difference")}: ${first.join("; ")}`);
       }
     }
@@ -498,7 +593,10 @@ export class Scheduler {
     const jobId = db.jobId;
     await this.jsm?.streams.deleteMessage(JOBS_STREAM, a.stream_seq).catch(() => undefined);
     if (db.jobId !== jobId) return; // a result arrived meanwhile
-    await this.fail(db, `its job was delivered ${a.deliveries} times without finishing (workers died or stopped heartbeating)`);
+    await this.fail(
+      db,
+      `its job was delivered ${a.deliveries} times without finishing (workers died or stopped heartbeating)`,
+    );
   }
 
   private async fail(db: DbState, reason: string): Promise<void> {
@@ -508,10 +606,14 @@ export class Scheduler {
     db.jobId = undefined;
     // Before any restore was published, the database this run created on the target is empty: it goes again.
     const creating = this.creating.get(db.key);
-    if (creating && (db.phase === "planned" || db.phase === JOB_PHASES.dump.running || db.phase === JOB_PHASES.dump.finished)) {
+    if (
+      creating &&
+      (db.phase === "planned" || db.phase === JOB_PHASES.dump.running || db.phase === JOB_PHASES.dump.finished)
+    ) {
       await creating;
       try {
-        if (await this.targetDatabases.dropUnrestored(db)) reason += "; no restore had begun, so the empty database this run created was dropped from the target";
+        if (await this.targetDatabases.dropUnrestored(db))
+          reason += "; no restore had begun, so the empty database this run created was dropped from the target";
       } catch (err) {
         reason += `; its empty database stays on the target (dropping it failed: ${errorMessage(err)})`;
       }

@@ -80,25 +80,46 @@ export interface DatabaseNeeds {
   unreadable: { name: string; why: string }[];
 }
 
-export async function databaseNeeds(spec: ServerSpec, db: string, superuser: boolean, parallel: boolean): Promise<DatabaseNeeds> {
+export async function databaseNeeds(
+  spec: ServerSpec,
+  db: string,
+  superuser: boolean,
+  parallel: boolean,
+): Promise<DatabaseNeeds> {
   return withClient(spec, db, async (c) => {
     const { rows } = await c.query<{ dumped: string; counted: string; indexes: string; sequences: string }>(LOCKS_SQL);
     const r = rows[0]!;
     const unreadable = superuser ? [] : (await c.query<{ name: string; why: string }>(UNREADABLE_SQL)).rows;
-    return { db, dumped: Number(r.dumped), counted: Number(r.counted), indexes: Number(r.indexes), sequences: Number(r.sequences), parallel, unreadable };
+    return {
+      db,
+      dumped: Number(r.dumped),
+      counted: Number(r.counted),
+      indexes: Number(r.indexes),
+      sequences: Number(r.sequences),
+      parallel,
+      unreadable,
+    };
   });
 }
 
-export const locksNeeded = (n: DatabaseNeeds): number => n.dumped * (n.parallel ? 2 : 1) + n.counted + n.indexes + 2 * n.sequences;
+export const locksNeeded = (n: DatabaseNeeds): number =>
+  n.dumped * (n.parallel ? 2 : 1) + n.counted + n.indexes + 2 * n.sequences;
 
 /** What the run refuses on and what it warns of, each naming the database, the numbers and the fix. */
-export function sourceVerdicts(needs: DatabaseNeeds[], lock: LockRoom, user: string): { refusals: string[]; warnings: string[] } {
+export function sourceVerdicts(
+  needs: DatabaseNeeds[],
+  lock: LockRoom,
+  user: string,
+): { refusals: string[]; warnings: string[] } {
   const refusals: string[] = [];
   const warnings: string[] = [];
   for (const n of needs) {
     const name = JSON.stringify(n.db);
     if (n.unreadable.length) {
-      const shown = n.unreadable.slice(0, 10).map((u) => `${u.name} (${u.why})`).join(", ");
+      const shown = n.unreadable
+        .slice(0, 10)
+        .map((u) => `${u.name} (${u.why})`)
+        .join(", ");
       const more = n.unreadable.length > 10 ? ` and ${n.unreadable.length - 10} more` : "";
       refusals.push(
         `the source user ${JSON.stringify(user)} cannot read ${plural(n.unreadable.length, "relation")} of ${name} that pg_dump reads: ${shown}${more}; grant it SELECT (and BYPASSRLS for row-level security), migrate as a superuser, or leave the database out with --exclude-db`,
@@ -111,9 +132,13 @@ export function sourceVerdicts(needs: DatabaseNeeds[], lock: LockRoom, user: str
     const sized = `the source's lock table is sized for ${lock.room} (max_locks_per_transaction ${lock.perTransaction} × ${lock.slots} server processes and prepared transactions)`;
     const fix = `set max_locks_per_transaction to at least ${Math.ceil(need / lock.slots)} on the source (it takes a restart)`;
     if (need > LOCK_ROOM_SPARE * lock.room) {
-      refusals.push(`${what}, more than ${LOCK_ROOM_SPARE} times what ${sized}: its dump would fail with "out of shared memory"; ${fix}, or leave the database out with --exclude-db`);
+      refusals.push(
+        `${what}, more than ${LOCK_ROOM_SPARE} times what ${sized}: its dump would fail with "out of shared memory"; ${fix}, or leave the database out with --exclude-db`,
+      );
     } else {
-      warnings.push(`${what}, more than ${sized}; the spare room beyond that is shared with every other session, so the dump may fail with "out of shared memory": to be sure, ${fix}`);
+      warnings.push(
+        `${what}, more than ${sized}; the spare room beyond that is shared with every other session, so the dump may fail with "out of shared memory": to be sure, ${fix}`,
+      );
     }
   }
   return { refusals, warnings };
@@ -123,7 +148,13 @@ export function sourceVerdicts(needs: DatabaseNeeds[], lock: LockRoom, user: str
  * Reads every selected database's needs (one connection at a time) and judges them against the source's lock table;
  * `jobs` is pg_dump's -j at the most.
  */
-export async function checkSourceDatabases(spec: ServerSpec, client: pg.Client, dbs: string[], superuser: boolean, jobs: number): Promise<{ refusals: string[]; warnings: string[] }> {
+export async function checkSourceDatabases(
+  spec: ServerSpec,
+  client: pg.Client,
+  dbs: string[],
+  superuser: boolean,
+  jobs: number,
+): Promise<{ refusals: string[]; warnings: string[] }> {
   const lock = await lockRoom(client);
   const needs: DatabaseNeeds[] = [];
   for (const db of dbs) needs.push(await databaseNeeds(spec, db, superuser, jobs > 1));

@@ -95,9 +95,10 @@ function isOnlyComments(text: string): boolean {
 
 /** The role a CREATE ROLE / ALTER ROLE / COMMENT ON ROLE / SECURITY LABEL … ON ROLE statement is about. */
 export function roleStatementTarget(statement: string): string | undefined {
-  const m = /^(?:CREATE\s+ROLE|ALTER\s+ROLE|ALTER\s+USER|COMMENT\s+ON\s+ROLE|SECURITY\s+LABEL(?:\s+FOR\s+\S+)?\s+ON\s+ROLE)\s+("(?:[^"]|"")*"|[^\s;]+)/i.exec(
-    statement,
-  );
+  const m =
+    /^(?:CREATE\s+ROLE|ALTER\s+ROLE|ALTER\s+USER|COMMENT\s+ON\s+ROLE|SECURITY\s+LABEL(?:\s+FOR\s+\S+)?\s+ON\s+ROLE)\s+("(?:[^"]|"")*"|[^\s;]+)/i.exec(
+      statement,
+    );
   if (!m) return undefined;
   const name = m[1]!;
   return name.startsWith('"') ? name.slice(1, -1).replace(/""/g, '"') : name.toLowerCase();

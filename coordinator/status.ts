@@ -50,13 +50,24 @@ export interface StatusSnapshot {
   target?: { read: true; fastRestore: TargetRecord | null } | { read: false; why: string };
 }
 
-export async function snapshot(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsAuth">, readTarget = false): Promise<StatusSnapshot> {
+export async function snapshot(
+  opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsAuth">,
+  readTarget = false,
+): Promise<StatusSnapshot> {
   const r = await findRecord(opts);
   const holders = opts.natsUrl ? await kvHolders(opts.natsUrl, opts.natsAuth) : await fileLockHolders(appDir());
   const held = holders.some((h) => h.runId === r.runId && !isStale(h));
   return {
     coordinator: held ? "alive" : "gone",
-    run: { runId: r.runId, status: r.status, startedAt: r.startedAt, updatedAt: r.updatedAt, resumedAt: r.resumedAt, source: r.source, target: r.target },
+    run: {
+      runId: r.runId,
+      status: r.status,
+      startedAt: r.startedAt,
+      updatedAt: r.updatedAt,
+      resumedAt: r.resumedAt,
+      source: r.source,
+      target: r.target,
+    },
     databases: r.databases.map((d) => ({
       name: d.name,
       phase: d.phase,
@@ -83,15 +94,29 @@ const TARGET_READ_MS = 5_000;
  */
 async function targetCarries(r: RunRecord): Promise<NonNullable<StatusSnapshot["target"]>> {
   const given = (r.options as { target?: PgTls }).target ?? {};
-  const tls: PgTls = { sslmode: given.sslmode, sslrootcert: given.sslrootcert, sslcert: given.sslcert, sslkey: given.sslkey };
-  const spec: ServerSpec = { role: "target", host: r.target.host, port: r.target.port, user: r.target.user, password: process.env.PGMIGRATE_TO_PASS || undefined, ...tls };
+  const tls: PgTls = {
+    sslmode: given.sslmode,
+    sslrootcert: given.sslrootcert,
+    sslcert: given.sslcert,
+    sslkey: given.sslkey,
+  };
+  const spec: ServerSpec = {
+    role: "target",
+    host: r.target.host,
+    port: r.target.port,
+    user: r.target.user,
+    password: process.env.PGMIGRATE_TO_PASS || undefined,
+    ...tls,
+  };
   let connecting: Promise<pg.Client> | undefined;
   const reading = (async () => {
     connecting = connectPg(spec, r.target.db, "pg-migrate status");
     const client = await connecting;
     try {
       // pg_file_settings is for superusers (and whom they grant it): without it the answer would be a false "none".
-      const { rows } = await client.query<{ ok: boolean }>("SELECT has_function_privilege('pg_show_all_file_settings()', 'EXECUTE') AS ok");
+      const { rows } = await client.query<{ ok: boolean }>(
+        "SELECT has_function_privilege('pg_show_all_file_settings()', 'EXECUTE') AS ok",
+      );
       if (!rows[0]?.ok) return { read: false as const, why: `${r.target.user} may not read pg_file_settings` };
       return { read: true as const, fastRestore: (await readTargetRecord(client)) ?? null };
     } finally {
@@ -99,7 +124,10 @@ async function targetCarries(r: RunRecord): Promise<NonNullable<StatusSnapshot["
     }
   })();
   let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${TARGET_READ_MS / 1000} s`)), TARGET_READ_MS)));
+  const late = new Promise<never>(
+    (_, reject) =>
+      (timer = setTimeout(() => reject(new Error(`no answer within ${TARGET_READ_MS / 1000} s`)), TARGET_READ_MS)),
+  );
   try {
     return await Promise.race([reading, late]);
   } catch (err) {
@@ -126,7 +154,10 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsA
       const kv = await openExistingKv(new Kvm(nc), RUNS_BUCKET);
       const records = kv ? await RunState.recordsInKv(kv, opts.runId) : [];
       const newest = records.sort((a, b) => b.startedAt.localeCompare(a.startedAt))[0];
-      if (!newest) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} in the KV of ${withoutCredentials(opts.natsUrl)}`);
+      if (!newest)
+        throw new ConfigError(
+          `no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} in the KV of ${withoutCredentials(opts.natsUrl)}`,
+        );
       return newest;
     } finally {
       await nc.close().catch(() => undefined);
@@ -134,7 +165,10 @@ async function findRecord(opts: Pick<StatusOptions, "runId" | "natsUrl" | "natsA
   }
   const states = await RunState.all(appDir(), createLogger({ level: "silent" }));
   const found = opts.runId ? states.find((s) => s.runId === opts.runId) : states[0];
-  if (!found) throw new ConfigError(`no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} under ${appDir()}: pass --nats-url to read a run of another host`);
+  if (!found)
+    throw new ConfigError(
+      `no pg-migrate run${opts.runId ? ` ${opts.runId}` : ""} under ${appDir()}: pass --nats-url to read a run of another host`,
+    );
   return found.record;
 }
 
@@ -152,7 +186,12 @@ async function liveWorkers(url: string | undefined, auth: NatsAuth): Promise<Sta
   if (!url) return null;
   let nc: NatsConnection | undefined;
   try {
-    nc = await connect({ ...natsConnectOptions(url, auth), name: "pg-migrate-status", timeout: 2_000, maxReconnectAttempts: 0 });
+    nc = await connect({
+      ...natsConnectOptions(url, auth),
+      name: "pg-migrate-status",
+      timeout: 2_000,
+      maxReconnectAttempts: 0,
+    });
     const present = await readPresence(await new Kvm(nc).open(WORKERS_BUCKET));
     return [...present].map(([id, p]) => ({ id, ...p })).sort((a, b) => a.id.localeCompare(b.id));
   } catch {
@@ -163,18 +202,37 @@ async function liveWorkers(url: string | undefined, auth: NatsAuth): Promise<Sta
 }
 
 export function renderStatus(s: StatusSnapshot): string {
-  const lines = [`run ${s.run.runId}: ${s.run.status}${s.run.status === "running" && s.coordinator === "gone" ? " (but its coordinator is gone: run the same command again to resume)" : ""}, started ${s.run.startedAt}${s.run.resumedAt.length ? `, resumed ${s.run.resumedAt.length}×` : ""}, updated ${s.run.updatedAt}`];
-  const dbs = new Table({ head: ["database", "phase", "size", "worker", "progress", "dump", "restore", "analyze", "rows verified"], style: { head: [], border: [] } });
+  const lines = [
+    `run ${s.run.runId}: ${s.run.status}${s.run.status === "running" && s.coordinator === "gone" ? " (but its coordinator is gone: run the same command again to resume)" : ""}, started ${s.run.startedAt}${s.run.resumedAt.length ? `, resumed ${s.run.resumedAt.length}×` : ""}, updated ${s.run.updatedAt}`,
+  ];
+  const dbs = new Table({
+    head: ["database", "phase", "size", "worker", "progress", "dump", "restore", "analyze", "rows verified"],
+    style: { head: [], border: [] },
+  });
   for (const d of s.databases) {
     const worker = d.workers.verify ?? d.workers.restore ?? d.workers.dump ?? "-";
-    dbs.push([d.name, d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : ""), bytes(d.sizeBytes), worker, progressText(d.progress), seconds(d.timings.dump), seconds(d.timings.restore), seconds(d.timings.analyze), d.verifiedRows ?? "-"]);
+    dbs.push([
+      d.name,
+      d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : ""),
+      bytes(d.sizeBytes),
+      worker,
+      progressText(d.progress),
+      seconds(d.timings.dump),
+      seconds(d.timings.restore),
+      seconds(d.timings.analyze),
+      d.verifiedRows ?? "-",
+    ]);
   }
   lines.push(dbs.toString());
   if (s.target) lines.push(targetLine(s.target, s.run.runId));
   if (s.workers === null) lines.push("workers: the run's broker cannot be reached");
   else {
-    const w = new Table({ head: ["worker", "host", "pid", "jobs done", "in flight", "seen"], style: { head: [], border: [] } });
-    for (const x of s.workers) w.push([x.id, x.host ?? "-", x.pid ?? "-", x.jobs ?? "-", x.inFlight ?? "-", x.at ?? "-"]);
+    const w = new Table({
+      head: ["worker", "host", "pid", "jobs done", "in flight", "seen"],
+      style: { head: [], border: [] },
+    });
+    for (const x of s.workers)
+      w.push([x.id, x.host ?? "-", x.pid ?? "-", x.jobs ?? "-", x.inFlight ?? "-", x.at ?? "-"]);
     lines.push(s.workers.length ? w.toString() : "workers: none present");
   }
   return lines.join("\n");
@@ -187,14 +245,17 @@ export function progressText(p: StatusSnapshot["databases"][number]["progress"])
   const rate = elapsed > 0 ? p.bytes / elapsed : 0;
   const parts = [`${bytes(p.bytes)}${p.totalBytes ? ` of ${bytes(p.totalBytes)}` : ""}`];
   if (rate > 0) parts.push(`${bytes(rate)}/s`);
-  if (rate > 0 && p.totalBytes && p.totalBytes > p.bytes) parts.push(`ETA ${Math.ceil((p.totalBytes - p.bytes) / rate)}s`);
+  if (rate > 0 && p.totalBytes && p.totalBytes > p.bytes)
+    parts.push(`ETA ${Math.ceil((p.totalBytes - p.bytes) / rate)}s`);
   return parts.join(", ");
 }
 
 /** Terminal rows a text takes: a line wider than the terminal wraps onto more than one. */
 function rowsOf(text: string, columns: number | undefined): number {
   const width = columns && columns > 0 ? columns : 80;
-  return text.split("\n").reduce((rows, line) => rows + Math.max(1, Math.ceil([...line.replace(/\x1b\[[0-9;]*m/g, "")].length / width)), 0);
+  return text
+    .split("\n")
+    .reduce((rows, line) => rows + Math.max(1, Math.ceil([...line.replace(/\x1b\[[0-9;]*m/g, "")].length / width)), 0);
 }
 
 const ENDED = new Set(["finished", "failed", "interrupted", "abandoned"]);
@@ -233,7 +294,9 @@ export async function status(opts: StatusOptions & { watch: boolean }, out: Outp
     if (ENDED.has(s.run.status)) return 0;
     gone = s.coordinator === "gone" ? gone + 1 : 0;
     if (gone >= 3) {
-      out.warn(`run ${s.run.runId} says "${s.run.status}" but no coordinator holds its lock: it died; run the same command again to resume it`);
+      out.warn(
+        `run ${s.run.runId} says "${s.run.status}" but no coordinator holds its lock: it died; run the same command again to resume it`,
+      );
       return 1;
     }
     await new Promise((r) => setTimeout(r, 1000));

@@ -5,7 +5,15 @@ import type pg from "pg";
 import { userObjectCount } from "../shared/pg/catalog.js";
 import { withClient } from "../shared/pg/connect.js";
 import type { MigrateConfig } from "./config.js";
-import { closedDatabases, discoverDatabases, MAINTENANCE_DB, planTablespaces, selectDatabases, tablespacesOf, type SourceDatabase } from "./discovery.js";
+import {
+  closedDatabases,
+  discoverDatabases,
+  MAINTENANCE_DB,
+  planTablespaces,
+  selectDatabases,
+  tablespacesOf,
+  type SourceDatabase,
+} from "./discovery.js";
 import { extensionCheck } from "./preflight.js";
 import { plural } from "./output.js";
 import { upgradeNotes as notesFor, type UpgradeNote } from "./upgrade-notes.js";
@@ -23,18 +31,49 @@ export interface Survey {
   upgradeNotes: UpgradeNote[];
 }
 
-export async function survey(cfg: MigrateConfig, src: pg.Client, sourceVersionNum: number, tgt: pg.Client, targetVersionNum: number): Promise<Survey> {
+export async function survey(
+  cfg: MigrateConfig,
+  src: pg.Client,
+  sourceVersionNum: number,
+  tgt: pg.Client,
+  targetVersionNum: number,
+): Promise<Survey> {
   const all = await discoverDatabases(src, sourceVersionNum);
-  const maintenanceObjects = all.some((d) => d.name === MAINTENANCE_DB) ? await withClient(cfg.source, MAINTENANCE_DB, userObjectCount) : 0;
+  const maintenanceObjects = all.some((d) => d.name === MAINTENANCE_DB)
+    ? await withClient(cfg.source, MAINTENANCE_DB, userObjectCount)
+    : 0;
   const { selected, skipped } = selectDatabases(all, cfg.includeDb, cfg.excludeDb, maintenanceObjects > 0);
   const closed = await closedDatabases(src);
-  const targetTablespaces = new Set((await tgt.query<{ n: string }>("SELECT spcname AS n FROM pg_tablespace")).rows.map((r) => r.n));
-  const tablespaces = planTablespaces(await tablespacesOf(src), targetTablespaces, { none: cfg.noTablespaces, locations: cfg.tablespaceLocations });
-  const missingExtensions = await extensionCheck(cfg.source, selected.map((d) => d.name), tgt);
-  const upgradeNotes = await notesFor({
-    source: cfg.source, src, srcNum: sourceVersionNum, tgt, tgtNum: targetVersionNum, databases: selected.map((d) => d.name), globals: cfg.migrateGlobals,
+  const targetTablespaces = new Set(
+    (await tgt.query<{ n: string }>("SELECT spcname AS n FROM pg_tablespace")).rows.map((r) => r.n),
+  );
+  const tablespaces = planTablespaces(await tablespacesOf(src), targetTablespaces, {
+    none: cfg.noTablespaces,
+    locations: cfg.tablespaceLocations,
   });
-  return { selected, skipped: [...skipped, ...closed], closed, maintenanceObjects, tablespaces, missingExtensions, upgradeNotes };
+  const missingExtensions = await extensionCheck(
+    cfg.source,
+    selected.map((d) => d.name),
+    tgt,
+  );
+  const upgradeNotes = await notesFor({
+    source: cfg.source,
+    src,
+    srcNum: sourceVersionNum,
+    tgt,
+    tgtNum: targetVersionNum,
+    databases: selected.map((d) => d.name),
+    globals: cfg.migrateGlobals,
+  });
+  return {
+    selected,
+    skipped: [...skipped, ...closed],
+    closed,
+    maintenanceObjects,
+    tablespaces,
+    missingExtensions,
+    upgradeNotes,
+  };
 }
 
 /** Why the source's maintenance database cannot go into the target's: that one holds user objects of its own. */

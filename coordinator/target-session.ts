@@ -14,7 +14,11 @@ const RECONNECT_FOR_MS = 120_000;
 /** An error that says the session itself is gone (the server away, or the session ended), not that the statement was wrong. */
 export function sessionLost(err: unknown): boolean {
   const code = (err as { code?: string }).code ?? "";
-  return serverUnavailable(err) || /^57P0[45]/.test(code) || /not queryable|Connection terminated|terminating connection/i.test(errorMessage(err));
+  return (
+    serverUnavailable(err) ||
+    /^57P0[45]/.test(code) ||
+    /not queryable|Connection terminated|terminating connection/i.test(errorMessage(err))
+  );
 }
 
 export class TargetSession {
@@ -83,7 +87,11 @@ export class TargetSession {
             await new Promise((r) => setTimeout(r, 200));
             continue;
           }
-          this.lose(`while this coordinator's session on the target was away, ${errorMessage(err).replace(/^the target \S+ is being migrated by /, "").replace(/ \(its coordinator's.*$/, "")} took the target: this run stops without touching it`);
+          this.lose(
+            `while this coordinator's session on the target was away, ${errorMessage(err)
+              .replace(/^the target \S+ is being migrated by /, "")
+              .replace(/ \(its coordinator's.*$/, "")} took the target: this run stops without touching it`,
+          );
           return;
         }
         if (this.runId) await nameRunOnTarget(client, this.runId);
@@ -94,7 +102,9 @@ export class TargetSession {
         return;
       } catch (err) {
         if (Date.now() > deadline) {
-          this.lose(`the target ${this.target} could not be reached again for ${RECONNECT_FOR_MS / 1000}s: ${errorMessage(err)}`);
+          this.lose(
+            `the target ${this.target} could not be reached again for ${RECONNECT_FOR_MS / 1000}s: ${errorMessage(err)}`,
+          );
           return;
         }
         this.log.warn({ attempt, err: errorMessage(err) }, "target session not opened again yet");

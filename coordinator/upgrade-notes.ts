@@ -34,7 +34,11 @@ export async function upgradeNotes(s: Sides): Promise<UpgradeNote[]> {
   const notes: UpgradeNote[] = [];
   notes.push(...(await unknownSettingNotes(s)));
   const available = new Map(
-    (await s.tgt.query<{ name: string; v: string | null }>("SELECT name, default_version AS v FROM pg_available_extensions")).rows.map((r) => [r.name, r.v]),
+    (
+      await s.tgt.query<{ name: string; v: string | null }>(
+        "SELECT name, default_version AS v FROM pg_available_extensions",
+      )
+    ).rows.map((r) => [r.name, r.v]),
   );
   const perDb = await eachDatabase(s.source, s.databases, async (db, c) => {
     const out: UpgradeNote[] = [];
@@ -54,7 +58,9 @@ export async function upgradeNotes(s: Sides): Promise<UpgradeNote[]> {
         });
       }
     }
-    const { rows: exts } = await c.query<{ name: string; v: string }>("SELECT extname AS name, extversion AS v FROM pg_extension ORDER BY 1");
+    const { rows: exts } = await c.query<{ name: string; v: string }>(
+      "SELECT extname AS name, extversion AS v FROM pg_extension ORDER BY 1",
+    );
     for (const e of exts) {
       const theirs = available.get(e.name);
       if (theirs && theirs !== e.v) {
@@ -66,12 +72,26 @@ export async function upgradeNotes(s: Sides): Promise<UpgradeNote[]> {
       }
     }
     if (s.srcNum < 140000 && s.tgtNum >= 140000) {
-      const { rows: ops } = await c.query<{ op: string }>("SELECT oid::regoperator::text AS op FROM pg_operator WHERE oprkind = 'r' AND oid >= 16384 ORDER BY 1");
-      for (const o of ops) out.push({ what: "removed-feature", object: `${object} operator ${o.op}`, note: "a postfix operator, which PostgreSQL 14 removed: its restore fails until it is dropped or made a prefix operator or a function" });
+      const { rows: ops } = await c.query<{ op: string }>(
+        "SELECT oid::regoperator::text AS op FROM pg_operator WHERE oprkind = 'r' AND oid >= 16384 ORDER BY 1",
+      );
+      for (const o of ops)
+        out.push({
+          what: "removed-feature",
+          object: `${object} operator ${o.op}`,
+          note: "a postfix operator, which PostgreSQL 14 removed: its restore fails until it is dropped or made a prefix operator or a function",
+        });
     }
     if (s.tgtNum >= 150000) {
-      const { rows: langs } = await c.query<{ l: string }>("SELECT lanname AS l FROM pg_language WHERE lanname IN ('plpythonu', 'plpython2u') ORDER BY 1");
-      for (const l of langs) out.push({ what: "removed-feature", object: `${object} language ${l.l}`, note: "Python 2 languages are gone from PostgreSQL 15: its functions fail to restore; port them to plpython3u" });
+      const { rows: langs } = await c.query<{ l: string }>(
+        "SELECT lanname AS l FROM pg_language WHERE lanname IN ('plpythonu', 'plpython2u') ORDER BY 1",
+      );
+      for (const l of langs)
+        out.push({
+          what: "removed-feature",
+          object: `${object} language ${l.l}`,
+          note: "Python 2 languages are gone from PostgreSQL 15: its functions fail to restore; port them to plpython3u",
+        });
     }
     return out;
   });
@@ -101,9 +121,11 @@ async function unknownSettingNotes(s: Sides): Promise<UpgradeNote[]> {
     if (r.db !== null && !s.databases.includes(r.db)) continue;
     if (r.db === null && !s.globals) continue;
     const statement =
-      r.db === null ? `ALTER ROLE ${ident(r.role ?? "")} SET ${name}`
-      : r.role === null ? `ALTER DATABASE ${ident(r.db)} SET ${name}`
-      : `ALTER ROLE ${ident(r.role)} IN DATABASE ${ident(r.db)} SET ${name}`;
+      r.db === null
+        ? `ALTER ROLE ${ident(r.role ?? "")} SET ${name}`
+        : r.role === null
+          ? `ALTER DATABASE ${ident(r.db)} SET ${name}`
+          : `ALTER ROLE ${ident(r.role)} IN DATABASE ${ident(r.db)} SET ${name}`;
     notes.push({
       what: "unknown-setting",
       object: statement,
@@ -114,7 +136,11 @@ async function unknownSettingNotes(s: Sides): Promise<UpgradeNote[]> {
 }
 
 /** fn on each database of the source, four at a time. */
-async function eachDatabase<T>(source: ServerSpec, databases: string[], fn: (db: string, c: pg.Client) => Promise<T>): Promise<T[]> {
+async function eachDatabase<T>(
+  source: ServerSpec,
+  databases: string[],
+  fn: (db: string, c: pg.Client) => Promise<T>,
+): Promise<T[]> {
   const results = new Map<string, T>();
   const queue = [...databases];
   const worker = async () => {

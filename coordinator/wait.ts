@@ -27,7 +27,8 @@ export function postgresService(server: ServerSpec, db: string): Service {
       const client = await connect(server, db, "pg-migrate wait");
       await client.end().catch(() => undefined);
     },
-    final: (err) => err instanceof ConnectError && PG_FINAL_CODES.has(String((err.cause as { code?: unknown } | undefined)?.code)),
+    final: (err) =>
+      err instanceof ConnectError && PG_FINAL_CODES.has(String((err.cause as { code?: unknown } | undefined)?.code)),
   };
 }
 
@@ -58,12 +59,20 @@ export async function waitForServices(services: Service[], timeoutMs: number, si
       pending.map(async (s) => {
         try {
           // A probe stuck in its own connect timeout must not carry the wait past its deadline.
-          await Promise.race([s.probe(), sleep(left + 100, undefined, { ref: false }).then(() => Promise.reject(new Error("no answer yet")))]);
+          await Promise.race([
+            s.probe(),
+            sleep(left + 100, undefined, { ref: false }).then(() => Promise.reject(new Error("no answer yet"))),
+          ]);
           return undefined;
         } catch (err) {
           if (s.final?.(err)) throw err;
           // Connect errors already name their server; anything else gets the name in front.
-          lastError.set(s, err instanceof ConnectError || err instanceof NatsConnectError ? errorMessage(err) : `${s.name}: ${errorMessage(err)}`);
+          lastError.set(
+            s,
+            err instanceof ConnectError || err instanceof NatsConnectError
+              ? errorMessage(err)
+              : `${s.name}: ${errorMessage(err)}`,
+          );
           return s;
         }
       }),

@@ -185,7 +185,9 @@ async function locateServerAccount(): Promise<ServerAccount | undefined> {
   const uid = await execa("id", ["-u", SERVER_OS_USER], { reject: false });
   const gid = await execa("id", ["-g", SERVER_OS_USER], { reject: false });
   if (uid.failed || gid.failed) {
-    throw new Error(`running as root, but there is no OS user '${SERVER_OS_USER}' to run PostgreSQL as (PostgreSQL refuses root)`);
+    throw new Error(
+      `running as root, but there is no OS user '${SERVER_OS_USER}' to run PostgreSQL as (PostgreSQL refuses root)`,
+    );
   }
   const sbin = [...pathDirs(), "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
   const runuser = await findExecutable("runuser", sbin);
@@ -195,7 +197,8 @@ async function locateServerAccount(): Promise<ServerAccount | undefined> {
     : setpriv
       ? [setpriv, `--reuid=${SERVER_OS_USER}`, `--regid=${SERVER_OS_USER}`, "--init-groups", "--"]
       : undefined;
-  if (!prefix) throw new Error("running as root, but neither runuser nor setpriv is available to drop to the postgres user");
+  if (!prefix)
+    throw new Error("running as root, but neither runuser nor setpriv is available to drop to the postgres user");
   return { prefix, uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
 }
 
@@ -209,7 +212,13 @@ function serverCommand(account: ServerAccount | undefined, bin: string, args: st
 }
 
 /** initdb / pg_ctl as the cluster's owner; never throws, the caller reads the result. */
-async function runServerTool(bin: string, args: string[], cwd: string, timeoutMs: number, extraEnv: Record<string, string> = {}) {
+async function runServerTool(
+  bin: string,
+  args: string[],
+  cwd: string,
+  timeoutMs: number,
+  extraEnv: Record<string, string> = {},
+) {
   const [file, argv] = serverCommand(await serverOsAccount(), bin, args);
   return execa(file, argv, {
     cwd, // the caller's cwd may be unreadable for the postgres user (e.g. /root)
@@ -302,7 +311,16 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
   };
   const forgetExitHook = onProcessExit(() => {
     if (existsSync(join(dataDir, "postmaster.pid"))) {
-      const [file, argv] = serverCommand(account, join(bin, "pg_ctl"), ["-D", dataDir, "-m", "immediate", "-w", "-t", "10", "stop"]);
+      const [file, argv] = serverCommand(account, join(bin, "pg_ctl"), [
+        "-D",
+        dataDir,
+        "-m",
+        "immediate",
+        "-w",
+        "-t",
+        "10",
+        "stop",
+      ]);
       spawnSync(file, argv, { cwd: baseDir, stdio: "ignore", timeout: 15_000, env: envWithoutPgVars(serverEnv) });
     }
     rmSync(baseDir, { recursive: true, force: true });
@@ -324,17 +342,41 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
       await stopPostmaster(bin, dataDir, baseDir, serverEnv);
       await sleep(downMs);
       // The settings file still names the port: the server comes back where its clients look for it.
-      const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"], baseDir, 90_000, serverEnv);
+      const result = await runServerTool(
+        join(bin, "pg_ctl"),
+        ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"],
+        baseDir,
+        90_000,
+        serverEnv,
+      );
       if (result.failed) throw new Error(`could not start cluster '${opts.name}' again: ${result.stderr.trim()}`);
     };
-    return { host: "127.0.0.1", port, user, password: opts.password, dataDir, socketDir: socket.dir, baseDir, logFile, stop, outage };
+    return {
+      host: "127.0.0.1",
+      port,
+      user,
+      password: opts.password,
+      dataDir,
+      socketDir: socket.dir,
+      baseDir,
+      logFile,
+      stop,
+      outage,
+    };
   } catch (err) {
     await stop().catch(() => undefined);
     throw err;
   }
 }
 
-async function initCluster(bin: string, baseDir: string, dataDir: string, user: string, password: string, env: Record<string, string>): Promise<void> {
+async function initCluster(
+  bin: string,
+  baseDir: string,
+  dataDir: string,
+  user: string,
+  password: string,
+  env: Record<string, string>,
+): Promise<void> {
   // The password reaches initdb through a 0600 file, never argv.
   const pwfile = join(baseDir, "initdb.pw");
   await writeFile(pwfile, `${password}\n`, { mode: 0o600 });
@@ -345,16 +387,24 @@ async function initCluster(bin: string, baseDir: string, dataDir: string, user: 
   const result = await runServerTool(join(bin, "initdb"), [...args, "--no-sync"], baseDir, 120_000, env);
   await rm(pwfile, { force: true });
   if (result.failed) {
-    throw new Error(`initdb failed (exit ${result.exitCode ?? result.signal}): ${tailOf(`${result.stdout}\n${result.stderr}`)}`);
+    throw new Error(
+      `initdb failed (exit ${result.exitCode ?? result.signal}): ${tailOf(`${result.stdout}\n${result.stderr}`)}`,
+    );
   }
   // initdb's own hba also has scram, but we state the whole policy ourselves rather than trust its defaults.
   await writeFile(join(dataDir, "pg_hba.conf"), HBA);
-  await appendFile(join(dataDir, "postgresql.conf"), `\n# pg-migrate: loopback port, socket dir and extras\ninclude '${SETTINGS_FILE}'\n`);
+  await appendFile(
+    join(dataDir, "postgresql.conf"),
+    `\n# pg-migrate: loopback port, socket dir and extras\ninclude '${SETTINGS_FILE}'\n`,
+  );
 }
 
 /** The server's certificate and key in its data dir (the key 0600 and the server's, as PostgreSQL insists). */
 async function installTls(dataDir: string, tls: NonNullable<StartClusterOptions["tls"]>): Promise<void> {
-  for (const [name, pem] of [["server.crt", tls.cert], ["server.key", tls.key]] as const) {
+  for (const [name, pem] of [
+    ["server.crt", tls.cert],
+    ["server.key", tls.key],
+  ] as const) {
     const file = join(dataDir, name);
     await writeFile(file, pem, { mode: 0o600 });
     await giveToServerAccount(file);
@@ -378,7 +428,13 @@ async function startOnFreePort(
     await writeFile(settingsFile, clusterSettings(name, port, socketDir, extra), { mode: 0o600 });
     await giveToServerAccount(settingsFile);
     const logOffset = fileSize(logFile);
-    const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"], baseDir, 90_000, env);
+    const result = await runServerTool(
+      join(bin, "pg_ctl"),
+      ["-D", dataDir, "-w", "-t", "60", "-l", logFile, "start"],
+      baseDir,
+      90_000,
+      env,
+    );
     if (!result.failed) return port;
     const log = readSince(logFile, logOffset);
     if (isPortTaken(log) && attempt < START_ATTEMPTS) continue;
@@ -390,10 +446,21 @@ async function startOnFreePort(
 }
 
 /** Immediate shutdown (the data is thrown away); a no-op when the server is already gone. */
-async function stopPostmaster(bin: string, dataDir: string, baseDir: string, env: Record<string, string>): Promise<void> {
+async function stopPostmaster(
+  bin: string,
+  dataDir: string,
+  baseDir: string,
+  env: Record<string, string>,
+): Promise<void> {
   const pidFile = join(dataDir, "postmaster.pid");
   if (!existsSync(pidFile)) return;
-  const result = await runServerTool(join(bin, "pg_ctl"), ["-D", dataDir, "-m", "immediate", "-w", "-t", "30", "stop"], baseDir, 45_000, env);
+  const result = await runServerTool(
+    join(bin, "pg_ctl"),
+    ["-D", dataDir, "-m", "immediate", "-w", "-t", "30", "stop"],
+    baseDir,
+    45_000,
+    env,
+  );
   if (!result.failed || !existsSync(pidFile)) return;
   // pg_ctl could not do it (e.g. a stale pid file): kill the postmaster ourselves if it still exists.
   const pid = Number(readSince(pidFile, 0).split("\n")[0]);
@@ -447,7 +514,12 @@ async function locatePsql(): Promise<string> {
 }
 
 /** Run SQL (psql meta-commands allowed) or a file through psql; returns stdout, throws PsqlError on failure. */
-export async function psqlExec(c: PgLogin, db: string, sql: string | { file: string }, opts: PsqlOptions = {}): Promise<string> {
+export async function psqlExec(
+  c: PgLogin,
+  db: string,
+  sql: string | { file: string },
+  opts: PsqlOptions = {},
+): Promise<string> {
   const args = ["-X", "-v", "ON_ERROR_STOP=1", "-q", "--no-password"];
   if (opts.tuplesOnly) args.push("--tuples-only", "--no-align", "--field-separator=\t");
   args.push("-f", typeof sql === "string" ? "-" : sql.file);
@@ -512,7 +584,8 @@ async function natsServerPath(): Promise<string> {
   const forced = process.env.PGMIGRATE_NATS_SERVER;
   if (forced) return forced;
   const found = await findExecutable("nats-server", [...pathDirs(), "/usr/sbin", "/usr/local/sbin"]);
-  if (!found) throw new Error("nats-server not found on PATH, /usr/sbin or /usr/local/sbin (or set PGMIGRATE_NATS_SERVER)");
+  if (!found)
+    throw new Error("nats-server not found on PATH, /usr/sbin or /usr/local/sbin (or set PGMIGRATE_NATS_SERVER)");
   return found;
 }
 
@@ -587,7 +660,9 @@ async function waitForNats(proc: NatsProcess, port: number, logFile: string): Pr
   while (Date.now() < deadline) {
     if (!proc.alive()) {
       const why = proc.spawnError()?.message ?? `exit code ${proc.child.exitCode ?? proc.child.signalCode}`;
-      throw new Error(`nats-server exited during startup on port ${port} (${why})\n--- nats-server output ---\n${logExcerpt(readSince(logFile, proc.logOffset))}`);
+      throw new Error(
+        `nats-server exited during startup on port ${port} (${why})\n--- nats-server output ---\n${logExcerpt(readSince(logFile, proc.logOffset))}`,
+      );
     }
     // "Server is ready" proves the greeting comes from our process, not from whoever else holds the port.
     if (readSince(logFile, proc.logOffset).includes("Server is ready") && (await natsGreets(port))) return;
@@ -607,7 +682,16 @@ export async function startNats(opts: StartNatsOptions = {}): Promise<LocalNats>
   const workDir = await mkdtemp(join(tmpdir(), "pgm-nats-"));
   const storeDir = opts.storeDir ?? join(workDir, "store");
   const logFile = join(workDir, "nats-server.log");
-  const argsFor = (port: number) => ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir, ...(opts.args ?? [])];
+  const argsFor = (port: number) => [
+    "-a",
+    "127.0.0.1",
+    "-p",
+    String(port),
+    "-js",
+    "-sd",
+    storeDir,
+    ...(opts.args ?? []),
+  ];
 
   let proc: NatsProcess | undefined;
   let stopping: Promise<void> | undefined;

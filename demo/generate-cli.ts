@@ -13,10 +13,13 @@ function parseScale(argv: string[]): number {
     }
     const value = arg === "--scale" ? argv[++i] : arg.startsWith("--scale=") ? arg.slice("--scale=".length) : undefined;
     if (value === undefined) {
-      throw new Error(arg === "--scale" ? `--scale needs a value\n${USAGE}` : `unexpected argument ${JSON.stringify(arg)}\n${USAGE}`);
+      throw new Error(
+        arg === "--scale" ? `--scale needs a value\n${USAGE}` : `unexpected argument ${JSON.stringify(arg)}\n${USAGE}`,
+      );
     }
     scale = Number(value);
-    if (!Number.isFinite(scale) || scale <= 0) throw new Error(`--scale wants a positive number, got ${JSON.stringify(value)}`);
+    if (!Number.isFinite(scale) || scale <= 0)
+      throw new Error(`--scale wants a positive number, got ${JSON.stringify(value)}`);
   }
   return scale;
 }

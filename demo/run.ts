@@ -22,7 +22,17 @@ try {
   clusters.push(source, target);
   console.log(`source 127.0.0.1:${source.port}, target 127.0.0.1:${target.port}; generating demo data…`);
   await psqlExec(source, "postgres", demoSql());
-  const args = ["--from-host", source.host, "--from-port", String(source.port), "--to-host", target.host, "--to-port", String(target.port), ...process.argv.slice(2)];
+  const args = [
+    "--from-host",
+    source.host,
+    "--from-port",
+    String(source.port),
+    "--to-host",
+    target.host,
+    "--to-port",
+    String(target.port),
+    ...process.argv.slice(2),
+  ];
   console.log(`$ pg-migrate ${args.join(" ")}   (passwords in PGMIGRATE_FROM_PASS / PGMIGRATE_TO_PASS)\n`);
   const r = await execa(process.execPath, [BIN, ...args], {
     env: { HOME: home, PGMIGRATE_FROM_PASS: source.password, PGMIGRATE_TO_PASS: target.password },

@@ -81,8 +81,12 @@ INSERT INTO track (track_id, name, album_id, media_type_id, milliseconds, bytes,
 INSERT INTO invoice (invoice_id, invoice_date, billing_country, total) SELECT g, timestamp '2021-01-01' + g * interval '7 hours', (ARRAY['Brazil', 'Canada', 'Norway', 'USA'])[1 + g % 4], 1.98 + g % 10
   FROM generate_series(1, ${Math.max(5, Math.round(tracks / 9))}) g;
 INSERT INTO invoice_line (invoice_line_id, invoice_id, track_id, unit_price, quantity) SELECT g, 1 + g % ${Math.max(5, Math.round(tracks / 9))}, 1 + g % ${tracks}, 0.99, 1 FROM generate_series(1, ${Math.round(tracks / 2)}) g;
-${identity ? `SELECT setval(pg_get_serial_sequence('artist', 'artist_id'), (SELECT max(artist_id) FROM artist));
-SELECT setval(pg_get_serial_sequence('track', 'track_id'), (SELECT max(track_id) FROM track));` : ""}
+${
+  identity
+    ? `SELECT setval(pg_get_serial_sequence('artist', 'artist_id'), (SELECT max(artist_id) FROM artist));
+SELECT setval(pg_get_serial_sequence('track', 'track_id'), (SELECT max(track_id) FROM track));`
+    : ""
+}
 `;
 }
 
@@ -105,6 +109,11 @@ CREATE VIEW product_sales AS SELECT p.product_name, sum(d.unit_price * d.quantit
 
 /** The SQL that fills one stand-in database (run inside it). */
 export function sampleSql(kind: SampleKind | "chinook-autoincrement", scale = 1): string {
-  const body = kind === "pagila" ? pagila(scale) : kind === "northwind" ? northwind(scale) : chinook(scale, kind === "chinook-autoincrement");
+  const body =
+    kind === "pagila"
+      ? pagila(scale)
+      : kind === "northwind"
+        ? northwind(scale)
+        : chinook(scale, kind === "chinook-autoincrement");
   return `SET client_min_messages = warning;\n${body}`;
 }

@@ -41,14 +41,23 @@ export interface Compression {
 export function chooseCompression(requested: string, pgDumpMajor: number, networkFs: string | undefined): Compression {
   if (requested !== "auto") {
     if (!/^[0-9]$/.test(requested) && pgDumpMajor < 16) {
-      throw new Error(`--compress ${requested} needs pg_dump 16 or later (this one is ${pgDumpMajor}): use a gzip level 0-9`);
+      throw new Error(
+        `--compress ${requested} needs pg_dump 16 or later (this one is ${pgDumpMajor}): use a gzip level 0-9`,
+      );
     }
     return { arg: requested, why: "--compress" };
   }
-  if (!networkFs) return { arg: "0", why: "auto: a local volume, where compressing costs more CPU than the writes it saves" };
+  if (!networkFs)
+    return { arg: "0", why: "auto: a local volume, where compressing costs more CPU than the writes it saves" };
   return pgDumpMajor >= 16
-    ? { arg: "lz4", why: `auto: a network volume (${networkFs}), lz4 being the cheapest compression pg_dump ${pgDumpMajor} has` }
-    : { arg: "1", why: `auto: a network volume (${networkFs}), gzip level 1 being the cheapest compression pg_dump ${pgDumpMajor} has` };
+    ? {
+        arg: "lz4",
+        why: `auto: a network volume (${networkFs}), lz4 being the cheapest compression pg_dump ${pgDumpMajor} has`,
+      }
+    : {
+        arg: "1",
+        why: `auto: a network volume (${networkFs}), gzip level 1 being the cheapest compression pg_dump ${pgDumpMajor} has`,
+      };
 }
 
 /** The kind of network file system `path` is on, or undefined for a local one (or one statfs cannot tell). */

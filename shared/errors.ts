@@ -2,7 +2,11 @@
 
 export class ConfigError extends Error {
   override name = "ConfigError";
-  constructor(message: string, readonly flag?: string, options?: ErrorOptions) {
+  constructor(
+    message: string,
+    readonly flag?: string,
+    options?: ErrorOptions,
+  ) {
     super(message, options);
   }
 }
@@ -30,7 +34,11 @@ export class ToolError extends Error {
 /** A NATS message that does not match the contract: never retried. */
 export class ContractError extends Error {
   override name = "ContractError";
-  constructor(message: string, readonly subject?: string, options?: ErrorOptions) {
+  constructor(
+    message: string,
+    readonly subject?: string,
+    options?: ErrorOptions,
+  ) {
     super(message, options);
   }
 }

@@ -7,6 +7,10 @@ export function readFlagFile(file: string, flag: string, what = ""): string {
   try {
     return readFileSync(file, "utf8");
   } catch (err) {
-    throw new ConfigError(`cannot read ${what ? `${what} ` : ""}${file} (${flag}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`, flag, { cause: err });
+    throw new ConfigError(
+      `cannot read ${what ? `${what} ` : ""}${file} (${flag}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      flag,
+      { cause: err },
+    );
   }
 }

@@ -36,11 +36,23 @@ export function createLogger(opts: LogOptions): Logger {
   const streams: pino.StreamEntry[] = [];
   if (opts.file) {
     makeDirSync(dirname(opts.file));
-    streams.push({ level: opts.level as pino.Level, stream: pino.destination({ dest: opts.file, sync: true, mode: 0o600 }) });
+    streams.push({
+      level: opts.level as pino.Level,
+      stream: pino.destination({ dest: opts.file, sync: true, mode: 0o600 }),
+    });
   }
   if (opts.stderrLevel) {
     // JSON for machines; on a terminal, pino-pretty's one readable line per entry (with its scope: run, db, job, worker).
-    const stream = process.stderr.isTTY ? pretty({ colorize: true, sync: true, destination: 2, translateTime: "SYS:HH:MM:ss", ignore: "pid,hostname", singleLine: true }) : pino.destination({ dest: 2, sync: true });
+    const stream = process.stderr.isTTY
+      ? pretty({
+          colorize: true,
+          sync: true,
+          destination: 2,
+          translateTime: "SYS:HH:MM:ss",
+          ignore: "pid,hostname",
+          singleLine: true,
+        })
+      : pino.destination({ dest: 2, sync: true });
     streams.push({ level: opts.stderrLevel as pino.Level, stream });
   }
   const lowest = streams.length ? streams.map((s) => s.level).sort(byLevel)[0] : "silent";

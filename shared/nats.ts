@@ -25,14 +25,24 @@ export interface NatsAuth {
 /** The broker options every command with --nats-url takes. Passwords and tokens only from files or the environment. */
 export function natsAuthOptions(): Option[] {
   return [
-    new Option("--nats-user <user>", "NATS user (with PGMIGRATE_NATS_PASS or --nats-pass-file)").env("PGMIGRATE_NATS_USER"),
-    new Option("--nats-pass-file <file>", "file whose first line is the NATS password (or PGMIGRATE_NATS_PASS)").env("PGMIGRATE_NATS_PASS_FILE"),
-    new Option("--nats-token-file <file>", "file whose first line is the NATS token (or PGMIGRATE_NATS_TOKEN)").env("PGMIGRATE_NATS_TOKEN_FILE"),
+    new Option("--nats-user <user>", "NATS user (with PGMIGRATE_NATS_PASS or --nats-pass-file)").env(
+      "PGMIGRATE_NATS_USER",
+    ),
+    new Option("--nats-pass-file <file>", "file whose first line is the NATS password (or PGMIGRATE_NATS_PASS)").env(
+      "PGMIGRATE_NATS_PASS_FILE",
+    ),
+    new Option("--nats-token-file <file>", "file whose first line is the NATS token (or PGMIGRATE_NATS_TOKEN)").env(
+      "PGMIGRATE_NATS_TOKEN_FILE",
+    ),
     new Option("--nats-creds <file>", "NATS credentials file (JWT and seed)").env("PGMIGRATE_NATS_CREDS"),
-    new Option("--nats-ca <file>", "CA certificate that signed the NATS server's certificate (turns TLS on)").env("PGMIGRATE_NATS_CA"),
+    new Option("--nats-ca <file>", "CA certificate that signed the NATS server's certificate (turns TLS on)").env(
+      "PGMIGRATE_NATS_CA",
+    ),
     new Option("--nats-cert <file>", "client certificate for NATS TLS (with --nats-key)").env("PGMIGRATE_NATS_CERT"),
     new Option("--nats-key <file>", "client key for NATS TLS").env("PGMIGRATE_NATS_KEY"),
-    new Option("--nats-tls", "insist on TLS to NATS even without --nats-ca (the system's CAs verify the server)").env("PGMIGRATE_NATS_TLS"),
+    new Option("--nats-tls", "insist on TLS to NATS even without --nats-ca (the system's CAs verify the server)").env(
+      "PGMIGRATE_NATS_TLS",
+    ),
   ];
 }
 
@@ -49,11 +59,22 @@ export interface NatsAuthFlags {
 
 /** Parsed once: the flags above plus PGMIGRATE_NATS_PASS / PGMIGRATE_NATS_TOKEN, files checked now. */
 export function natsAuthFrom(o: NatsAuthFlags, env: NodeJS.ProcessEnv = process.env): NatsAuth {
-  const pass = o.natsPassFile ? readSecretFile(o.natsPassFile, "--nats-pass-file") : env.PGMIGRATE_NATS_PASS || undefined;
-  const token = o.natsTokenFile ? readSecretFile(o.natsTokenFile, "--nats-token-file") : env.PGMIGRATE_NATS_TOKEN || undefined;
-  if (pass && !o.natsUser) throw new ConfigError("a NATS password is set but no user: add --nats-user (PGMIGRATE_NATS_USER)", "--nats-user");
-  if ((o.natsCert === undefined) !== (o.natsKey === undefined)) throw new ConfigError("--nats-cert and --nats-key go together", o.natsCert ? "--nats-key" : "--nats-cert");
-  for (const [flag, file] of [["--nats-creds", o.natsCreds], ["--nats-ca", o.natsCa], ["--nats-cert", o.natsCert], ["--nats-key", o.natsKey]] as const) {
+  const pass = o.natsPassFile
+    ? readSecretFile(o.natsPassFile, "--nats-pass-file")
+    : env.PGMIGRATE_NATS_PASS || undefined;
+  const token = o.natsTokenFile
+    ? readSecretFile(o.natsTokenFile, "--nats-token-file")
+    : env.PGMIGRATE_NATS_TOKEN || undefined;
+  if (pass && !o.natsUser)
+    throw new ConfigError("a NATS password is set but no user: add --nats-user (PGMIGRATE_NATS_USER)", "--nats-user");
+  if ((o.natsCert === undefined) !== (o.natsKey === undefined))
+    throw new ConfigError("--nats-cert and --nats-key go together", o.natsCert ? "--nats-key" : "--nats-cert");
+  for (const [flag, file] of [
+    ["--nats-creds", o.natsCreds],
+    ["--nats-ca", o.natsCa],
+    ["--nats-cert", o.natsCert],
+    ["--nats-key", o.natsKey],
+  ] as const) {
     if (file !== undefined) readFlagFile(file, flag);
   }
   const tls = o.natsTls === true || o.natsTls === "true" || o.natsTls === "1";
@@ -62,7 +83,12 @@ export function natsAuthFrom(o: NatsAuthFlags, env: NodeJS.ProcessEnv = process.
 
 /** What may be stored or shown of the auth: which means are in use, never the secrets. */
 export function describeAuth(a: NatsAuth): string {
-  const parts = [a.user ? `user ${a.user}` : "", a.token ? "token" : "", a.creds ? `creds ${a.creds}` : "", usesTls(a) ? "TLS" : ""];
+  const parts = [
+    a.user ? `user ${a.user}` : "",
+    a.token ? "token" : "",
+    a.creds ? `creds ${a.creds}` : "",
+    usesTls(a) ? "TLS" : "",
+  ];
   return parts.filter(Boolean).join(", ") || "none";
 }
 
@@ -80,7 +106,10 @@ export interface NatsEndpoint {
  * credentials (nats.js ignores them there).
  */
 export function natsConnectOptions(url: string, a: NatsAuth): Partial<ConnectionOptions> & { servers: string[] } {
-  const servers = url.split(",").map((s) => s.trim()).filter(Boolean);
+  const servers = url
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   const auth = { ...a };
   for (const s of servers) {
     if (/^tls:\/\//i.test(s)) auth.tls = true;
@@ -102,13 +131,21 @@ function connectionAuth(a: NatsAuth): Partial<ConnectionOptions> {
   }
   if (a.token) opts.token = a.token;
   if (a.creds) opts.authenticator = credsAuthenticator(readFileSync(a.creds));
-  if (usesTls(a)) opts.tls = { ...(a.ca ? { caFile: a.ca } : {}), ...(a.cert ? { certFile: a.cert } : {}), ...(a.key ? { keyFile: a.key } : {}) };
+  if (usesTls(a))
+    opts.tls = {
+      ...(a.ca ? { caFile: a.ca } : {}),
+      ...(a.cert ? { certFile: a.cert } : {}),
+      ...(a.key ? { keyFile: a.key } : {}),
+    };
   return opts;
 }
 
 /** NATS URLs as they may be stored, logged and shown: any user:password@ part removed. */
 export function withoutCredentials(urls: string): string {
-  return urls.split(",").map((u) => u.trim().replace(/^((?:[a-z]+:\/\/)?)[^@/]*@/i, "$1")).join(",");
+  return urls
+    .split(",")
+    .map((u) => u.trim().replace(/^((?:[a-z]+:\/\/)?)[^@/]*@/i, "$1"))
+    .join(",");
 }
 
 export class NatsConnectError extends Error {
@@ -133,12 +170,15 @@ export async function connectNats(url: string, name: string, auth: NatsAuth = {}
 function explain(err: unknown): string {
   const msg = errorMessage(err);
   const code = (err as { code?: string }).code ?? (err as { cause?: { code?: string } }).cause?.code ?? "";
-  if (/CONNECTION_REFUSED|ECONNREFUSED/i.test(msg)) return "connection refused (is nats-server running there with -js?)";
+  if (/CONNECTION_REFUSED|ECONNREFUSED/i.test(msg))
+    return "connection refused (is nats-server running there with -js?)";
   if (/authorization violation|authentication/i.test(msg)) {
     return "the server refused our credentials: set --nats-user with PGMIGRATE_NATS_PASS (or --nats-pass-file), PGMIGRATE_NATS_TOKEN (or --nats-token-file), or --nats-creds";
   }
-  if (/SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|self.signed/i.test(code + msg)) return `the server's TLS certificate is not signed by a CA this host trusts (${msg}): give its CA with --nats-ca`;
-  if (/tls.*required|requires tls|client cert/i.test(msg)) return `the server requires TLS (${msg}): give --nats-ca, and --nats-cert/--nats-key if it checks client certificates`;
+  if (/SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|self.signed/i.test(code + msg))
+    return `the server's TLS certificate is not signed by a CA this host trusts (${msg}): give its CA with --nats-ca`;
+  if (/tls.*required|requires tls|client cert/i.test(msg))
+    return `the server requires TLS (${msg}): give --nats-ca, and --nats-cert/--nats-key if it checks client certificates`;
   return msg;
 }
 

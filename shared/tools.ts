@@ -105,11 +105,24 @@ export interface ToolResult {
   stderr: string;
 }
 
-export async function runTool(tools: Toolset, tool: ToolName, args: string[], opts: RunToolOptions = {}): Promise<ToolResult> {
+export async function runTool(
+  tools: Toolset,
+  tool: ToolName,
+  args: string[],
+  opts: RunToolOptions = {},
+): Promise<ToolResult> {
   const env: Record<string, string> = { PGAPPNAME: opts.appName ?? `pg-migrate ${tool}`, PGCONNECT_TIMEOUT: "15" };
   const connArgs: string[] = [];
   if (opts.conn) {
-    connArgs.push("--host", opts.conn.host, "--port", String(opts.conn.port), "--username", opts.conn.user, "--no-password");
+    connArgs.push(
+      "--host",
+      opts.conn.host,
+      "--port",
+      String(opts.conn.port),
+      "--username",
+      opts.conn.user,
+      "--no-password",
+    );
     if (opts.conn.password !== undefined) env.PGPASSWORD = opts.conn.password;
     Object.assign(env, tlsEnv(opts.conn));
   }

@@ -4,7 +4,14 @@ import { customAlphabet } from "nanoid";
 import { positiveInt } from "../shared/cli-values.js";
 import { errorMessage } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
-import { closeNats, connectNats, natsAuthFrom, natsAuthOptions, processTag, type NatsAuthFlags } from "../shared/nats.js";
+import {
+  closeNats,
+  connectNats,
+  natsAuthFrom,
+  natsAuthOptions,
+  processTag,
+  type NatsAuthFlags,
+} from "../shared/nats.js";
 import { resolveDumpRoot } from "../shared/paths.js";
 import { readSecretFile, sharedKeyFromEnv } from "../shared/secrets.js";
 import { resolveTools } from "../shared/tools.js";
@@ -14,12 +21,33 @@ import { Worker } from "./main.js";
 const program = new Command("pg-migrate worker")
   .description("Run a pg-migrate worker: claims dump, restore and verify jobs from NATS JetStream.")
   .version(version(), "-V, --version", "print pg-migrate's version")
-  .addOption(new Option("--nats-url <url>", "NATS server(s), comma separated").env("PGMIGRATE_NATS_URL").makeOptionMandatory())
-  .addOption(new Option("--dump-root <dir>", "shared dump volume (relative to $HOME)").env("PGMIGRATE_DUMP_ROOT").default("pg_dumps"))
-  .addOption(new Option("--id <name>", "worker name in events and status (default: host and pid)").env("PGMIGRATE_WORKER_ID"))
-  .addOption(new Option("--pg-bin <dir>", "folder of pg_dump/pg_restore (default: the newest installed, the highest /usr/lib/postgresql/N/bin or PATH's)").env("PGMIGRATE_PG_BIN"))
-  .addOption(new Option("--retry-delay <seconds>", "delay before a failed job is offered again").argParser(positiveInt).default(5))
-  .addOption(new Option("--log-level <level>", "log level on stderr").choices(["debug", "info", "warn", "error"]).default("info"));
+  .addOption(
+    new Option("--nats-url <url>", "NATS server(s), comma separated").env("PGMIGRATE_NATS_URL").makeOptionMandatory(),
+  )
+  .addOption(
+    new Option("--dump-root <dir>", "shared dump volume (relative to $HOME)")
+      .env("PGMIGRATE_DUMP_ROOT")
+      .default("pg_dumps"),
+  )
+  .addOption(
+    new Option("--id <name>", "worker name in events and status (default: host and pid)").env("PGMIGRATE_WORKER_ID"),
+  )
+  .addOption(
+    new Option(
+      "--pg-bin <dir>",
+      "folder of pg_dump/pg_restore (default: the newest installed, the highest /usr/lib/postgresql/N/bin or PATH's)",
+    ).env("PGMIGRATE_PG_BIN"),
+  )
+  .addOption(
+    new Option("--retry-delay <seconds>", "delay before a failed job is offered again")
+      .argParser(positiveInt)
+      .default(5),
+  )
+  .addOption(
+    new Option("--log-level <level>", "log level on stderr")
+      .choices(["debug", "info", "warn", "error"])
+      .default("info"),
+  );
 for (const o of natsAuthOptions()) program.addOption(o);
 program
   .addHelpText(
@@ -35,7 +63,9 @@ program
 /** PGMIGRATE_<side>_PASS_FILE wins over PGMIGRATE_<side>_PASS, as on the coordinator. */
 function ownPassword(side: "FROM" | "TO"): string | undefined {
   const file = process.env[`PGMIGRATE_${side}_PASS_FILE`];
-  return file ? readSecretFile(file, `PGMIGRATE_${side}_PASS_FILE`) : process.env[`PGMIGRATE_${side}_PASS`] || undefined;
+  return file
+    ? readSecretFile(file, `PGMIGRATE_${side}_PASS_FILE`)
+    : process.env[`PGMIGRATE_${side}_PASS`] || undefined;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -44,8 +74,19 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     return (err as { exitCode?: number }).exitCode === 0 ? 0 : 2;
   }
-  const o = program.opts<{ natsUrl: string; dumpRoot: string; id?: string; pgBin?: string; retryDelay: number; logLevel: string } & NatsAuthFlags>();
-  const id = (o.id ?? processTag("worker")).replace(/[^A-Za-z0-9_-]/g, "_") + `-${customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 4)()}`;
+  const o = program.opts<
+    {
+      natsUrl: string;
+      dumpRoot: string;
+      id?: string;
+      pgBin?: string;
+      retryDelay: number;
+      logLevel: string;
+    } & NatsAuthFlags
+  >();
+  const id =
+    (o.id ?? processTag("worker")).replace(/[^A-Za-z0-9_-]/g, "_") +
+    `-${customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 4)()}`;
   const log = createLogger({ level: o.logLevel, stderrLevel: o.logLevel, base: { worker: id } });
   let nc: Awaited<ReturnType<typeof connectNats>> | undefined;
   try {

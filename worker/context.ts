@@ -23,7 +23,11 @@ export interface JobRun {
   progress(p: Omit<Progress, "stage">): void;
 }
 
-export type Handler<K extends JobKind> = (job: JobOf<K>, run: JobRun, ctx: WorkerContext) => Promise<Extract<JobResult, { kind: K }>>;
+export type Handler<K extends JobKind> = (
+  job: JobOf<K>,
+  run: JobRun,
+  ctx: WorkerContext,
+) => Promise<Extract<JobResult, { kind: K }>>;
 export type Handlers = { [K in JobKind]: Handler<K> };
 
 /** A failure no retry can mend: the job is terminated at once. */
@@ -46,6 +50,8 @@ function passwordFor(role: "source" | "target", conn: ConnSpec, ctx: WorkerConte
   try {
     return unseal(ctx.key, conn.password);
   } catch {
-    throw new PermanentJobError(`the ${role} password in the job cannot be opened with this worker's ${SECRET_ENV}: the keys differ`);
+    throw new PermanentJobError(
+      `the ${role} password in the job cannot be opened with this worker's ${SECRET_ENV}: the keys differ`,
+    );
   }
 }

@@ -9,7 +9,8 @@ import { runPsqlScript } from "../shared/pg/psql-script.js";
 import { withoutUnknownSettings } from "../shared/pg/settings.js";
 import { runTool, type ToolConnection, type Toolset } from "../shared/tools.js";
 
-const DATABASE_LEVEL = /^\d+; \d+ \d+ (DATABASE PROPERTIES|COMMENT - DATABASE |ACL - DATABASE |SECURITY LABEL - DATABASE )/;
+const DATABASE_LEVEL =
+  /^\d+; \d+ \d+ (DATABASE PROPERTIES|COMMENT - DATABASE |ACL - DATABASE |SECURITY LABEL - DATABASE )/;
 const LIST_FILE = "database-properties.list";
 
 /** Pure: the script pg_restore --create wrote, without its CREATE DATABASE / OWNER part (all before the first \connect). */
@@ -37,14 +38,28 @@ export async function applyDatabaseProperties(
   if (/[\r\n]/.test(database)) {
     // pg_restore cannot write \connect for such a name; say so rather than skip it quietly.
     return {
-      mismatches: [{ what: "database-property", object: "database properties", source: `${entries.length} entries`, target: "not applied: pg_restore cannot script a database name with a line break" }],
+      mismatches: [
+        {
+          what: "database-property",
+          object: "database properties",
+          source: `${entries.length} entries`,
+          target: "not applied: pg_restore cannot script a database name with a line break",
+        },
+      ],
       skipped: [],
     };
   }
   const list = join(dumpDir, LIST_FILE);
   await writeFile(list, `${entries.join("\n")}\n`, { mode: 0o600 });
-  const { stdout: script } = await runTool(tools, "pg_restore", ["--create", `--use-list=${list}`, "--file=-", dumpDir], { signal });
-  const { script: body, removed: skipped } = known ? withoutUnknownSettings(withoutCreate(script), known) : { script: withoutCreate(script), removed: [] };
+  const { stdout: script } = await runTool(
+    tools,
+    "pg_restore",
+    ["--create", `--use-list=${list}`, "--file=-", dumpDir],
+    { signal },
+  );
+  const { script: body, removed: skipped } = known
+    ? withoutUnknownSettings(withoutCreate(script), known)
+    : { script: withoutCreate(script), removed: [] };
   const errors = await runPsqlScript(tools, target, database, body, signal);
   const lines = body.split("\n");
   const mismatches = errors.map((e) => ({

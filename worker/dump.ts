@@ -45,7 +45,15 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
       ctx.tools,
       "pg_dump",
       // --create: the dump also records the database's own properties, applied after verification.
-      ["--format=directory", "--create", `--jobs=${job.jobs}`, `--snapshot=${snapshot}`, `--compress=${compression.arg}`, `--file=${attemptDir}`, dbnameArg(job.db.name)],
+      [
+        "--format=directory",
+        "--create",
+        `--jobs=${job.jobs}`,
+        `--snapshot=${snapshot}`,
+        `--compress=${compression.arg}`,
+        `--file=${attemptDir}`,
+        dbnameArg(job.db.name),
+      ],
       { conn: server, signal: run.signal, appName: "pg-migrate pg_dump" },
     );
     // Count while pg_dump runs: same snapshot, so the counts describe exactly what is being dumped.
@@ -96,7 +104,10 @@ export const dump: Handler<"dump"> = async (job, run, ctx) => {
 function countingFailed(err: unknown, db: string): unknown {
   const message = `counting the rows of ${JSON.stringify(db)} in pg_dump's snapshot failed: ${errorMessage(err)}`;
   if ((err as { code?: string }).code === "42501") {
-    return new PermanentJobError(`${message} (the source user must be able to read every table, as pg_dump must: grant it SELECT, or migrate as a role that can read everything)`, { cause: err });
+    return new PermanentJobError(
+      `${message} (the source user must be able to read every table, as pg_dump must: grant it SELECT, or migrate as a role that can read everything)`,
+      { cause: err },
+    );
   }
   // The driver's code stays readable: a server that went away during the count is waited for, not a failed attempt.
   return Object.assign(new Error(message, { cause: err }), { code: (err as { code?: string }).code });
@@ -107,7 +118,12 @@ function countingFailed(err: unknown, db: string): unknown {
  * once with a sentence naming the volume, and the partial attempt is removed to give the space back.
  */
 async function volumeFull(err: unknown, dumpRoot: string, attemptDir: string, db: string): Promise<unknown> {
-  const text = err instanceof ToolError ? err.stderrTail : (err as NodeJS.ErrnoException)?.code === "ENOSPC" ? "No space left on device" : "";
+  const text =
+    err instanceof ToolError
+      ? err.stderrTail
+      : (err as NodeJS.ErrnoException)?.code === "ENOSPC"
+        ? "No space left on device"
+        : "";
   if (!/No space left on device|Disk quota exceeded/i.test(text)) return err;
   await removeTree(attemptDir);
   return new PermanentJobError(
@@ -122,7 +138,10 @@ async function removeIncompleteAttempts(jobDir: string): Promise<void> {
   for (const e of entries) {
     if (!e.isDirectory() || !e.name.startsWith("attempt-")) continue;
     const dir = join(jobDir, e.name);
-    const complete = await readFile(join(dir, MANIFEST_FILE), "utf8").then(() => true, () => false);
+    const complete = await readFile(join(dir, MANIFEST_FILE), "utf8").then(
+      () => true,
+      () => false,
+    );
     if (!complete) await removeTree(dir);
   }
 }

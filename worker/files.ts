@@ -24,7 +24,11 @@ export async function directorySize(path: string): Promise<number> {
   for (const e of entries) {
     const p = join(path, e.name);
     if (e.isDirectory()) total += await directorySize(p);
-    else total += await stat(p).then((s) => s.size, () => 0);
+    else
+      total += await stat(p).then(
+        (s) => s.size,
+        () => 0,
+      );
   }
   return total;
 }

@@ -5,7 +5,16 @@ import { DeliverPolicy, jetstream, type Consumer, type JetStreamClient, type JsM
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { consumerName, EVENTS_STREAM, JOBS_STREAM, subjects, WORKERS_BUCKET } from "../shared/contracts/jetstream.js";
-import { CONTRACT_VERSION, decodeEvent, decodeJob, encode, type Progress, type Job, type JobEvent, type JobResult } from "../shared/contracts/messages.js";
+import {
+  CONTRACT_VERSION,
+  decodeEvent,
+  decodeJob,
+  encode,
+  type Progress,
+  type Job,
+  type JobEvent,
+  type JobResult,
+} from "../shared/contracts/messages.js";
 import { JOB_KINDS, type JobKind } from "../shared/contracts/phases.js";
 import { ContractError, errorMessage, ToolError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
@@ -80,14 +89,38 @@ export class Worker {
    * 2.9, where a resumed coordinator would adopt it. Should the event not get out, a resuming coordinator finds the
    * job gone without a result and publishes it again, also as the same attempt.
    */
-  private async release(msg: JsMsg, job: Job, attempt: number, maxAttempts: number, reason: "stopping" | "server-back" = "stopping"): Promise<void> {
+  private async release(
+    msg: JsMsg,
+    job: Job,
+    attempt: number,
+    maxAttempts: number,
+    reason: "stopping" | "server-back" = "stopping",
+  ): Promise<void> {
     const event = {
-      v: CONTRACT_VERSION, type: "job", runId: job.runId, jobId: job.jobId, kind: job.kind, db: job.db, worker: this.ctx.id,
-      attempt, maxAttempts, status: "released", reason, at: new Date().toISOString(),
+      v: CONTRACT_VERSION,
+      type: "job",
+      runId: job.runId,
+      jobId: job.jobId,
+      kind: job.kind,
+      db: job.db,
+      worker: this.ctx.id,
+      attempt,
+      maxAttempts,
+      status: "released",
+      reason,
+      at: new Date().toISOString(),
     } as const;
     await this.js
-      .publish(subjects.event(job.runId, job.kind, "released"), encode(event), { msgID: `${job.jobId}.${attempt}.released`, timeout: 3_000 })
-      .catch((err: unknown) => this.log.warn({ job: job.jobId, err: errorMessage(err) }, "release not published; a resumed coordinator publishes the job again"));
+      .publish(subjects.event(job.runId, job.kind, "released"), encode(event), {
+        msgID: `${job.jobId}.${attempt}.released`,
+        timeout: 3_000,
+      })
+      .catch((err: unknown) =>
+        this.log.warn(
+          { job: job.jobId, err: errorMessage(err) },
+          "release not published; a resumed coordinator publishes the job again",
+        ),
+      );
     await msg.ackAck({ timeout: 3_000 }).catch(() => false);
   }
 
@@ -105,13 +138,26 @@ export class Worker {
         if (this.stopping.signal.aborted) return;
         if (!waited) this.log.info("waiting for a coordinator: no run has used this NATS server yet");
         waited = true;
-        this.log.debug({ err: errorMessage(err) }, "no coordinator has created the worker presence bucket yet; waiting");
+        this.log.debug(
+          { err: errorMessage(err) },
+          "no coordinator has created the worker presence bucket yet; waiting",
+        );
         await sleep(1000);
       }
     }
     const beat = () =>
       this.presence
-        ?.put(this.ctx.id, encode({ id: this.ctx.id, host: hostname(), pid: process.pid, jobs: this.jobsDone, inFlight: this.inFlight.size, at: new Date().toISOString() }))
+        ?.put(
+          this.ctx.id,
+          encode({
+            id: this.ctx.id,
+            host: hostname(),
+            pid: process.pid,
+            jobs: this.jobsDone,
+            inFlight: this.inFlight.size,
+            at: new Date().toISOString(),
+          }),
+        )
         .catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "presence refresh failed"));
     await beat();
     this.presenceTimer = setInterval(beat, PRESENCE_EVERY_MS);
@@ -153,7 +199,10 @@ export class Worker {
    * source for a dump, the target for a restore or a verify). False when it never did, or this worker is stopping.
    */
   private async waitForServer(job: Job, log: Logger): Promise<boolean> {
-    const [role, conn, db] = job.kind === "dump" ? (["source", job.source, job.db.name] as const) : (["target", job.target, job.kind === "restore" ? job.maintenanceDb : job.db.name] as const);
+    const [role, conn, db] =
+      job.kind === "dump"
+        ? (["source", job.source, job.db.name] as const)
+        : (["target", job.target, job.kind === "restore" ? job.maintenanceDb : job.db.name] as const);
     const deadline = Date.now() + SERVER_WAIT_MS;
     for (let attempt = 1; !this.stopping.signal.aborted && Date.now() < deadline; attempt++) {
       try {
@@ -180,13 +229,19 @@ export class Worker {
   /** Whether a "done" event of this very job is already in the EVENTS stream (false when that cannot be read). */
   private async resultExists(job: Job): Promise<boolean> {
     return this.findResult(job).catch((err: unknown) => {
-      this.log.warn({ job: job.jobId, err: errorMessage(err) }, "could not look for an earlier result; running the job");
+      this.log.warn(
+        { job: job.jobId, err: errorMessage(err) },
+        "could not look for an earlier result; running the job",
+      );
       return false;
     });
   }
 
   private async findResult(job: Job): Promise<boolean> {
-    const consumer = await this.js.consumers.get(EVENTS_STREAM, { filter_subjects: subjects.event(job.runId, job.kind, "done"), deliver_policy: DeliverPolicy.All });
+    const consumer = await this.js.consumers.get(EVENTS_STREAM, {
+      filter_subjects: subjects.event(job.runId, job.kind, "done"),
+      deliver_policy: DeliverPolicy.All,
+    });
     const pending = (await consumer.info()).num_pending;
     if (pending === 0) return false;
     const batch = await consumer.fetch({ max_messages: pending, expires: 5_000 });
@@ -220,14 +275,28 @@ export class Worker {
     let settle!: () => void;
     this.inFlight.set(job.jobId, { msg, abort, settled: new Promise<void>((resolve) => (settle = resolve)) });
     const started = Date.now();
-    const base = { v: CONTRACT_VERSION, type: "job", runId: job.runId, jobId: job.jobId, kind, db: job.db, worker: this.ctx.id, attempt, maxAttempts } as const;
+    const base = {
+      v: CONTRACT_VERSION,
+      type: "job",
+      runId: job.runId,
+      jobId: job.jobId,
+      kind,
+      db: job.db,
+      worker: this.ctx.id,
+      attempt,
+      maxAttempts,
+    } as const;
     let lastEmit = 0;
     let lastProgress: Progress = { bytes: 0, totalBytes: null };
     const emit = (status: JobEvent["status"], extra: Partial<JobEvent> = {}) => {
       lastEmit = Date.now();
       // A retried claimed/done/failed whose first publish did reach the stream is dropped there as a duplicate.
       const once = status === "progress" ? {} : { msgID: `${job.jobId}.${attempt}.${status}` };
-      return this.js.publish(subjects.event(job.runId, kind, status), encode({ ...base, status, at: new Date().toISOString(), ...extra }), once);
+      return this.js.publish(
+        subjects.event(job.runId, kind, status),
+        encode({ ...base, status, at: new Date().toISOString(), ...extra }),
+        once,
+      );
     };
     // working() keeps the job ours; a progress event at the same pace tells the coordinator we are alive.
     // Once the handler has returned, no progress may follow: "end" and "done" are the job's last events.
@@ -239,7 +308,10 @@ export class Worker {
       if (msg.info.deliveryCount > 1 && (await this.resultExists(job))) {
         // An earlier delivery finished and published its result, but its ack was lost: nothing to do again.
         finished = true;
-        log.info({ attempt }, `${kind} ${JSON.stringify(job.db.name)} was already done by an earlier delivery; acknowledged`);
+        log.info(
+          { attempt },
+          `${kind} ${JSON.stringify(job.db.name)} was already done by an earlier delivery; acknowledged`,
+        );
         msg.ack();
         return;
       }
@@ -247,10 +319,14 @@ export class Worker {
       // working() keeps the job ours; a progress event at the same pace tells the coordinator we are alive.
       heartbeat = setInterval(() => {
         msg.working();
-        if (!finished && Date.now() - lastEmit >= heartbeatMs) void emit("progress", { progress: { ...lastProgress, stage: "running" } }).catch(() => undefined);
+        if (!finished && Date.now() - lastEmit >= heartbeatMs)
+          void emit("progress", { progress: { ...lastProgress, stage: "running" } }).catch(() => undefined);
       }, heartbeatMs);
       await emit("progress", { progress: { bytes: 0, totalBytes: null, stage: "start" } }).catch(() => undefined);
-      log.info({ attempt, maxAttempts }, `${kind} ${JSON.stringify(job.db.name)} claimed, attempt ${attempt} of ${maxAttempts}`);
+      log.info(
+        { attempt, maxAttempts },
+        `${kind} ${JSON.stringify(job.db.name)} claimed, attempt ${attempt} of ${maxAttempts}`,
+      );
       const result: JobResult = await (handlers[kind] as (j: Job, r: unknown, c: WorkerContext) => Promise<JobResult>)(
         job,
         {
@@ -272,35 +348,59 @@ export class Worker {
       // job, it never loses its result.
       await retrying(() => emit("done", { durationMs, result }), abort.signal);
       // Acked once (a message can be acked only once); if the ack is lost, the redelivery finds the result above.
-      await msg.ackAck().catch((e: unknown) => log.warn({ err: errorMessage(e) }, "ack not confirmed; a redelivery will find the result"));
+      await msg
+        .ackAck()
+        .catch((e: unknown) =>
+          log.warn({ err: errorMessage(e) }, "ack not confirmed; a redelivery will find the result"),
+        );
       this.jobsDone++;
-      log.info({ durationMs, attempt }, `${kind} ${JSON.stringify(job.db.name)} done in ${(durationMs / 1000).toFixed(1)}s, attempt ${attempt} of ${maxAttempts}`);
+      log.info(
+        { durationMs, attempt },
+        `${kind} ${JSON.stringify(job.db.name)} done in ${(durationMs / 1000).toFixed(1)}s, attempt ${attempt} of ${maxAttempts}`,
+      );
     } catch (err) {
       finished = true;
       if (this.stopping.signal.aborted) {
         await this.release(msg, job, attempt, maxAttempts);
-        log.warn({ attempt }, `${kind} interrupted by shutdown; handed back for redelivery (attempt ${attempt} not used up)`);
+        log.warn(
+          { attempt },
+          `${kind} interrupted by shutdown; handed back for redelivery (attempt ${attempt} not used up)`,
+        );
         return;
       }
       if (serverUnavailable(err) && !(err instanceof PermanentJobError)) {
         // The server went away under the job (a restart, a failover): no fault of the job's. It waits for the server
         // (still heartbeating), then goes back whole, as the same attempt, for a fresh start.
-        log.warn({ attempt, err: errorMessage(err) }, `${kind} ${JSON.stringify(job.db.name)}: its server went away; waiting for it to come back`);
+        log.warn(
+          { attempt, err: errorMessage(err) },
+          `${kind} ${JSON.stringify(job.db.name)}: its server went away; waiting for it to come back`,
+        );
         if (await this.waitForServer(job, log)) {
           await this.release(msg, job, attempt, maxAttempts, "server-back");
-          log.info({ attempt }, `${kind} ${JSON.stringify(job.db.name)}: the server is back; handed back (attempt ${attempt} not used up)`);
+          log.info(
+            { attempt },
+            `${kind} ${JSON.stringify(job.db.name)}: the server is back; handed back (attempt ${attempt} not used up)`,
+          );
           return;
         }
       }
       const permanent = err instanceof PermanentJobError || err instanceof ContractError || deterministicFailure(err);
       const final = permanent || attempt >= maxAttempts;
       const stderrTail = err instanceof ToolError ? err.stderrTail.slice(-4000) : "";
-      await retrying(() => emit("failed", { durationMs: Date.now() - started, error: { message: errorMessage(err), stderrTail, final } }), abort.signal).catch((e: unknown) =>
-        log.error({ err: errorMessage(e) }, "could not publish the failure"),
-      );
+      await retrying(
+        () =>
+          emit("failed", {
+            durationMs: Date.now() - started,
+            error: { message: errorMessage(err), stderrTail, final },
+          }),
+        abort.signal,
+      ).catch((e: unknown) => log.error({ err: errorMessage(e) }, "could not publish the failure"));
       if (final) msg.term(errorMessage(err).slice(0, 200));
       else msg.nak(this.opts.retryDelayMs);
-      log.error({ attempt, maxAttempts, final, err: errorMessage(err), stderrTail }, `${kind} ${JSON.stringify(job.db.name)} failed, attempt ${attempt} of ${maxAttempts}`);
+      log.error(
+        { attempt, maxAttempts, final, err: errorMessage(err), stderrTail },
+        `${kind} ${JSON.stringify(job.db.name)} failed, attempt ${attempt} of ${maxAttempts}`,
+      );
     } finally {
       clearInterval(heartbeat);
       this.inFlight.delete(job.jobId);

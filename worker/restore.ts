@@ -16,7 +16,9 @@ const PROGRESS_EVERY_MS = 2000;
 export const restore: Handler<"restore"> = async (job, run, ctx) => {
   const dir = join(ctx.dumpRoot, job.dumpPath);
   const manifest = await readManifest(dir).catch((err: unknown) => {
-    throw new PermanentJobError(`the dump of ${JSON.stringify(job.db.name)} at ${dir} has no valid manifest`, { cause: err });
+    throw new PermanentJobError(`the dump of ${JSON.stringify(job.db.name)} at ${dir} has no valid manifest`, {
+      cause: err,
+    });
   });
   const server = serverFor("target", job.target, ctx);
 
@@ -29,22 +31,39 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
       );
     }
   } else if (job.recreate || run.attempt > 1) {
-    await withClient(server, job.maintenanceDb, async (c) => {
-      const { rows } = await c.query<{ n: number }>("SELECT current_setting('server_version_num')::int AS n");
-      await c.query(dropDatabaseSql(job.db.name, rows[0]!.n >= 130000));
-      await c.query(createDatabaseSql(job.db.name, job.create));
-    }, run.signal);
+    await withClient(
+      server,
+      job.maintenanceDb,
+      async (c) => {
+        const { rows } = await c.query<{ n: number }>("SELECT current_setting('server_version_num')::int AS n");
+        await c.query(dropDatabaseSql(job.db.name, rows[0]!.n >= 130000));
+        await c.query(createDatabaseSql(job.db.name, job.create));
+      },
+      run.signal,
+    );
     run.log.info({ attempt: run.attempt }, "recreated the database before restoring again");
   }
 
   const progress = startSizeProgress(server, job.maintenanceDb, job.db.name, job.estimatedBytes ?? null, run.progress);
   const started = Date.now();
   try {
-    await runTool(ctx.tools, "pg_restore", [`--jobs=${job.jobs}`, "--exit-on-error", ...(job.noOwner ? ["--no-owner"] : []), ...(job.noTablespaces ? ["--no-tablespaces"] : []), dbnameArg(job.db.name), dir], {
-      conn: server,
-      signal: run.signal,
-      appName: "pg-migrate pg_restore",
-    });
+    await runTool(
+      ctx.tools,
+      "pg_restore",
+      [
+        `--jobs=${job.jobs}`,
+        "--exit-on-error",
+        ...(job.noOwner ? ["--no-owner"] : []),
+        ...(job.noTablespaces ? ["--no-tablespaces"] : []),
+        dbnameArg(job.db.name),
+        dir,
+      ],
+      {
+        conn: server,
+        signal: run.signal,
+        appName: "pg-migrate pg_restore",
+      },
+    );
   } finally {
     progress.stop();
   }
@@ -73,7 +92,9 @@ function startSizeProgress(
     clientP ??= connect(server, maintenanceDb, "pg-migrate progress").catch(() => undefined);
     void clientP.then(async (c) => {
       if (!c || stopped) return;
-      const size = await c.query<{ size: string }>("SELECT pg_database_size($1) AS size", [database]).catch(() => undefined);
+      const size = await c
+        .query<{ size: string }>("SELECT pg_database_size($1) AS size", [database])
+        .catch(() => undefined);
       if (!size?.rows[0]) return;
       // pg_stat_progress_copy arrived in PostgreSQL 14: older targets report the size alone.
       const views = await c

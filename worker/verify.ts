@@ -5,7 +5,13 @@
 // makes: after the checks, so a connection limit cannot hinder them, and also when they found a difference, so a
 // false alarm or a real one leaves no second difference behind.
 import { join, relative } from "node:path";
-import { CONTRACT_VERSION, type Manifest, type Mismatch, type VerifyTable, type VerifyWarning } from "../shared/contracts/messages.js";
+import {
+  CONTRACT_VERSION,
+  type Manifest,
+  type Mismatch,
+  type VerifyTable,
+  type VerifyWarning,
+} from "../shared/contracts/messages.js";
 import { withClient } from "../shared/pg/connect.js";
 import { contentsOf } from "../shared/pg/catalog.js";
 import { knownSettings } from "../shared/pg/settings.js";
@@ -46,9 +52,20 @@ export const verify: Handler<"verify"> = async (job, run, ctx) => {
     ...(manifest.databaseProperties === false ? { none: true } : {}),
   };
   if (manifest.databaseProperties !== false) {
-    const { mismatches: failed, skipped } = await applyDatabaseProperties(ctx.tools, dir, server, job.db.name, run.signal, known);
+    const { mismatches: failed, skipped } = await applyDatabaseProperties(
+      ctx.tools,
+      dir,
+      server,
+      job.db.name,
+      run.signal,
+      known,
+    );
     mismatches.push(...failed);
-    if (failed.length) properties = { applied: false, why: `${failed.length} of its statements failed (listed as database-property mismatches)` };
+    if (failed.length)
+      properties = {
+        applied: false,
+        why: `${failed.length} of its statements failed (listed as database-property mismatches)`,
+      };
     // Settings the target's major no longer knows: left out, named (the upgrade notes said so before the run).
     if (skipped.length) properties.skipped = skipped;
   }
@@ -72,7 +89,10 @@ const tableKey = (t: { schema: string; name: string }) => JSON.stringify([t.sche
 type Side = Pick<Manifest, "tables" | "sequences" | "largeObjects">;
 
 /** Pure: every table on either side, every difference between the two, and what pg_dump could not preserve. */
-export function compare(source: Side, target: Side): { tables: VerifyTable[]; mismatches: Mismatch[]; warnings: VerifyWarning[] } {
+export function compare(
+  source: Side,
+  target: Side,
+): { tables: VerifyTable[]; mismatches: Mismatch[]; warnings: VerifyWarning[] } {
   const key = tableKey;
   const label = (t: { schema: string; name: string }) => `${t.schema}.${t.name}`;
   const targetTables = new Map(target.tables.map((t) => [key(t), t]));
@@ -89,8 +109,15 @@ export function compare(source: Side, target: Side): { tables: VerifyTable[]; mi
       mismatches.push({ what: "table-missing", object: label(s), source: String(s.rows), target: null });
       continue;
     }
-    const columnsDiffer = s.columns && t.columns && [...s.columns].sort().join("\0") !== [...t.columns].sort().join("\0");
-    if (columnsDiffer) mismatches.push({ what: "columns", object: label(s), source: s.columns!.join(", "), target: t.columns!.join(", ") });
+    const columnsDiffer =
+      s.columns && t.columns && [...s.columns].sort().join("\0") !== [...t.columns].sort().join("\0");
+    if (columnsDiffer)
+      mismatches.push({
+        what: "columns",
+        object: label(s),
+        source: s.columns!.join(", "),
+        target: t.columns!.join(", "),
+      });
     else if (s.columns && t.columns && s.columns.join("\0") !== t.columns.join("\0")) {
       warnings.push({
         what: "column-order",
@@ -124,13 +151,19 @@ export function compare(source: Side, target: Side): { tables: VerifyTable[]; mi
   const targetSeqs = new Map(target.sequences.map((s) => [key(s), s]));
   for (const s of source.sequences) {
     const t = targetSeqs.get(key(s));
-    const show = (v: { lastValue: string | null; isCalled: boolean } | undefined) => (v ? `${v.lastValue ?? "null"}${v.isCalled ? "" : " (not called)"}` : null);
+    const show = (v: { lastValue: string | null; isCalled: boolean } | undefined) =>
+      v ? `${v.lastValue ?? "null"}${v.isCalled ? "" : " (not called)"}` : null;
     if (!t || t.lastValue !== s.lastValue || t.isCalled !== s.isCalled) {
       mismatches.push({ what: "sequence", object: label(s), source: show(s), target: show(t) });
     }
   }
   if (source.largeObjects !== target.largeObjects) {
-    mismatches.push({ what: "large-objects", object: "pg_largeobject_metadata", source: String(source.largeObjects), target: String(target.largeObjects) });
+    mismatches.push({
+      what: "large-objects",
+      object: "pg_largeobject_metadata",
+      source: String(source.largeObjects),
+      target: String(target.largeObjects),
+    });
   }
   return { tables, mismatches, warnings };
 }

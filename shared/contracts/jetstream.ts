@@ -28,7 +28,8 @@ export const subjects = {
   allJobs: "pgmigrate.jobs.>",
   jobsOfKind: (kind: JobKind) => `pgmigrate.jobs.${kind}.>`,
   /** One subject per job, so that a resuming coordinator can look a job up (last_by_subj) and adopt it. */
-  job: (kind: JobKind, runId: string, jobId: string) => `pgmigrate.jobs.${kind}.${token(runId, "run id")}.${token(jobId, "job id")}`,
+  job: (kind: JobKind, runId: string, jobId: string) =>
+    `pgmigrate.jobs.${kind}.${token(runId, "run id")}.${token(jobId, "job id")}`,
   jobsOfRun: (runId: string) => `pgmigrate.jobs.*.${token(runId, "run id")}.*`,
   allEvents: "pgmigrate.events.>",
   eventsOfRun: (runId: string) => `pgmigrate.events.${token(runId, "run id")}.>`,

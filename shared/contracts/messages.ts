@@ -134,7 +134,16 @@ const Manifest = z.object({
 export type Manifest = z.infer<typeof Manifest>;
 
 const Mismatch = z.object({
-  what: z.enum(["table-missing", "table-extra", "row-count", "checksum", "columns", "sequence", "large-objects", "database-property"]),
+  what: z.enum([
+    "table-missing",
+    "table-extra",
+    "row-count",
+    "checksum",
+    "columns",
+    "sequence",
+    "large-objects",
+    "database-property",
+  ]),
   object: z.string(),
   source: z.string().nullable(),
   target: z.string().nullable(),
@@ -189,14 +198,16 @@ const VerifyResult = z.object({
    * The database's own properties (settings, connection limit, comment, grants): applied (also after a failed
    * verification, whose reason stays in mismatches), none to apply, or not applied and why.
    */
-  properties: z.object({
-    applied: z.boolean(),
-    why: z.string().optional(),
-    /** SETs of settings the target's major no longer knows: left out, the rest applied. */
-    skipped: z.array(z.string()).optional(),
-    /** The database has none of its own. */
-    none: z.boolean().optional(),
-  }).optional(),
+  properties: z
+    .object({
+      applied: z.boolean(),
+      why: z.string().optional(),
+      /** SETs of settings the target's major no longer knows: left out, the rest applied. */
+      skipped: z.array(z.string()).optional(),
+      /** The database has none of its own. */
+      none: z.boolean().optional(),
+    })
+    .optional(),
   /** Relative to the dump root: every table's counts on both sides. */
   detailPath: z.string(),
 });
@@ -308,7 +319,10 @@ function decodeWith<T>(schema: z.ZodType<T>, data: Uint8Array | string, what: st
   }
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
-    throw new ContractError(`${what} does not match contract v${CONTRACT_VERSION}: ${z.prettifyError(parsed.error)}`, subject);
+    throw new ContractError(
+      `${what} does not match contract v${CONTRACT_VERSION}: ${z.prettifyError(parsed.error)}`,
+      subject,
+    );
   }
   return parsed.data;
 }
@@ -317,7 +331,8 @@ export const decodeJob = (data: Uint8Array, subject?: string) => decodeWith(Job,
 export const decodeEvent = (data: Uint8Array, subject?: string) => decodeWith(Event, data, "event", subject);
 export const decodeManifest = (text: string, path: string) => decodeWith(Manifest, text, `manifest ${path}`);
 export const decodePresence = (data: Uint8Array, key?: string) => decodeWith(Presence, data, "presence entry", key);
-export const decodeVerifyDetail = (text: string, path: string) => decodeWith(VerifyDetail, text, `verification ${path}`);
+export const decodeVerifyDetail = (text: string, path: string) =>
+  decodeWith(VerifyDetail, text, `verification ${path}`);
 
 /** The JSON schemas of the published contracts, for the README and for third-party consumers. */
 export const schemas = { Job, Event, Manifest, VerifyDetail } as const;

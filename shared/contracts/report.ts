@@ -3,7 +3,14 @@
 import { z } from "zod";
 import { VerifyTable } from "./messages.js";
 
-const Server = z.object({ host: z.string(), port: z.number().int(), user: z.string(), db: z.string(), systemId: z.string().nullable(), version: z.string() });
+const Server = z.object({
+  host: z.string(),
+  port: z.number().int(),
+  user: z.string(),
+  db: z.string(),
+  systemId: z.string().nullable(),
+  version: z.string(),
+});
 const Timings = z.object({ dump: z.number(), restore: z.number(), verify: z.number(), analyze: z.number() }).partial();
 const PerKind = <T extends z.ZodType>(t: T) => z.object({ dump: t, restore: t, verify: t }).partial();
 
@@ -45,7 +52,13 @@ export const ReportSchema = z.object({
   /** This run's dumps (directories created 0700): kept or removed, and why. */
   dumps: z.object({ path: z.string(), kept: z.boolean(), why: z.string() }),
   /** warnings: what verification named but pg_dump cannot preserve (column order, refreshed materialized views). */
-  totals: z.object({ databases: z.number().int(), verified: z.number().int(), failed: z.number().int(), rows: z.number(), warnings: z.number().int().optional() }),
+  totals: z.object({
+    databases: z.number().int(),
+    verified: z.number().int(),
+    failed: z.number().int(),
+    rows: z.number(),
+    warnings: z.number().int().optional(),
+  }),
   databases: z.array(
     z.object({
       name: z.string(),
@@ -61,11 +74,37 @@ export const ReportSchema = z.object({
       rows: z.number().optional(),
       verifiedRows: z.number().optional(),
       sequences: z.number().int().optional(),
-      mismatches: z.array(z.object({ what: z.string(), object: z.string(), source: z.string().nullable(), target: z.string().nullable() })).optional(),
+      mismatches: z
+        .array(
+          z.object({
+            what: z.string(),
+            object: z.string(),
+            source: z.string().nullable(),
+            target: z.string().nullable(),
+          }),
+        )
+        .optional(),
       /** Differences pg_dump cannot avoid, named with what they mean: not failures. */
-      warnings: z.array(z.object({ what: z.string(), object: z.string(), source: z.string().nullable(), target: z.string().nullable(), note: z.string() })).optional(),
+      warnings: z
+        .array(
+          z.object({
+            what: z.string(),
+            object: z.string(),
+            source: z.string().nullable(),
+            target: z.string().nullable(),
+            note: z.string(),
+          }),
+        )
+        .optional(),
       /** Whether the database's own properties (ALTER DATABASE … SET, limit, comment, grants) were applied, and why not. */
-      properties: z.object({ applied: z.boolean(), why: z.string().optional(), skipped: z.array(z.string()).optional(), none: z.boolean().optional() }).optional(),
+      properties: z
+        .object({
+          applied: z.boolean(),
+          why: z.string().optional(),
+          skipped: z.array(z.string()).optional(),
+          none: z.boolean().optional(),
+        })
+        .optional(),
       detailPath: z.string().optional(),
       timings: Timings,
       attempts: PerKind(z.number().int()),

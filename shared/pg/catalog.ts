@@ -51,7 +51,12 @@ export async function analyzeUserTables(client: pg.Client): Promise<number> {
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'p', 'm') AND c.relpersistence <> 't' AND ${USER_SCHEMAS}`);
   for (let i = 0; i < rows.length; i += 1000) {
-    await client.query(`ANALYZE ${rows.slice(i, i + 1000).map((r) => r.q).join(", ")}`);
+    await client.query(
+      `ANALYZE ${rows
+        .slice(i, i + 1000)
+        .map((r) => r.q)
+        .join(", ")}`,
+    );
   }
   return rows.length;
 }

@@ -56,7 +56,12 @@ async function withLibpqPassword(s: ServerSpec, database: string): Promise<Serve
   return found ? { ...s, password: found.password, passwordFrom: found.from } : s;
 }
 
-async function connectWith(s: ServerSpec, database: string, appName: string, ssl: pg.ClientConfig["ssl"]): Promise<pg.Client> {
+async function connectWith(
+  s: ServerSpec,
+  database: string,
+  appName: string,
+  ssl: pg.ClientConfig["ssl"],
+): Promise<pg.Client> {
   const client = new pg.Client({
     host: s.host,
     port: s.port,
@@ -93,7 +98,9 @@ export function serverUnavailable(err: unknown): boolean {
   return (
     /^(57P0[1-3]|08)/.test(code) ||
     ["ECONNREFUSED", "ECONNRESET", "EPIPE"].includes(code) ||
-    /connection refused|Connection terminated unexpectedly|the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)|terminating connection (due to administrator command|because of crash of another server process)|server closed the connection unexpectedly|no connection to the server/i.test(text)
+    /connection refused|Connection terminated unexpectedly|the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)|terminating connection (due to administrator command|because of crash of another server process)|server closed the connection unexpectedly|no connection to the server/i.test(
+      text,
+    )
   );
 }
 
@@ -113,10 +120,16 @@ export function deterministicFailure(err: unknown): boolean {
   );
 }
 
-const wrap = (s: ServerSpec, database: string, err: unknown) => new ConnectError(`cannot connect to ${describe(s, database)}: ${explain(err, s)}`, { cause: err });
+const wrap = (s: ServerSpec, database: string, err: unknown) =>
+  new ConnectError(`cannot connect to ${describe(s, database)}: ${explain(err, s)}`, { cause: err });
 
 /** A client for fn's duration; when signal aborts, the connection is closed, which fails a query still running. */
-export async function withClient<T>(s: ServerSpec, database: string, fn: (c: pg.Client) => Promise<T>, signal?: AbortSignal): Promise<T> {
+export async function withClient<T>(
+  s: ServerSpec,
+  database: string,
+  fn: (c: pg.Client) => Promise<T>,
+  signal?: AbortSignal,
+): Promise<T> {
   const client = await connect(s, database);
   const unblock = endOnAbort(client, signal);
   try {
@@ -142,14 +155,23 @@ function explain(err: unknown, s: ServerSpec): string {
   if (code === "ECONNREFUSED") return "connection refused (is the server running and listening on that address?)";
   if (code === "ENOTFOUND" || code === "EAI_AGAIN") return "host name not found";
   if (code === "ETIMEDOUT") return "connection timed out (is the host reachable?)";
-  if (code === "28P01") return `password authentication failed (${s.passwordFrom ? `the password came from ${s.passwordFrom}` : "no password was found: none given, no PGPASSWORD, no matching ~/.pgpass entry"}; check it)`;
-  if (/no pg_hba\.conf entry/i.test(errorMessage(err)) && /no encryption/i.test(errorMessage(err))) return `${errorMessage(err)} (the server wants TLS: use ${flag}-sslmode require or verify-full)`;
+  if (code === "28P01")
+    return `password authentication failed (${s.passwordFrom ? `the password came from ${s.passwordFrom}` : "no password was found: none given, no PGPASSWORD, no matching ~/.pgpass entry"}; check it)`;
+  if (/no pg_hba\.conf entry/i.test(errorMessage(err)) && /no encryption/i.test(errorMessage(err)))
+    return `${errorMessage(err)} (the server wants TLS: use ${flag}-sslmode require or verify-full)`;
   if (code === "28000") return `not allowed (${errorMessage(err)}; check pg_hba.conf)`;
   if (code === "3D000") return `database does not exist`;
-  if (code === "SELF_SIGNED_CERT_IN_CHAIN" || code === "DEPTH_ZERO_SELF_SIGNED_CERT" || code === "UNABLE_TO_VERIFY_LEAF_SIGNATURE" || code === "UNABLE_TO_GET_ISSUER_CERT_LOCALLY") {
+  if (
+    code === "SELF_SIGNED_CERT_IN_CHAIN" ||
+    code === "DEPTH_ZERO_SELF_SIGNED_CERT" ||
+    code === "UNABLE_TO_VERIFY_LEAF_SIGNATURE" ||
+    code === "UNABLE_TO_GET_ISSUER_CERT_LOCALLY"
+  ) {
     return `the server's TLS certificate is not signed by a CA this host trusts (${code}): give its CA with ${flag}-sslrootcert`;
   }
-  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return `the server's TLS certificate does not name ${s.host} (${errorMessage(err)}): connect by a name the certificate holds, or use ${flag}-sslmode verify-ca`;
-  if (/does not support SSL/i.test(errorMessage(err))) return `the server does not accept TLS connections: enable ssl there, or use ${flag}-sslmode prefer or disable`;
+  if (code === "ERR_TLS_CERT_ALTNAME_INVALID")
+    return `the server's TLS certificate does not name ${s.host} (${errorMessage(err)}): connect by a name the certificate holds, or use ${flag}-sslmode verify-ca`;
+  if (/does not support SSL/i.test(errorMessage(err)))
+    return `the server does not accept TLS connections: enable ssl there, or use ${flag}-sslmode prefer or disable`;
   return errorMessage(err);
 }

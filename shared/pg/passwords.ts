@@ -38,7 +38,10 @@ export function passwordFileName(env: NodeJS.ProcessEnv = process.env): string {
  * What libpq itself would use when pg-migrate was given no password: PGPASSWORD, else the password file.
  * Undefined (and no source) when neither has one.
  */
-export async function libpqPassword(c: PasswordLookup, env: NodeJS.ProcessEnv = process.env): Promise<{ password: string; from: string } | undefined> {
+export async function libpqPassword(
+  c: PasswordLookup,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ password: string; from: string } | undefined> {
   if (env.PGPASSWORD !== undefined && env.PGPASSWORD !== "") return { password: env.PGPASSWORD, from: "PGPASSWORD" };
   const filed = await fromPasswordFile(c);
   return filed === undefined ? undefined : { password: filed, from: passwordFileName(env) };

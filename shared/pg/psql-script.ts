@@ -10,13 +10,24 @@ export interface ScriptError {
   error: string;
 }
 
-export async function runPsqlScript(tools: Toolset, conn: ToolConnection, database: string, script: string, signal?: AbortSignal): Promise<ScriptError[]> {
+export async function runPsqlScript(
+  tools: Toolset,
+  conn: ToolConnection,
+  database: string,
+  script: string,
+  signal?: AbortSignal,
+): Promise<ScriptError[]> {
   // "-f -": only with a file name does psql put the "psql:<stdin>:LINE:" location on each error.
-  const { stderr } = await runTool(tools, "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-", dbnameArg(database)], {
-    conn,
-    input: script.endsWith("\n") ? script : `${script}\n`,
-    ...(signal ? { signal } : {}),
-  });
+  const { stderr } = await runTool(
+    tools,
+    "psql",
+    ["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-", dbnameArg(database)],
+    {
+      conn,
+      input: script.endsWith("\n") ? script : `${script}\n`,
+      ...(signal ? { signal } : {}),
+    },
+  );
   const errors: ScriptError[] = [];
   for (const line of stderr.split("\n")) {
     const located = /^psql:<stdin>:(\d+): (?:ERROR|FATAL):\s+(.*)$/.exec(line);

@@ -10,10 +10,14 @@ export async function knownSettings(client: pg.Client): Promise<Set<string>> {
   return new Set(rows.map((r) => r.name.toLowerCase()));
 }
 
-export const settingKnown = (name: string, known: ReadonlySet<string>): boolean => name.includes(".") || known.has(name.toLowerCase());
+export const settingKnown = (name: string, known: ReadonlySet<string>): boolean =>
+  name.includes(".") || known.has(name.toLowerCase());
 
 const IDENT = `(?:"(?:[^"]|"")*"|[^\\s"]+)`;
-const SET_STATEMENT = new RegExp(`^\\s*ALTER\\s+(?:DATABASE|ROLE)\\s+${IDENT}(?:\\s+IN\\s+DATABASE\\s+${IDENT})?\\s+SET\\s+(${IDENT})\\s+(?:TO|=)\\s`, "i");
+const SET_STATEMENT = new RegExp(
+  `^\\s*ALTER\\s+(?:DATABASE|ROLE)\\s+${IDENT}(?:\\s+IN\\s+DATABASE\\s+${IDENT})?\\s+SET\\s+(${IDENT})\\s+(?:TO|=)\\s`,
+  "i",
+);
 
 /** Pure: the setting an ALTER DATABASE/ROLE … SET statement sets, or undefined for any other statement. */
 export function settingOf(statement: string): string | undefined {
@@ -24,7 +28,10 @@ export function settingOf(statement: string): string | undefined {
 }
 
 /** Pure: a script (one statement per line, as pg_restore writes them) without the SETs of settings the server does not know. */
-export function withoutUnknownSettings(script: string, known: ReadonlySet<string>): { script: string; removed: string[] } {
+export function withoutUnknownSettings(
+  script: string,
+  known: ReadonlySet<string>,
+): { script: string; removed: string[] } {
   const removed: string[] = [];
   const lines = script.split("\n").map((line) => {
     const name = settingOf(line);

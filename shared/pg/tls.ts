@@ -43,7 +43,10 @@ export function driverSsl(t: PgTls, role: string): { ssl: false | ConnectionOpti
   if (!ca) {
     // As libpq: verifying against no CA of one's own would trust every public CA, and verify-ca then any name.
     const flag = `--${role === "source" ? "from" : "to"}-sslrootcert`;
-    throw new ConfigError(`--${role === "source" ? "from" : "to"}-sslmode ${mode} needs the CA that signed the ${role}'s certificate: give it with ${flag} (or put it in ~/.postgresql/root.crt)`, flag);
+    throw new ConfigError(
+      `--${role === "source" ? "from" : "to"}-sslmode ${mode} needs the CA that signed the ${role}'s certificate: give it with ${flag} (or put it in ~/.postgresql/root.crt)`,
+      flag,
+    );
   }
   const verify: ConnectionOptions = { rejectUnauthorized: true, ca, ...files };
   if (mode !== "verify-full") verify.checkServerIdentity = () => undefined;

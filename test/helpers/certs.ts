@@ -23,15 +23,48 @@ const KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-node
 export async function makeCa(dir: string): Promise<TestCa> {
   const caFile = join(dir, "ca.crt");
   const caKey = join(dir, "ca.key");
-  await execa("openssl", ["req", "-x509", ...KEY, "-keyout", caKey, "-out", caFile, "-days", "2", "-subj", "/CN=pg-migrate test CA"]);
+  await execa("openssl", [
+    "req",
+    "-x509",
+    ...KEY,
+    "-keyout",
+    caKey,
+    "-out",
+    caFile,
+    "-days",
+    "2",
+    "-subj",
+    "/CN=pg-migrate test CA",
+  ]);
   return {
     caFile,
     caPem: await readFile(caFile, "utf8"),
     async leaf(name, altNames) {
-      const [cert, key, csr, ext] = ["crt", "key", "csr", "ext"].map((x) => join(dir, `${name}.${x}`)) as [string, string, string, string];
+      const [cert, key, csr, ext] = ["crt", "key", "csr", "ext"].map((x) => join(dir, `${name}.${x}`)) as [
+        string,
+        string,
+        string,
+        string,
+      ];
       await execa("openssl", ["req", ...KEY, "-keyout", key, "-out", csr, "-subj", `/CN=${name}`]);
       await writeFile(ext, `subjectAltName=${altNames.join(",")}\nextendedKeyUsage=serverAuth,clientAuth\n`);
-      await execa("openssl", ["x509", "-req", "-in", csr, "-CA", caFile, "-CAkey", caKey, "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext]);
+      await execa("openssl", [
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        caFile,
+        "-CAkey",
+        caKey,
+        "-CAcreateserial",
+        "-out",
+        cert,
+        "-days",
+        "2",
+        "-extfile",
+        ext,
+      ]);
       return { cert, key, certPem: await readFile(cert, "utf8"), keyPem: await readFile(key, "utf8") };
     },
   };

@@ -18,7 +18,11 @@ export interface CliResult {
 /** How long a process may live after its last line of output: after that line it only has to close what it holds. */
 export const EXIT_AFTER_LAST_LINE_MS = 5_000;
 
-export async function runCli(args: string[], env: Record<string, string | undefined>, timeoutMs = 300_000): Promise<CliResult> {
+export async function runCli(
+  args: string[],
+  env: Record<string, string | undefined>,
+  timeoutMs = 300_000,
+): Promise<CliResult> {
   const child = execa(process.execPath, [BIN, ...args], { env, reject: false, timeout: timeoutMs, stdin: "ignore" });
   const lastLine = lastOutputClock(child);
   const r = await child;
@@ -29,7 +33,10 @@ export async function runCli(args: string[], env: Record<string, string | undefi
 }
 
 /** Starts a clock on a child's output: the returned function, called once it has exited, says how long it lived after its last output. */
-export function lastOutputClock(child: { stdout?: NodeJS.ReadableStream | null; stderr?: NodeJS.ReadableStream | null }): () => number {
+export function lastOutputClock(child: {
+  stdout?: NodeJS.ReadableStream | null;
+  stderr?: NodeJS.ReadableStream | null;
+}): () => number {
   let last = Date.now();
   for (const stream of [child.stdout, child.stderr]) stream?.on("data", () => (last = Date.now()));
   return () => Date.now() - last;
@@ -45,18 +52,44 @@ export function assertExitedAfterLastLine(livedMs: number, what: string, stderr:
 
 /** Flags and environment that point the CLI at a test source and target. */
 export function serverArgs(source: LocalCluster, target: LocalCluster): string[] {
-  return ["--from-host", source.host, "--from-port", String(source.port), "--to-host", target.host, "--to-port", String(target.port)];
+  return [
+    "--from-host",
+    source.host,
+    "--from-port",
+    String(source.port),
+    "--to-host",
+    target.host,
+    "--to-port",
+    String(target.port),
+  ];
 }
 
-export function cliEnv(home: string, source: LocalCluster, target: LocalCluster, extra: Record<string, string> = {}): Record<string, string> {
+export function cliEnv(
+  home: string,
+  source: LocalCluster,
+  target: LocalCluster,
+  extra: Record<string, string> = {},
+): Record<string, string> {
   return { HOME: home, PGMIGRATE_FROM_PASS: source.password, PGMIGRATE_TO_PASS: target.password, ...extra };
 }
 
 /** A cluster as the tests reach it; `ssl` for one that only takes TLS. */
 export type TestCluster = LocalCluster & { ssl?: pg.ClientConfig["ssl"] };
 
-export async function query<T extends pg.QueryResultRow>(c: TestCluster, db: string, sql: string, params: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ host: c.host, port: c.port, user: c.user, password: c.password, database: db, ssl: c.ssl ?? false });
+export async function query<T extends pg.QueryResultRow>(
+  c: TestCluster,
+  db: string,
+  sql: string,
+  params: unknown[] = [],
+): Promise<T[]> {
+  const client = new pg.Client({
+    host: c.host,
+    port: c.port,
+    user: c.user,
+    password: c.password,
+    database: db,
+    ssl: c.ssl ?? false,
+  });
   await client.connect();
   try {
     return (await client.query<T>(sql, params)).rows;
@@ -65,16 +98,33 @@ export async function query<T extends pg.QueryResultRow>(c: TestCluster, db: str
   }
 }
 
-export const FAST_RESTORE_SETTINGS = ["fsync", "full_page_writes", "synchronous_commit", "autovacuum", "checkpoint_timeout", "max_wal_size", "maintenance_work_mem"];
+export const FAST_RESTORE_SETTINGS = [
+  "fsync",
+  "full_page_writes",
+  "synchronous_commit",
+  "autovacuum",
+  "checkpoint_timeout",
+  "max_wal_size",
+  "maintenance_work_mem",
+];
 
 /** The target settings fast-restore touches, read from a new session. */
 export async function settingsOf(c: TestCluster): Promise<Record<string, string>> {
-  const rows = await query<{ name: string; setting: string }>(c, "postgres", "SELECT name, setting FROM pg_settings WHERE name = ANY($1) ORDER BY name", [FAST_RESTORE_SETTINGS]);
+  const rows = await query<{ name: string; setting: string }>(
+    c,
+    "postgres",
+    "SELECT name, setting FROM pg_settings WHERE name = ANY($1) ORDER BY name",
+    [FAST_RESTORE_SETTINGS],
+  );
   return Object.fromEntries(rows.map((r) => [r.name, r.setting]));
 }
 
 export async function databasesOf(c: TestCluster): Promise<string[]> {
-  const rows = await query<{ datname: string }>(c, "postgres", "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1");
+  const rows = await query<{ datname: string }>(
+    c,
+    "postgres",
+    "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1",
+  );
   return rows.map((r) => r.datname);
 }
 
@@ -96,7 +146,11 @@ export async function tableCounts(c: TestCluster, db: string): Promise<Record<st
 }
 
 export async function sequencesOf(c: TestCluster, db: string): Promise<Record<string, string | null>> {
-  const rows = await query<{ s: string; v: string | null }>(c, db, "SELECT format('%I.%I', schemaname, sequencename) AS s, last_value::text AS v FROM pg_sequences");
+  const rows = await query<{ s: string; v: string | null }>(
+    c,
+    db,
+    "SELECT format('%I.%I', schemaname, sequencename) AS s, last_value::text AS v FROM pg_sequences",
+  );
   return Object.fromEntries(rows.map((r) => [r.s, r.v]));
 }
 
@@ -120,7 +174,12 @@ export interface Report {
     workers: Record<string, string>;
     dumpPath?: string;
     detailPath?: string;
-    tableCounts: { source: number | null; target: number | null; sourceChecksum?: string | null; targetChecksum?: string | null }[];
+    tableCounts: {
+      source: number | null;
+      target: number | null;
+      sourceChecksum?: string | null;
+      targetChecksum?: string | null;
+    }[];
   }[];
 }
 

@@ -33,7 +33,8 @@ export const sampleData: string = haveCorpus
 
 function corpusFile(name: string): string {
   const file = join(corpusDir, name);
-  if (!existsSync(file)) throw new Error(`sample database file ${file} is missing (set PGMIGRATE_CORPUS_DIR to the corpus dir)`);
+  if (!existsSync(file))
+    throw new Error(`sample database file ${file} is missing (set PGMIGRATE_CORPUS_DIR to the corpus dir)`);
   return file;
 }
 

@@ -26,6 +26,9 @@ export async function assertEndState(
 /** The pg-migrate worker process that started this tool (setpriv execs the tool, so it is the direct parent). */
 export function workerOf(tool: Proc): Proc {
   const parent = listProcesses().find((p) => p.pid === tool.ppid);
-  assert.ok(parent && parent.argv.includes("worker"), `parent of ${tool.pid} is a pg-migrate worker: ${parent?.argv.join(" ")}`);
+  assert.ok(
+    parent && parent.argv.includes("worker"),
+    `parent of ${tool.pid} is a pg-migrate worker: ${parent?.argv.join(" ")}`,
+  );
   return parent;
 }

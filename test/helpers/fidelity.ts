@@ -15,15 +15,28 @@ function dumpEnv(c: LocalCluster): Record<string, string> {
 const normalize = (dump: string): string => dump.replace(/^\\(un)?restrict \S+$/gm, "\\$1restrict KEY");
 
 export async function schemaDump(c: LocalCluster, db: string): Promise<string> {
-  const { stdout } = await execa("pg_dump", ["--schema-only", "--create", "--no-password", `--dbname=dbname='${db.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`], {
-    env: dumpEnv(c),
-  });
+  const { stdout } = await execa(
+    "pg_dump",
+    [
+      "--schema-only",
+      "--create",
+      "--no-password",
+      `--dbname=dbname='${db.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`,
+    ],
+    {
+      env: dumpEnv(c),
+    },
+  );
   return normalize(stdout);
 }
 
 /** Roles as pg_dumpall writes them, without passwords, and without the lines about `except` (the migration user). */
 export async function rolesDump(c: LocalCluster, except: string): Promise<string> {
-  const { stdout } = await execa("pg_dumpall", ["--roles-only", "--no-role-passwords", "--no-password", "-l", "postgres"], { env: dumpEnv(c) });
+  const { stdout } = await execa(
+    "pg_dumpall",
+    ["--roles-only", "--no-role-passwords", "--no-password", "-l", "postgres"],
+    { env: dumpEnv(c) },
+  );
   const mine = new RegExp(`^(CREATE|ALTER) ROLE ${except.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}( |;)`);
   return normalize(stdout)
     .split("\n")

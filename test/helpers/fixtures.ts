@@ -20,7 +20,11 @@ export async function loadCoreFixture(source: LocalCluster): Promise<void> {
      CREATE DATABASE "Odd ""Db"" O'Neil.x*>";
      CREATE DATABASE features OWNER app_login;`,
   );
-  await psqlExec(source, ODD_NAME, `CREATE TABLE "we""ird table" (id int PRIMARY KEY, v text); INSERT INTO "we""ird table" SELECT g, 'v' || g FROM generate_series(1, 42) g;`);
+  await psqlExec(
+    source,
+    ODD_NAME,
+    `CREATE TABLE "we""ird table" (id int PRIMARY KEY, v text); INSERT INTO "we""ird table" SELECT g, 'v' || g FROM generate_series(1, 42) g;`,
+  );
   await psqlExec(
     source,
     "features",

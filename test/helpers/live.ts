@@ -12,8 +12,14 @@ export interface LiveCli {
   result: Promise<CliResult & { signal: string | undefined }>;
 }
 
-export function startCli(args: string[], env: Record<string, string | undefined>, opts: { prefix?: string[] } = {}): LiveCli {
-  const [file, argv] = opts.prefix?.length ? [opts.prefix[0]!, [...opts.prefix.slice(1), process.execPath, BIN, ...args]] : [process.execPath, [BIN, ...args]];
+export function startCli(
+  args: string[],
+  env: Record<string, string | undefined>,
+  opts: { prefix?: string[] } = {},
+): LiveCli {
+  const [file, argv] = opts.prefix?.length
+    ? [opts.prefix[0]!, [...opts.prefix.slice(1), process.execPath, BIN, ...args]]
+    : [process.execPath, [BIN, ...args]];
   const child = execa(file, argv, { env, reject: false, stdin: "ignore", timeout: 600_000 });
   let err = "";
   const waiters = new Set<() => void>();

@@ -38,7 +38,9 @@ async function locate(major: number): Promise<ServerBinaries> {
   if (existsSync(join(debian, "initdb"))) return { bin: debian };
   const native = join(repoRoot(), "test", "majors", "node_modules", `pg${major}`, "native");
   if (!existsSync(join(native, "bin", "initdb"))) {
-    throw new Error(`no PostgreSQL ${major} server binaries: neither ${debian} nor ${native} (bash scripts/ensure-deps --tests installs it in test/majors)`);
+    throw new Error(
+      `no PostgreSQL ${major} server binaries: neither ${debian} nor ${native} (bash scripts/ensure-deps --tests installs it in test/majors)`,
+    );
   }
   const served = await readableCopy(major, native);
   const lib = await linkSonames(major, served);
@@ -51,7 +53,8 @@ async function locate(major: number): Promise<ServerBinaries> {
  * version into the temp dir, whose path every account can traverse.
  */
 async function readableCopy(major: number, native: string): Promise<string> {
-  const version = (JSON.parse(readFileSync(join(dirname(native), "package.json"), "utf8")) as { version: string }).version;
+  const version = (JSON.parse(readFileSync(join(dirname(native), "package.json"), "utf8")) as { version: string })
+    .version;
   const root = join(tmpdir(), `pgm-server-${major}-${version}`);
   const copy = join(root, "native");
   if (existsSync(join(copy, "bin", "initdb"))) return copy;
@@ -73,7 +76,9 @@ async function linkSonames(major: number, native: string): Promise<string> {
   const dir = join(tmpdir(), `pgm-lib-${major}-${process.getuid?.() ?? 0}`);
   await mkdir(dir, { recursive: true, mode: 0o755 });
   const listFile = join(native, "pg-symlinks.json");
-  const links = existsSync(listFile) ? (JSON.parse(readFileSync(listFile, "utf8")) as { source: string; target: string }[]) : [];
+  const links = existsSync(listFile)
+    ? (JSON.parse(readFileSync(listFile, "utf8")) as { source: string; target: string }[])
+    : [];
   const pkg = dirname(native);
   for (const { source, target } of links) {
     const from = join(pkg, source);

@@ -48,7 +48,12 @@ export function leftovers(home: string, ports: number[]): Proc[] {
   return [...byTool, ...byHome].filter((p) => !seen.has(p.pid) && seen.add(p.pid));
 }
 
-export async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 60_000, everyMs = 10): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  fn: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 60_000,
+  everyMs = 10,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();
@@ -66,7 +71,11 @@ export async function assertNoLeftovers(home: string, ports: number[], timeoutMs
     await new Promise((r) => setTimeout(r, 200));
     left = leftovers(home, ports);
   }
-  assert.deepEqual(left.map((p) => `${p.pid} ${p.argv.join(" ")}`), [], "processes left behind");
+  assert.deepEqual(
+    left.map((p) => `${p.pid} ${p.argv.join(" ")}`),
+    [],
+    "processes left behind",
+  );
 }
 
 export function alive(pid: number): boolean {

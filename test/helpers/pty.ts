@@ -26,7 +26,12 @@ const quote = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
 export function startInPty(args: string[], env: Record<string, string>): PtyCli {
   // exec: the CLI itself leads the terminal's foreground process group, as when typed at a shell prompt.
   const command = `stty cols ${COLS} rows ${ROWS}; exec ${[process.execPath, BIN, ...args].map(quote).join(" ")}`;
-  const child = execa("script", ["-qfec", command, "/dev/null"], { env: { ...env, TERM: "xterm" }, reject: false, stdin: "pipe", timeout: 600_000 });
+  const child = execa("script", ["-qfec", command, "/dev/null"], {
+    env: { ...env, TERM: "xterm" },
+    reject: false,
+    stdin: "pipe",
+    timeout: 600_000,
+  });
   let out = "";
   const waiters = new Set<() => void>();
   child.stdout!.on("data", (b: Buffer) => {

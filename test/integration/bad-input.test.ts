@@ -16,7 +16,12 @@ test("bad input is refused with one line and leaves the target untouched", { tim
     async ({ source, target, home }) => {
       await psqlExec(source, "postgres", demoSql());
       const before = await settingsOf(target);
-      const expectRefusal = async (name: string, r: { exitCode: number; stderr: string }, code: number, pattern: RegExp) => {
+      const expectRefusal = async (
+        name: string,
+        r: { exitCode: number; stderr: string },
+        code: number,
+        pattern: RegExp,
+      ) => {
         assert.equal(r.exitCode, code, `${name}: exit ${r.exitCode}\n${r.stderr}`);
         const errors = errorLines(r.stderr);
         assert.equal(errors.length, 1, `${name}: one error line\n${r.stderr}`);
@@ -26,30 +31,67 @@ test("bad input is refused with one line and leaves the target untouched", { tim
       };
 
       await t.test("wrong source password", async () => {
-        const r = await runCli(serverArgs(source, target), cliEnv(home, source, target, { PGMIGRATE_FROM_PASS: "not-the-password" }));
+        const r = await runCli(
+          serverArgs(source, target),
+          cliEnv(home, source, target, { PGMIGRATE_FROM_PASS: "not-the-password" }),
+        );
         await expectRefusal("wrong password", r, 3, /cannot connect to source .*: password authentication failed/);
       });
 
-      await t.test("a password given as a flag is warned about; one in a file that cannot be read is refused by flag", async () => {
-        const r = await runCli([...serverArgs(source, target), "--from-pass", "not-the-password"], cliEnv(home, source, target));
-        await expectRefusal("password flag", r, 3, /password authentication failed/);
-        assert.match(r.stderr, /warning: --from-pass puts the password in the process list; PGMIGRATE_FROM_PASS or --from-pass-file keeps it out/);
-        const missing = await runCli([...serverArgs(source, target), "--to-pass-file", join(home, "no-such-file")], cliEnv(home, source, target));
-        await expectRefusal("password file", missing, 2, /cannot read .*no-such-file \(--to-pass-file\): ENOENT/);
-      });
+      await t.test(
+        "a password given as a flag is warned about; one in a file that cannot be read is refused by flag",
+        async () => {
+          const r = await runCli(
+            [...serverArgs(source, target), "--from-pass", "not-the-password"],
+            cliEnv(home, source, target),
+          );
+          await expectRefusal("password flag", r, 3, /password authentication failed/);
+          assert.match(
+            r.stderr,
+            /warning: --from-pass puts the password in the process list; PGMIGRATE_FROM_PASS or --from-pass-file keeps it out/,
+          );
+          const missing = await runCli(
+            [...serverArgs(source, target), "--to-pass-file", join(home, "no-such-file")],
+            cliEnv(home, source, target),
+          );
+          await expectRefusal("password file", missing, 2, /cannot read .*no-such-file \(--to-pass-file\): ENOENT/);
+        },
+      );
 
       await t.test("TLS required of a server without it", async () => {
-        const r = await runCli([...serverArgs(source, target), "--to-sslmode", "require"], cliEnv(home, source, target));
-        await expectRefusal("no TLS", r, 3, /cannot connect to target .*: the server does not accept TLS connections: enable ssl there, or use --to-sslmode prefer or disable/);
+        const r = await runCli(
+          [...serverArgs(source, target), "--to-sslmode", "require"],
+          cliEnv(home, source, target),
+        );
+        await expectRefusal(
+          "no TLS",
+          r,
+          3,
+          /cannot connect to target .*: the server does not accept TLS connections: enable ssl there, or use --to-sslmode prefer or disable/,
+        );
       });
 
       await t.test("unreachable target", async () => {
         const closed = await freePort();
         const r = await runCli(
-          ["--from-host", source.host, "--from-port", String(source.port), "--to-host", "127.0.0.1", "--to-port", String(closed)],
+          [
+            "--from-host",
+            source.host,
+            "--from-port",
+            String(source.port),
+            "--to-host",
+            "127.0.0.1",
+            "--to-port",
+            String(closed),
+          ],
           cliEnv(home, source, target),
         );
-        await expectRefusal("unreachable", r, 3, new RegExp(`cannot connect to target 127\\.0\\.0\\.1:${closed}.*connection refused`));
+        await expectRefusal(
+          "unreachable",
+          r,
+          3,
+          new RegExp(`cannot connect to target 127\\.0\\.0\\.1:${closed}.*connection refused`),
+        );
       });
 
       await t.test("source and target are the same server", async () => {
@@ -59,23 +101,43 @@ test("bad input is refused with one line and leaves the target untouched", { tim
 
       await t.test("-j and -m that need more connections than the servers have free", async () => {
         const r = await runCli([...serverArgs(source, target), "-j", "40", "-m", "3"], cliEnv(home, source, target));
-        await expectRefusal("too many connections", r, 3, /-j 40 -m 3 needs 126 connections on each server, but the source has \d+ free and the target \d+ .*: lower -j\/-m or raise max_connections/);
+        await expectRefusal(
+          "too many connections",
+          r,
+          3,
+          /-j 40 -m 3 needs 126 connections on each server, but the source has \d+ free and the target \d+ .*: lower -j\/-m or raise max_connections/,
+        );
       });
 
-      await t.test("a dump root that cannot be created: refused at once, in the run's and plan's same words", async () => {
-        // Node's own recursive mkdir never settles on /proc/…: the run hung there until killed.
-        const started = Date.now();
-        const r = await runCli([...serverArgs(source, target), "--dump-root", "/proc/pgm-no-such/dumps"], cliEnv(home, source, target), 30_000);
-        assert.ok(Date.now() - started < 20_000, `refused after ${Date.now() - started} ms`);
-        const refusal = /the dump volume \/proc\/pgm-no-such\/dumps \(--dump-root\) is not writable: it cannot be created there/;
-        await expectRefusal("dump root under /proc", r, 3, refusal);
-        const planned = await runCli(["plan", ...serverArgs(source, target), "--dump-root", "/proc/pgm-no-such/dumps"], cliEnv(home, source, target), 30_000);
-        assert.equal(planned.exitCode, 3, planned.stderr);
-        assert.match(planned.stdout, new RegExp(`a run would be refused: ${refusal.source}`));
-        // plan says what --compress auto does on the volume it would use.
-        const fine = await runCli(["plan", ...serverArgs(source, target), "--dump-root", join(home, "dumps")], cliEnv(home, source, target));
-        assert.match(fine.stdout, /dumps: --compress auto → uncompressed \(auto: a local volume/);
-      });
+      await t.test(
+        "a dump root that cannot be created: refused at once, in the run's and plan's same words",
+        async () => {
+          // Node's own recursive mkdir never settles on /proc/…: the run hung there until killed.
+          const started = Date.now();
+          const r = await runCli(
+            [...serverArgs(source, target), "--dump-root", "/proc/pgm-no-such/dumps"],
+            cliEnv(home, source, target),
+            30_000,
+          );
+          assert.ok(Date.now() - started < 20_000, `refused after ${Date.now() - started} ms`);
+          const refusal =
+            /the dump volume \/proc\/pgm-no-such\/dumps \(--dump-root\) is not writable: it cannot be created there/;
+          await expectRefusal("dump root under /proc", r, 3, refusal);
+          const planned = await runCli(
+            ["plan", ...serverArgs(source, target), "--dump-root", "/proc/pgm-no-such/dumps"],
+            cliEnv(home, source, target),
+            30_000,
+          );
+          assert.equal(planned.exitCode, 3, planned.stderr);
+          assert.match(planned.stdout, new RegExp(`a run would be refused: ${refusal.source}`));
+          // plan says what --compress auto does on the volume it would use.
+          const fine = await runCli(
+            ["plan", ...serverArgs(source, target), "--dump-root", join(home, "dumps")],
+            cliEnv(home, source, target),
+          );
+          assert.match(fine.stdout, /dumps: --compress auto → uncompressed \(auto: a local volume/);
+        },
+      );
 
       await t.test("--compress lz4 with a pg_dump older than 16", async () => {
         const r = await runCli([...serverArgs(source, target), "--compress", "lz4"], cliEnv(home, source, target));
@@ -87,13 +149,22 @@ test("bad input is refused with one line and leaves the target untouched", { tim
         // in CI); where that is impossible, PGMIGRATE_NATS_SERVER names a binary that does not exist.
         const bin = await mkdtemp(join(tmpdir(), "pgm-path-"));
         try {
-          for (const tool of ["pg_dump", "pg_restore", "pg_dumpall", "psql"]) await symlink(`/usr/bin/${tool}`, join(bin, tool));
+          for (const tool of ["pg_dump", "pg_restore", "pg_dumpall", "psql"])
+            await symlink(`/usr/bin/${tool}`, join(bin, tool));
           const env = { ...cliEnv(home, source, target), PATH: bin };
           const isRoot = process.getuid?.() === 0;
           const r = isRoot
             ? await execa(
                 "/usr/bin/unshare",
-                ["-m", "/bin/sh", "-c", 'mount -t tmpfs none /usr/sbin && mount -t tmpfs none /usr/local/sbin && PATH="$PGM_TEST_PATH" exec "$0" "$@"', process.execPath, BIN, ...serverArgs(source, target)],
+                [
+                  "-m",
+                  "/bin/sh",
+                  "-c",
+                  'mount -t tmpfs none /usr/sbin && mount -t tmpfs none /usr/local/sbin && PATH="$PGM_TEST_PATH" exec "$0" "$@"',
+                  process.execPath,
+                  BIN,
+                  ...serverArgs(source, target),
+                ],
                 { env: { ...env, PATH: "/usr/bin:/bin", PGM_TEST_PATH: bin }, reject: false },
               ).then((x) => ({ exitCode: x.exitCode ?? -1, stderr: String(x.stderr) }))
             : await runCli(serverArgs(source, target), { ...env, PGMIGRATE_NATS_SERVER: join(bin, "nats-server") });
@@ -103,22 +174,25 @@ test("bad input is refused with one line and leaves the target untouched", { tim
         }
       });
 
-      await t.test("objects in the source's postgres database are refused while the target's holds objects of its own", async () => {
-        await psqlExec(source, "postgres", "CREATE TABLE ops_notes (id int)");
-        await psqlExec(target, "postgres", "CREATE TABLE local_notes (id int)");
-        try {
-          const r = await runCli(serverArgs(source, target), cliEnv(home, source, target));
-          await expectRefusal(
-            "postgres with objects on both sides",
-            r,
-            3,
-            /the source's "postgres" database holds 1 user object to restore into the target's, which holds 1 of its own; nothing was changed: empty the target's "postgres", or leave it out with --exclude-db postgres/,
-          );
-        } finally {
-          await psqlExec(source, "postgres", "DROP TABLE ops_notes");
-          await psqlExec(target, "postgres", "DROP TABLE local_notes");
-        }
-      });
+      await t.test(
+        "objects in the source's postgres database are refused while the target's holds objects of its own",
+        async () => {
+          await psqlExec(source, "postgres", "CREATE TABLE ops_notes (id int)");
+          await psqlExec(target, "postgres", "CREATE TABLE local_notes (id int)");
+          try {
+            const r = await runCli(serverArgs(source, target), cliEnv(home, source, target));
+            await expectRefusal(
+              "postgres with objects on both sides",
+              r,
+              3,
+              /the source's "postgres" database holds 1 user object to restore into the target's, which holds 1 of its own; nothing was changed: empty the target's "postgres", or leave it out with --exclude-db postgres/,
+            );
+          } finally {
+            await psqlExec(source, "postgres", "DROP TABLE ops_notes");
+            await psqlExec(target, "postgres", "DROP TABLE local_notes");
+          }
+        },
+      );
 
       await t.test("a target database of the same name is refused by name and left as it is", async () => {
         await psqlExec(target, "postgres", "CREATE DATABASE shop");
@@ -130,7 +204,11 @@ test("bad input is refused with one line and leaves the target untouched", { tim
           assert.equal(errors.length, 1, r.stderr);
           assert.match(errors[0]!, /target already has database\(s\) "shop" that this run did not create/);
           assert.deepEqual(await databasesOf(target), ["shop"]);
-          const tables = await query<{ t: string }>(target, "shop", "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public'");
+          const tables = await query<{ t: string }>(
+            target,
+            "shop",
+            "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public'",
+          );
           assert.deepEqual(tables, [{ t: "mine" }]);
           const rows = await query<{ n: string }>(target, "shop", "SELECT count(*) AS n FROM mine");
           assert.equal(rows[0]!.n, "3");
@@ -163,10 +241,20 @@ test("--help lists every flag with its default", async () => {
   // One entry per option: the lines from "  -x, --flag" or "  --flag" up to the next such line.
   const entries = r.stdout.split(/\n(?= {2}-)/).map((e) => e.replace(/\s+/g, " ").trim());
   const expected: [string, string][] = [
-    ["--from-host", '"localhost"'], ["--from-port", "5432"], ["--from-user", '"postgres"'], ["--from-db", '"postgres"'],
-    ["--to-host", '"localhost"'], ["--to-port", "5432"], ["--to-user", '"postgres"'], ["--to-db", '"postgres"'],
-    ["-j, --jobs", "this machine's cores, 2 to 8"], ["-m, --max-parallel", "half this machine's cores, 2 to 8"], ["--dump-root", '"pg_dumps"'], ["--migrate-globals", "true"],
-    ["--compress", '"auto"'], ["--fast-restore", '"safe"'],
+    ["--from-host", '"localhost"'],
+    ["--from-port", "5432"],
+    ["--from-user", '"postgres"'],
+    ["--from-db", '"postgres"'],
+    ["--to-host", '"localhost"'],
+    ["--to-port", "5432"],
+    ["--to-user", '"postgres"'],
+    ["--to-db", '"postgres"'],
+    ["-j, --jobs", "this machine's cores, 2 to 8"],
+    ["-m, --max-parallel", "half this machine's cores, 2 to 8"],
+    ["--dump-root", '"pg_dumps"'],
+    ["--migrate-globals", "true"],
+    ["--compress", '"auto"'],
+    ["--fast-restore", '"safe"'],
   ];
   for (const [flag, def] of expected) {
     const entry = entries.find((e) => e.startsWith(`${flag} `));
@@ -174,10 +262,23 @@ test("--help lists every flag with its default", async () => {
     assert.ok(entry.includes(`default: ${def}`), `${flag} default ${def}: ${entry}`);
   }
   // Passwords: where libpq would look, and the demo's as the last resort.
-  for (const [flag, demo] of [["--from-pass", "oldpass"], ["--to-pass", "newpass"]] as const) {
+  for (const [flag, demo] of [
+    ["--from-pass", "oldpass"],
+    ["--to-pass", "newpass"],
+  ] as const) {
     const entry = entries.find((e) => e.startsWith(`${flag} `));
-    assert.ok(entry?.includes(`without one, PGPASSWORD, then ~/.pgpass (PGPASSFILE), then the demo's "${demo}"`), `${flag}: ${entry}`);
+    assert.ok(
+      entry?.includes(`without one, PGPASSWORD, then ~/.pgpass (PGPASSFILE), then the demo's "${demo}"`),
+      `${flag}: ${entry}`,
+    );
   }
   const help = r.stdout.replace(/\s+/g, " ");
-  for (const flag of ["--no-migrate-globals", "--nats-url", "PGMIGRATE_FROM_PASS", "PGMIGRATE_TO_PASS", "pg-migrate worker"]) assert.ok(help.includes(flag), flag);
+  for (const flag of [
+    "--no-migrate-globals",
+    "--nats-url",
+    "PGMIGRATE_FROM_PASS",
+    "PGMIGRATE_TO_PASS",
+    "pg-migrate worker",
+  ])
+    assert.ok(help.includes(flag), flag);
 });

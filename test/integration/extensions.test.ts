@@ -13,37 +13,58 @@ import { demoSql } from "../../demo/generate.js";
 import { cliEnv, databasesOf, readReport, runCli, serverArgs, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 
-test("a database using an extension the target lacks fails first, by name; one that refuses connections is named as left out; the others migrate", { timeout: 600_000 }, async () => {
-  await withTestEnv(
-    async ({ source, target, home }) => {
-      await psqlExec(source, "postgres", demoSql());
-      const ext = `pgm_test_ext_${nanoid(8).toLowerCase().replace(/[^a-z0-9]/g, "x")}`;
-      const dir = join((await execa(join(await postgresBinDir(), "pg_config"), ["--sharedir"])).stdout.trim(), "extension");
-      const files = [join(dir, `${ext}.control`), join(dir, `${ext}--1.0.sql`)];
-      try {
-        await writeFile(files[0]!, "default_version = '1.0'\nrelocatable = true\n");
-        await writeFile(files[1]!, "CREATE FUNCTION pgm_test_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n");
-        await psqlExec(source, "inventory", `CREATE EXTENSION ${ext}`);
-      } finally {
-        for (const f of files) await rm(f, { force: true });
-      }
+test(
+  "a database using an extension the target lacks fails first, by name; one that refuses connections is named as left out; the others migrate",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(
+      async ({ source, target, home }) => {
+        await psqlExec(source, "postgres", demoSql());
+        const ext = `pgm_test_ext_${nanoid(8)
+          .toLowerCase()
+          .replace(/[^a-z0-9]/g, "x")}`;
+        const dir = join(
+          (await execa(join(await postgresBinDir(), "pg_config"), ["--sharedir"])).stdout.trim(),
+          "extension",
+        );
+        const files = [join(dir, `${ext}.control`), join(dir, `${ext}--1.0.sql`)];
+        try {
+          await writeFile(files[0]!, "default_version = '1.0'\nrelocatable = true\n");
+          await writeFile(files[1]!, "CREATE FUNCTION pgm_test_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n");
+          await psqlExec(source, "inventory", `CREATE EXTENSION ${ext}`);
+        } finally {
+          for (const f of files) await rm(f, { force: true });
+        }
 
-      await psqlExec(source, "postgres", "CREATE DATABASE closed_db ALLOW_CONNECTIONS false");
+        await psqlExec(source, "postgres", "CREATE DATABASE closed_db ALLOW_CONNECTIONS false");
 
-      const r = await runCli(serverArgs(source, target), cliEnv(home, source, target));
-      assert.equal(r.exitCode, 1, r.stderr);
-      assert.match(r.stderr, new RegExp(`"inventory" uses extension\\(s\\) "${ext}" that the target has not installed; that database fails now`));
-      assert.ok(!(await databasesOf(target)).includes("inventory"), "nothing created for it");
-      for (const db of ["shop", "analytics"]) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
-      const report = await readReport(home, r.stderr);
-      const inv = report.databases.find((d) => d.name === "inventory")!;
-      assert.equal(inv.phase, "failed");
-      assert.match(inv.error ?? "", new RegExp(`"${ext}" that the target has not installed: install it on the target host`));
-      // Never silently skipped: a database pg_dump cannot connect to is named, on the terminal and in the report.
-      assert.match(r.stderr, /source database "closed_db" does not allow connections \(ALLOW_CONNECTIONS false\), so pg_dump cannot read it/);
-      assert.ok(!(await databasesOf(target)).includes("closed_db"));
-      assert.match(report.skipped.find((x) => x.name === "closed_db")?.reason ?? "", /ALLOW_CONNECTIONS false/);
-    },
-    { nats: false },
-  );
-});
+        const r = await runCli(serverArgs(source, target), cliEnv(home, source, target));
+        assert.equal(r.exitCode, 1, r.stderr);
+        assert.match(
+          r.stderr,
+          new RegExp(
+            `"inventory" uses extension\\(s\\) "${ext}" that the target has not installed; that database fails now`,
+          ),
+        );
+        assert.ok(!(await databasesOf(target)).includes("inventory"), "nothing created for it");
+        for (const db of ["shop", "analytics"])
+          assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
+        const report = await readReport(home, r.stderr);
+        const inv = report.databases.find((d) => d.name === "inventory")!;
+        assert.equal(inv.phase, "failed");
+        assert.match(
+          inv.error ?? "",
+          new RegExp(`"${ext}" that the target has not installed: install it on the target host`),
+        );
+        // Never silently skipped: a database pg_dump cannot connect to is named, on the terminal and in the report.
+        assert.match(
+          r.stderr,
+          /source database "closed_db" does not allow connections \(ALLOW_CONNECTIONS false\), so pg_dump cannot read it/,
+        );
+        assert.ok(!(await databasesOf(target)).includes("closed_db"));
+        assert.match(report.skipped.find((x) => x.name === "closed_db")?.reason ?? "", /ALLOW_CONNECTIONS false/);
+      },
+      { nats: false },
+    );
+  },
+);

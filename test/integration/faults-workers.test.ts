@@ -19,41 +19,62 @@ import { alive, toolsOn, waitFor } from "../helpers/procs.js";
 const SHOP = "--dbname=dbname='shop'";
 
 for (const tool of ["pg_dump", "pg_restore"] as const) {
-  test(`SIGKILL a worker while it runs ${tool}: the job is redelivered and the run completes`, { timeout: 600_000 }, async () => {
-    await withTestEnv(
-      async (env) => {
-        const { source, target, home } = env;
-        await psqlExec(source, "postgres", demoSql({ scale: 3 }));
-        const before = await settingsOf(target);
-        const run = startCli(
-          [...serverArgs(source, target), "--workers", "2", "-m", "2", "--ack-wait", "4", "--retry-delay", "1", "--fast-restore", "full"],
-          cliEnv(home, source, target),
-        );
-        const port = tool === "pg_dump" ? source.port : target.port;
-        // The leader, not one of its parallel workers: its parent is the pg-migrate worker.
-        const proc = await waitFor(`${tool} of shop`, () =>
-          toolsOn(port, tool).find((p) => p.argv.includes(SHOP) && !toolsOn(port, tool).some((q) => q.pid === p.ppid)),
-        );
-        process.kill(proc.pid, "SIGSTOP"); // holds it mid-run while we find and kill its worker
-        const worker = workerOf(proc);
-        process.kill(worker.pid, "SIGKILL");
-        await waitFor(`${tool} to end with its worker`, () => !alive(proc.pid), 5_000, 50);
+  test(
+    `SIGKILL a worker while it runs ${tool}: the job is redelivered and the run completes`,
+    { timeout: 600_000 },
+    async () => {
+      await withTestEnv(
+        async (env) => {
+          const { source, target, home } = env;
+          await psqlExec(source, "postgres", demoSql({ scale: 3 }));
+          const before = await settingsOf(target);
+          const run = startCli(
+            [
+              ...serverArgs(source, target),
+              "--workers",
+              "2",
+              "-m",
+              "2",
+              "--ack-wait",
+              "4",
+              "--retry-delay",
+              "1",
+              "--fast-restore",
+              "full",
+            ],
+            cliEnv(home, source, target),
+          );
+          const port = tool === "pg_dump" ? source.port : target.port;
+          // The leader, not one of its parallel workers: its parent is the pg-migrate worker.
+          const proc = await waitFor(`${tool} of shop`, () =>
+            toolsOn(port, tool).find(
+              (p) => p.argv.includes(SHOP) && !toolsOn(port, tool).some((q) => q.pid === p.ppid),
+            ),
+          );
+          process.kill(proc.pid, "SIGSTOP"); // holds it mid-run while we find and kill its worker
+          const worker = workerOf(proc);
+          process.kill(worker.pid, "SIGKILL");
+          await waitFor(`${tool} to end with its worker`, () => !alive(proc.pid), 5_000, 50);
 
-        const r = await run.result;
-        assert.equal(r.exitCode, 0, r.stderr);
-        const kind = tool === "pg_dump" ? "dump" : "restore";
-        const first = new RegExp(`${kind} "shop" started on (\\S+) \\(attempt 1 `).exec(r.stderr)?.[1];
-        assert.ok(first, r.stderr);
-        const report = await readReport(home, r.stderr);
-        const shop = report.databases.find((d) => d.name === "shop")!;
-        assert.ok((shop.attempts[kind] ?? 0) >= 2, `${kind} of shop delivered again: ${JSON.stringify(shop.attempts)}`);
-        assert.notEqual(shop.workers[kind], first, "another worker finished the job");
-        assert.ok(shop.verified);
-        await assertEndState(env, before, demoDatabases);
-      },
-      { nats: false },
-    );
-  });
+          const r = await run.result;
+          assert.equal(r.exitCode, 0, r.stderr);
+          const kind = tool === "pg_dump" ? "dump" : "restore";
+          const first = new RegExp(`${kind} "shop" started on (\\S+) \\(attempt 1 `).exec(r.stderr)?.[1];
+          assert.ok(first, r.stderr);
+          const report = await readReport(home, r.stderr);
+          const shop = report.databases.find((d) => d.name === "shop")!;
+          assert.ok(
+            (shop.attempts[kind] ?? 0) >= 2,
+            `${kind} of shop delivered again: ${JSON.stringify(shop.attempts)}`,
+          );
+          assert.notEqual(shop.workers[kind], first, "another worker finished the job");
+          assert.ok(shop.verified);
+          await assertEndState(env, before, demoDatabases);
+        },
+        { nats: false },
+      );
+    },
+  );
 }
 
 test("restarting nats-server (same store) mid-run: the run completes", { timeout: 600_000 }, async () => {
@@ -66,7 +87,19 @@ test("restarting nats-server (same store) mid-run: the run completes", { timeout
     const workers = startWorkers(nats.url, dumpRoot, home, secret, 2);
     try {
       const run = startCli(
-        [...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "2", "--ack-wait", "6", "--retry-delay", "1"],
+        [
+          ...serverArgs(source, target),
+          "--nats-url",
+          nats.url,
+          "--dump-root",
+          dumpRoot,
+          "-m",
+          "2",
+          "--ack-wait",
+          "6",
+          "--retry-delay",
+          "1",
+        ],
         cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
       );
       await run.waitFor(/dump "[^"]+" done/);
@@ -80,89 +113,130 @@ test("restarting nats-server (same store) mid-run: the run completes", { timeout
   });
 });
 
-test("a 3-node NATS cluster with --nats-replicas 3 loses a node mid-run: the run completes", { timeout: 600_000 }, async () => {
-  await withTestEnv(
-    async (env) => {
-      const { source, target, home } = env;
-      const nodes = await startNatsCluster(3);
-      try {
-        await psqlExec(source, "postgres", demoSql({ scale: 3 }));
-        const before = await settingsOf(target);
-        const urls = nodes.map((n) => n.url).join(",");
-        const dumpRoot = join(home, "dumps");
-        const secret = "nats-cluster-test-secret";
-        const workers = startWorkers(urls, dumpRoot, home, secret, 2);
+test(
+  "a 3-node NATS cluster with --nats-replicas 3 loses a node mid-run: the run completes",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(
+      async (env) => {
+        const { source, target, home } = env;
+        const nodes = await startNatsCluster(3);
         try {
-          const run = startCli(
-            [...serverArgs(source, target), "--nats-url", urls, "--nats-replicas", "3", "--dump-root", dumpRoot, "-m", "2", "--ack-wait", "6", "--retry-delay", "1"],
-            cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
-          );
-          await run.waitFor(/dump "[^"]+" done/);
-          nodes[0]!.kill("SIGKILL");
-          const r = await run.result;
-          assert.equal(r.exitCode, 0, r.stderr);
+          await psqlExec(source, "postgres", demoSql({ scale: 3 }));
+          const before = await settingsOf(target);
+          const urls = nodes.map((n) => n.url).join(",");
+          const dumpRoot = join(home, "dumps");
+          const secret = "nats-cluster-test-secret";
+          const workers = startWorkers(urls, dumpRoot, home, secret, 2);
+          try {
+            const run = startCli(
+              [
+                ...serverArgs(source, target),
+                "--nats-url",
+                urls,
+                "--nats-replicas",
+                "3",
+                "--dump-root",
+                dumpRoot,
+                "-m",
+                "2",
+                "--ack-wait",
+                "6",
+                "--retry-delay",
+                "1",
+              ],
+              cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
+            );
+            await run.waitFor(/dump "[^"]+" done/);
+            nodes[0]!.kill("SIGKILL");
+            const r = await run.result;
+            assert.equal(r.exitCode, 0, r.stderr);
+          } finally {
+            await stopWorkers(workers);
+          }
+          await assertEndState(env, before, demoDatabases);
         } finally {
-          await stopWorkers(workers);
+          await Promise.all(nodes.map((n) => n.stop()));
         }
-        await assertEndState(env, before, demoDatabases);
-      } finally {
-        await Promise.all(nodes.map((n) => n.stop()));
-      }
-    },
-    { nats: false },
-  );
-});
+      },
+      { nats: false },
+    );
+  },
+);
 
-test("SIGTERM on a worker while its pg_dump runs: tool stopped, job handed back at once without using an attempt, worker gone within seconds", { timeout: 600_000 }, async () => {
-  await withTestEnv(async (env) => {
-    const { source, target, home, nats } = env;
-    await psqlExec(source, "postgres", demoSql());
-    const before = await settingsOf(target);
-    const dumpRoot = join(home, "dumps");
-    const secret = "worker-sigterm-test-secret";
-    const workers = startWorkers(nats.url, dumpRoot, home, secret, 2);
-    // A lock on one of shop's tables keeps its pg_dump waiting for as long as the test needs.
-    const blocker = new pg.Client({ host: source.host, port: source.port, user: source.user, password: source.password, database: "shop" });
-    await blocker.connect();
-    await blocker.query("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE");
-    try {
-      // The default ack wait (60 s): only a nak gets the job to the other worker in time.
-      const run = startCli(
-        [...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "2"],
-        cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
-      );
-      const dump = await waitFor("pg_dump of shop", () => toolsOn(source.port, "pg_dump").find((p) => p.argv.includes(SHOP)));
-      const worker = workerOf(dump);
-      const stopped = Date.now();
-      process.kill(worker.pid, "SIGTERM");
-      const which = workers.find((w) => w.pid === worker.pid);
-      assert.ok(which, `pg_dump's parent ${worker.pid} is one of the test's workers (${workers.map((w) => w.pid).join(", ")})`);
-      const ended = await which;
-      assert.equal(ended.exitCode, 0, String(ended.stderr));
-      assert.ok(Date.now() - stopped < 8_000, `the worker exited ${Date.now() - stopped} ms after SIGTERM`);
-      await waitFor("its pg_dump to be gone", () => !alive(dump.pid), 3_000, 50);
-      await blocker.query("COMMIT");
-      // Handed back whole: offered again at once, and as the same attempt (an interruption is no failure).
-      await run.waitFor(/dump "shop": \S+ stopped and handed it back; offered again at once \(attempt 1 was not used up\)/, 1, 20_000);
-      await run.waitFor(/dump "shop" started on \S+ \(attempt 1 /, 2, 20_000);
-      assert.ok(Date.now() - stopped < 30_000, "redelivered long before the 60 s ack wait");
-      assert.doesNotMatch(run.stderr(), /dump "shop" started on \S+ \(attempt 2 /);
-      const r = await run.result;
-      assert.equal(r.exitCode, 0, r.stderr);
-    } finally {
-      await blocker.end().catch(() => undefined);
-      await stopWorkers(workers.filter((w) => w.exitCode === null));
-    }
-    await assertEndState(env, before, demoDatabases);
-  });
-});
+test(
+  "SIGTERM on a worker while its pg_dump runs: tool stopped, job handed back at once without using an attempt, worker gone within seconds",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(async (env) => {
+      const { source, target, home, nats } = env;
+      await psqlExec(source, "postgres", demoSql());
+      const before = await settingsOf(target);
+      const dumpRoot = join(home, "dumps");
+      const secret = "worker-sigterm-test-secret";
+      const workers = startWorkers(nats.url, dumpRoot, home, secret, 2);
+      // A lock on one of shop's tables keeps its pg_dump waiting for as long as the test needs.
+      const blocker = new pg.Client({
+        host: source.host,
+        port: source.port,
+        user: source.user,
+        password: source.password,
+        database: "shop",
+      });
+      await blocker.connect();
+      await blocker.query("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE");
+      try {
+        // The default ack wait (60 s): only a nak gets the job to the other worker in time.
+        const run = startCli(
+          [...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "2"],
+          cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
+        );
+        const dump = await waitFor("pg_dump of shop", () =>
+          toolsOn(source.port, "pg_dump").find((p) => p.argv.includes(SHOP)),
+        );
+        const worker = workerOf(dump);
+        const stopped = Date.now();
+        process.kill(worker.pid, "SIGTERM");
+        const which = workers.find((w) => w.pid === worker.pid);
+        assert.ok(
+          which,
+          `pg_dump's parent ${worker.pid} is one of the test's workers (${workers.map((w) => w.pid).join(", ")})`,
+        );
+        const ended = await which;
+        assert.equal(ended.exitCode, 0, String(ended.stderr));
+        assert.ok(Date.now() - stopped < 8_000, `the worker exited ${Date.now() - stopped} ms after SIGTERM`);
+        await waitFor("its pg_dump to be gone", () => !alive(dump.pid), 3_000, 50);
+        await blocker.query("COMMIT");
+        // Handed back whole: offered again at once, and as the same attempt (an interruption is no failure).
+        await run.waitFor(
+          /dump "shop": \S+ stopped and handed it back; offered again at once \(attempt 1 was not used up\)/,
+          1,
+          20_000,
+        );
+        await run.waitFor(/dump "shop" started on \S+ \(attempt 1 /, 2, 20_000);
+        assert.ok(Date.now() - stopped < 30_000, "redelivered long before the 60 s ack wait");
+        assert.doesNotMatch(run.stderr(), /dump "shop" started on \S+ \(attempt 2 /);
+        const r = await run.result;
+        assert.equal(r.exitCode, 0, r.stderr);
+      } finally {
+        await blocker.end().catch(() => undefined);
+        await stopWorkers(workers.filter((w) => w.exitCode === null));
+      }
+      await assertEndState(env, before, demoDatabases);
+    });
+  },
+);
 
 function startWorkers(natsUrl: string, dumpRoot: string, home: string, secret: string, n: number) {
   return Array.from({ length: n }, (_, i) =>
-    execa(process.execPath, [BIN, "worker", "--nats-url", natsUrl, "--dump-root", dumpRoot, "--id", `w${i + 1}`, "--retry-delay", "1"], {
-      env: { HOME: home, PGMIGRATE_SECRET: secret },
-      reject: false,
-    }),
+    execa(
+      process.execPath,
+      [BIN, "worker", "--nats-url", natsUrl, "--dump-root", dumpRoot, "--id", `w${i + 1}`, "--retry-delay", "1"],
+      {
+        env: { HOME: home, PGMIGRATE_SECRET: secret },
+        reject: false,
+      },
+    ),
   );
 }
 
@@ -181,7 +255,18 @@ async function startNatsCluster(size: number): Promise<LocalNats[]> {
   const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`);
   const started = await Promise.allSettled(
     routePorts.map((p, i) =>
-      startNats({ args: ["-n", `pgm-node-${i}`, "--cluster_name", "pgm-test", "--cluster", routes[i]!, "--routes", routes.filter((_, j) => j !== i).join(",")] }),
+      startNats({
+        args: [
+          "-n",
+          `pgm-node-${i}`,
+          "--cluster_name",
+          "pgm-test",
+          "--cluster",
+          routes[i]!,
+          "--routes",
+          routes.filter((_, j) => j !== i).join(","),
+        ],
+      }),
     ),
   );
   const nodes = started.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
@@ -191,7 +276,16 @@ async function startNatsCluster(size: number): Promise<LocalNats[]> {
   }
   const nc = await connect({ servers: nodes.map((n) => n.url) });
   try {
-    await waitFor("the NATS cluster's JetStream", () => jetstreamManager(nc, { timeout: 2_000 }).then(() => true, () => false), 30_000, 250);
+    await waitFor(
+      "the NATS cluster's JetStream",
+      () =>
+        jetstreamManager(nc, { timeout: 2_000 }).then(
+          () => true,
+          () => false,
+        ),
+      30_000,
+      250,
+    );
   } finally {
     await nc.close();
   }

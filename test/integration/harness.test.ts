@@ -30,10 +30,13 @@ function greeting(port: number): Promise<string> {
 async function assertLoginOnlyWithOwnPassword(own: LocalCluster, other: LocalCluster): Promise<void> {
   assert.deepEqual(await query(own, "postgres", "SELECT current_user"), [own.user]);
   // Password checked by SCRAM for every kind of connection; the stored verifier is a SCRAM one.
-  assert.deepEqual(await query(own, "postgres", "SELECT DISTINCT auth_method FROM pg_hba_file_rules"), ["scram-sha-256"]);
-  assert.deepEqual(await query(own, "postgres", "SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = current_user"), [
-    "SCRAM-SHA-256$",
+  assert.deepEqual(await query(own, "postgres", "SELECT DISTINCT auth_method FROM pg_hba_file_rules"), [
+    "scram-sha-256",
   ]);
+  assert.deepEqual(
+    await query(own, "postgres", "SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = current_user"),
+    ["SCRAM-SHA-256$"],
+  );
   for (const host of [own.host, own.socketDir]) {
     await assert.rejects(
       psqlExec({ ...own, host, password: other.password }, "postgres", "SELECT 1"),
@@ -70,12 +73,21 @@ test("harness: SCRAM-only clusters, NATS, demo data, full cleanup", { timeout: 1
     const roles = await query(source, "postgres", "SELECT rolname FROM pg_roles");
     for (const name of demoRoles) assert.ok(roles.includes(name), `role ${name} exists`);
 
-    for (const table of ["customers", "products", "orders", "order_items", "page_views", "page_views_2024_03", "daily_revenue"]) {
+    for (const table of [
+      "customers",
+      "products",
+      "orders",
+      "order_items",
+      "page_views",
+      "page_views_2024_03",
+      "daily_revenue",
+    ]) {
       assert.ok((await count(source, "shop", table)) > 0, `shop.${table} has rows`);
     }
-    assert.deepEqual(await query(source, "shop", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'shop'"), [
-      "app_owner",
-    ]);
+    assert.deepEqual(
+      await query(source, "shop", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'shop'"),
+      ["app_owner"],
+    );
     assert.ok((await count(source, "analytics", 'public."EventLog"')) > 0);
     assert.equal(await count(source, ODD_DATABASE, "notes"), 2);
     // The target stays empty: the demo went to the source only.

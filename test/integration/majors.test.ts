@@ -9,7 +9,18 @@ import pg from "pg";
 import { psqlExec, startCluster, type LocalCluster } from "../../demo/cluster.js";
 import { discoverDatabases } from "../../coordinator/discovery.js";
 import { createDatabaseSql } from "../../shared/pg/create.js";
-import { cliEnv, databasesOf, query, readReport, runCli, sequencesOf, serverArgs, settingsOf, tableCounts, type CliResult } from "../helpers/cli.js";
+import {
+  cliEnv,
+  databasesOf,
+  query,
+  readReport,
+  runCli,
+  sequencesOf,
+  serverArgs,
+  settingsOf,
+  tableCounts,
+  type CliResult,
+} from "../helpers/cli.js";
 import { sampleData } from "../helpers/corpus.js";
 import { withTestEnv } from "../helpers/env.js";
 import { APP_LOGIN_PASSWORD, ODD_NAME, databaseProperties, loadCoreFixture } from "../helpers/fixtures.js";
@@ -21,7 +32,9 @@ async function majorOf(c: LocalCluster): Promise<number> {
 }
 
 /** Every membership: who in what, with ADMIN, and (16+) INHERIT and SET as the target keeps them. */
-async function memberships(c: LocalCluster): Promise<{ role: string; member: string; admin: boolean; inherit: boolean; set: boolean }[]> {
+async function memberships(
+  c: LocalCluster,
+): Promise<{ role: string; member: string; admin: boolean; inherit: boolean; set: boolean }[]> {
   const split = (await majorOf(c)) >= 16;
   return query(
     c,
@@ -47,7 +60,10 @@ function without(props: unknown, dropped: string[]): unknown {
   const settings = p.settings
     .map((entry) => {
       const at = entry.indexOf(":");
-      const items = entry.slice(at + 1).split(",").filter(keep);
+      const items = entry
+        .slice(at + 1)
+        .split(",")
+        .filter(keep);
       return items.length ? `${entry.slice(0, at)}:${items.join(",")}` : undefined;
     })
     .filter((x) => x !== undefined);
@@ -55,30 +71,51 @@ function without(props: unknown, dropped: string[]): unknown {
 }
 
 /** The migrate test's assertions, for a run that already exited; `dropped`: settings the target's major removed. */
-async function assertMigrated(t: TestContext, source: LocalCluster, target: LocalCluster, home: string, r: CliResult, settingsBefore: Record<string, string>, dropped: string[] = []): Promise<void> {
+async function assertMigrated(
+  t: TestContext,
+  source: LocalCluster,
+  target: LocalCluster,
+  home: string,
+  r: CliResult,
+  settingsBefore: Record<string, string>,
+  dropped: string[] = [],
+): Promise<void> {
   assert.equal(r.exitCode, 0, `exit ${r.exitCode}\n${r.stderr}`);
   assert.doesNotMatch(r.stderr, /globals statement failed/, "every role statement applies on the newer major");
   // Which client tools, said; tools older than the target warned about before anything changed.
   const tools = /client tools: pg_dump \(PostgreSQL\) (\d+).* \(from ([^)]+)\)$/m.exec(r.stderr);
   assert.ok(tools, r.stderr);
-  const older = /warning: the client tools \(pg_dump \(PostgreSQL\) [\d.]+.*\) are older than the target .*install postgresql-client-(\d+)/.exec(r.stderr);
+  const older =
+    /warning: the client tools \(pg_dump \(PostgreSQL\) [\d.]+.*\) are older than the target .*install postgresql-client-(\d+)/.exec(
+      r.stderr,
+    );
   if (Number(tools[1]) < (await majorOf(target))) {
     assert.ok(older, `no warning about tools older than the target:\n${r.stderr}`);
     assert.equal(Number(older[1]), await majorOf(target));
     assert.ok(r.stderr.indexOf(older[0]) < r.stderr.indexOf("globals:"), "the warning comes before anything changes");
   } else assert.equal(older, null, r.stderr);
   const sourceDbs = await databasesOf(source);
-  assert.ok(sourceDbs.includes("pagila") && sourceDbs.includes("chinook") && sourceDbs.includes(ODD_NAME), sourceDbs.join(", "));
+  assert.ok(
+    sourceDbs.includes("pagila") && sourceDbs.includes("chinook") && sourceDbs.includes(ODD_NAME),
+    sourceDbs.join(", "),
+  );
   assert.deepEqual(await databasesOf(target), sourceDbs);
   for (const db of sourceDbs) {
     const expected = await tableCounts(source, db);
     assert.ok(Object.keys(expected).length > 0, `${db} has tables`);
     assert.deepEqual(await tableCounts(target, db), expected, `row counts of ${db}`);
     assert.deepEqual(await sequencesOf(target, db), await sequencesOf(source, db), `sequences of ${db}`);
-    assert.deepEqual(await databaseProperties(target, db), without(await databaseProperties(source, db), dropped), `properties of ${db}`);
+    assert.deepEqual(
+      await databaseProperties(target, db),
+      without(await databaseProperties(source, db), dropped),
+      `properties of ${db}`,
+    );
   }
   const roles = await query<{ rolname: string; rolcanlogin: boolean; rolconnlimit: number }>(
-    target, "postgres", "SELECT rolname, rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname IN ('app_group', 'app_login') ORDER BY 1");
+    target,
+    "postgres",
+    "SELECT rolname, rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname IN ('app_group', 'app_login') ORDER BY 1",
+  );
   assert.deepEqual(roles, [
     { rolname: "app_group", rolcanlogin: false, rolconnlimit: -1 },
     { rolname: "app_login", rolcanlogin: true, rolconnlimit: 7 },
@@ -86,7 +123,10 @@ async function assertMigrated(t: TestContext, source: LocalCluster, target: Loca
   // Memberships with their options: ADMIN as on the source; on 16+ INHERIT follows the member's INHERIT attribute
   // (pg_dumpall of a source older than 16 writes no INHERIT option) and SET is granted.
   assert.deepEqual(await memberships(target), await memberships(source), "memberships and their options");
-  assert.ok((await memberships(target)).some((m) => m.member === "lo_reader" && m.admin), "lo_reader's ADMIN OPTION");
+  assert.ok(
+    (await memberships(target)).some((m) => m.member === "lo_reader" && m.admin),
+    "lo_reader's ADMIN OPTION",
+  );
   // The copied password verifier, and the migration user's own password.
   await canLogIn(target, "app_login", APP_LOGIN_PASSWORD, "features");
   await canLogIn(target, target.user, target.password, "postgres");
@@ -101,7 +141,13 @@ interface Case {
   /** More on the source after the core fixture. */
   extra?: (source: LocalCluster) => Promise<unknown>;
   /** Checks of their own once the run is done; `plan` is what pg-migrate plan printed before it. */
-  check?: (c: { source: LocalCluster; target: LocalCluster; r: CliResult; plan: CliResult; home: string }) => Promise<void>;
+  check?: (c: {
+    source: LocalCluster;
+    target: LocalCluster;
+    r: CliResult;
+    plan: CliResult;
+    home: string;
+  }) => Promise<void>;
   /** Settings the target's major no longer knows: absent from the target's database properties. */
   dropped?: string[];
 }
@@ -116,7 +162,10 @@ async function migrateBetween(t: TestContext, from: number, to: number, c: Case 
       const settingsBefore = await settingsOf(target);
       const plan = await runCli(["plan", ...serverArgs(source, target)], cliEnv(home, source, target));
       assert.equal(plan.exitCode, 0, plan.stdout + plan.stderr);
-      const r = await runCli([...serverArgs(source, target), "--workers", "2", "--verify", "checksum"], cliEnv(home, source, target));
+      const r = await runCli(
+        [...serverArgs(source, target), "--workers", "2", "--verify", "checksum"],
+        cliEnv(home, source, target),
+      );
       await assertMigrated(t, source, target, home, r, settingsBefore, c.dropped);
       await c.check?.({ source, target, r, plan, home });
     },
@@ -129,8 +178,16 @@ test("PostgreSQL 12 → 15, with the upgrade notes in plan and in the report", {
     dropped: ["operator_precedence_warning"],
     extra: async (source) => {
       // A setting PostgreSQL 14 removed, on a database and on a role; an extension whose default version differs.
-      await psqlExec(source, "postgres", "ALTER DATABASE features SET operator_precedence_warning = on; ALTER ROLE app_login SET operator_precedence_warning = on; ALTER ROLE app_login SET work_mem = '9MB';");
-      await psqlExec(source, "features", "CREATE EXTENSION hstore; CREATE TABLE tagged (id int PRIMARY KEY, tags hstore); INSERT INTO tagged VALUES (1, 'a=>1');");
+      await psqlExec(
+        source,
+        "postgres",
+        "ALTER DATABASE features SET operator_precedence_warning = on; ALTER ROLE app_login SET operator_precedence_warning = on; ALTER ROLE app_login SET work_mem = '9MB';",
+      );
+      await psqlExec(
+        source,
+        "features",
+        "CREATE EXTENSION hstore; CREATE TABLE tagged (id int PRIMARY KEY, tags hstore); INSERT INTO tagged VALUES (1, 'a=>1');",
+      );
     },
     check: async ({ source, target, r, plan, home }) => {
       const expected = [
@@ -145,15 +202,32 @@ test("PostgreSQL 12 → 15, with the upgrade notes in plan and in the report", {
         assert.match(r.stderr, re, "the run");
       }
       assert.match(plan.stdout, /upgrade notes \(PostgreSQL 12 → 15\)/);
-      const report = (await readReport(home, r.stderr)) as unknown as { upgradeNotes: { what: string; object: string; note: string }[]; globals: { unknownSettings: string[] } };
+      const report = (await readReport(home, r.stderr)) as unknown as {
+        upgradeNotes: { what: string; object: string; note: string }[];
+        globals: { unknownSettings: string[] };
+      };
       const lines = report.upgradeNotes.map((n) => `${n.what} ${n.object}: ${n.note}`).join("\n");
       for (const re of expected) assert.match(lines, re, "the report");
-      assert.deepEqual(report.globals.unknownSettings, ["ALTER ROLE app_login SET operator_precedence_warning TO 'on';"]);
+      assert.deepEqual(report.globals.unknownSettings, [
+        "ALTER ROLE app_login SET operator_precedence_warning TO 'on';",
+      ]);
       // The rest is applied: the role's other setting, the database's other settings.
-      const roleSettings = await query<{ c: string[] }>(target, "postgres", "SELECT setconfig AS c FROM pg_db_role_setting WHERE setrole = 'app_login'::regrole AND setdatabase = 0");
-      assert.deepEqual(roleSettings.map((x) => x.c), [["work_mem=9MB"]]);
+      const roleSettings = await query<{ c: string[] }>(
+        target,
+        "postgres",
+        "SELECT setconfig AS c FROM pg_db_role_setting WHERE setrole = 'app_login'::regrole AND setdatabase = 0",
+      );
+      assert.deepEqual(
+        roleSettings.map((x) => x.c),
+        [["work_mem=9MB"]],
+      );
       // The migrated databases keep the source's public schema privileges, the target's own postgres the new defaults.
-      const acl = (c: LocalCluster, db: string) => query<{ acl: string; owner: string }>(c, db, "SELECT nspacl::text AS acl, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = 'public'");
+      const acl = (c: LocalCluster, db: string) =>
+        query<{ acl: string; owner: string }>(
+          c,
+          db,
+          "SELECT nspacl::text AS acl, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = 'public'",
+        );
       assert.deepEqual(await acl(target, "pagila"), await acl(source, "pagila"));
       assert.equal((await acl(target, "postgres"))[0]!.owner, "pg_database_owner");
     },
@@ -163,51 +237,73 @@ test("PostgreSQL 13 → 17", { timeout: 300_000 }, (t) => migrateBetween(t, 13, 
 test("PostgreSQL 14 → 16", { timeout: 300_000 }, (t) => migrateBetween(t, 14, 16));
 test("PostgreSQL 14 → 18", { timeout: 300_000 }, (t) => migrateBetween(t, 14, 18));
 
-test("PostgreSQL 15 → 17: memberships that carry options (ADMIN, a NOINHERIT member, a grantor)", { timeout: 300_000 }, (t) =>
-  migrateBetween(t, 15, 17, {
-    extra: (source) =>
-      psqlExec(
-        source,
-        "postgres",
-        `CREATE ROLE auditor LOGIN NOINHERIT;
+test(
+  "PostgreSQL 15 → 17: memberships that carry options (ADMIN, a NOINHERIT member, a grantor)",
+  { timeout: 300_000 },
+  (t) =>
+    migrateBetween(t, 15, 17, {
+      extra: (source) =>
+        psqlExec(
+          source,
+          "postgres",
+          `CREATE ROLE auditor LOGIN NOINHERIT;
          CREATE ROLE team_lead LOGIN;
          GRANT app_group TO team_lead WITH ADMIN OPTION;
          GRANT app_group TO auditor WITH ADMIN OPTION GRANTED BY team_lead;`,
-      ),
-    check: async ({ target }) => {
-      const rows = await query<{ member: string; admin: boolean; inherit: boolean; set: boolean; grantor: string }>(
-        target,
-        "postgres",
-        `SELECT m.rolname AS member, a.admin_option AS admin, a.inherit_option AS inherit, a.set_option AS set, g.rolname AS grantor
+        ),
+      check: async ({ target }) => {
+        const rows = await query<{ member: string; admin: boolean; inherit: boolean; set: boolean; grantor: string }>(
+          target,
+          "postgres",
+          `SELECT m.rolname AS member, a.admin_option AS admin, a.inherit_option AS inherit, a.set_option AS set, g.rolname AS grantor
            FROM pg_auth_members a JOIN pg_roles m ON m.oid = a.member JOIN pg_roles g ON g.oid = a.grantor
           WHERE a.roleid = 'app_group'::regrole AND m.rolname IN ('auditor', 'team_lead') ORDER BY 1`,
-      );
-      assert.deepEqual(rows, [
-        { member: "auditor", admin: true, inherit: false, set: true, grantor: "team_lead" },
-        { member: "team_lead", admin: true, inherit: true, set: true, grantor: "postgres" },
-      ]);
-    },
-  }),
+        );
+        assert.deepEqual(rows, [
+          { member: "auditor", admin: true, inherit: false, set: true, grantor: "team_lead" },
+          { member: "team_lead", admin: true, inherit: true, set: true, grantor: "postgres" },
+        ]);
+      },
+    }),
 );
 
 // A 17+ source needs client tools of 17 (not here), but its databases' locale is read and recreated by the same code.
-test("PostgreSQL 17: a database of the builtin locale provider is discovered and created again alike", { timeout: 120_000 }, async () => {
-  const c = await startCluster({ name: "builtin17", password: "builtin-Pw-17", server: await serverOfMajor(17) });
-  const client = new pg.Client({ host: c.host, port: c.port, user: c.user, password: c.password, database: "postgres" });
-  try {
-    await psqlExec(c, "postgres", "CREATE DATABASE bsrc TEMPLATE template0 LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' LOCALE 'C.UTF-8'");
-    await client.connect();
-    const found = (await discoverDatabases(client, 170000)).find((d) => d.name === "bsrc");
-    assert.ok(found);
-    assert.equal(found.create.localeProvider, "builtin");
-    await client.query(createDatabaseSql("bcopy", found.create));
-    const { rows } = await client.query("SELECT datname, datlocprovider, datlocale, datcollate FROM pg_database WHERE datname IN ('bsrc', 'bcopy') ORDER BY datname DESC");
-    assert.deepEqual(rows.map((r) => ({ ...r, datname: undefined })), [
-      { datname: undefined, datlocprovider: "b", datlocale: "C.UTF-8", datcollate: "C.UTF-8" },
-      { datname: undefined, datlocprovider: "b", datlocale: "C.UTF-8", datcollate: "C.UTF-8" },
-    ]);
-  } finally {
-    await client.end().catch(() => undefined);
-    await c.stop();
-  }
-});
+test(
+  "PostgreSQL 17: a database of the builtin locale provider is discovered and created again alike",
+  { timeout: 120_000 },
+  async () => {
+    const c = await startCluster({ name: "builtin17", password: "builtin-Pw-17", server: await serverOfMajor(17) });
+    const client = new pg.Client({
+      host: c.host,
+      port: c.port,
+      user: c.user,
+      password: c.password,
+      database: "postgres",
+    });
+    try {
+      await psqlExec(
+        c,
+        "postgres",
+        "CREATE DATABASE bsrc TEMPLATE template0 LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' LOCALE 'C.UTF-8'",
+      );
+      await client.connect();
+      const found = (await discoverDatabases(client, 170000)).find((d) => d.name === "bsrc");
+      assert.ok(found);
+      assert.equal(found.create.localeProvider, "builtin");
+      await client.query(createDatabaseSql("bcopy", found.create));
+      const { rows } = await client.query(
+        "SELECT datname, datlocprovider, datlocale, datcollate FROM pg_database WHERE datname IN ('bsrc', 'bcopy') ORDER BY datname DESC",
+      );
+      assert.deepEqual(
+        rows.map((r) => ({ ...r, datname: undefined })),
+        [
+          { datname: undefined, datlocprovider: "b", datlocale: "C.UTF-8", datcollate: "C.UTF-8" },
+          { datname: undefined, datlocprovider: "b", datlocale: "C.UTF-8", datcollate: "C.UTF-8" },
+        ],
+      );
+    } finally {
+      await client.end().catch(() => undefined);
+      await c.stop();
+    }
+  },
+);

@@ -12,12 +12,33 @@ import { waitFor } from "../helpers/procs.js";
 
 /** Once pg_restore has created `leaf` and committed its COPY (verification comes only after the whole restore and
  * ANALYZE), change it on the target under an exclusive lock with `change`, which must touch exactly one row. */
-async function tamperAfterCopy(target: { host: string; port: number; user: string; password: string }, db: string, leaf: string, change: (c: pg.Client) => Promise<number | null>): Promise<void> {
-  const c = new pg.Client({ host: target.host, port: target.port, user: target.user, password: target.password, database: db });
+async function tamperAfterCopy(
+  target: { host: string; port: number; user: string; password: string },
+  db: string,
+  leaf: string,
+  change: (c: pg.Client) => Promise<number | null>,
+): Promise<void> {
+  const c = new pg.Client({
+    host: target.host,
+    port: target.port,
+    user: target.user,
+    password: target.password,
+    database: db,
+  });
   await c.connect();
   try {
-    await waitFor("the restore to create the table", async () => (await c.query("SELECT to_regclass($1) AS t", [leaf])).rows[0].t !== null, 60_000, 5);
-    await waitFor("the COPY into it to commit", async () => (await c.query(`SELECT EXISTS (SELECT FROM ${leaf}) AS e`)).rows[0].e === true, 60_000, 5);
+    await waitFor(
+      "the restore to create the table",
+      async () => (await c.query("SELECT to_regclass($1) AS t", [leaf])).rows[0].t !== null,
+      60_000,
+      5,
+    );
+    await waitFor(
+      "the COPY into it to commit",
+      async () => (await c.query(`SELECT EXISTS (SELECT FROM ${leaf}) AS e`)).rows[0].e === true,
+      60_000,
+      5,
+    );
     await c.query(`BEGIN; LOCK TABLE ${leaf} IN ACCESS EXCLUSIVE MODE`);
     assert.equal(await change(c), 1);
     await c.query("COMMIT");
@@ -26,53 +47,87 @@ async function tamperAfterCopy(target: { host: string; port: number; user: strin
   }
 }
 
-test("a table that differs after the restore is reported as a mismatch and the run exits 1", { timeout: 600_000 }, async () => {
-  await withTestEnv(
-    async ({ source, target, home }) => {
-      await psqlExec(source, "postgres", demoSql({ scale: 5 }));
-      const run = startCli([...serverArgs(source, target), "-m", "1", "--workers", "1"], cliEnv(home, source, target));
-      await run.waitFor(/restore "shop" started/);
-      const leaf = "public.page_views_2024_01";
-      await tamperAfterCopy(target, "shop", leaf, async (c) => (await c.query(`DELETE FROM ${leaf} WHERE ctid = (SELECT ctid FROM ${leaf} LIMIT 1)`)).rowCount);
-      const r = await run.result;
-      assert.equal(r.exitCode, 1, r.stderr);
-      assert.match(r.stderr, /"shop" failed: verification found 1 difference: row-count public\.page_views_2024_01 \(source (\d+), target (\d+)\)/);
-      const [, src, tgt] = /row-count public\.page_views_2024_01 \(source (\d+), target (\d+)\)/.exec(r.stderr)!;
-      assert.equal(Number(tgt), Number(src) - 1);
-      const report = await readReport(home, r.stderr);
-      assert.equal(report.status, "failed");
-      for (const d of report.databases) assert.equal(d.verified, d.name !== "shop", d.name);
-    },
-    { nats: false },
-  );
-});
-
-test("--verify checksum: one row changed on the target after its restore (same count, other content) is a mismatch, exit 1", { timeout: 600_000 }, async () => {
-  await withTestEnv(
-    async ({ source, target, home }) => {
-      await psqlExec(source, "postgres", demoSql({ scale: 5 }));
-      const run = startCli([...serverArgs(source, target), "-m", "1", "--workers", "1", "--verify", "checksum"], cliEnv(home, source, target));
-      await run.waitFor(/restore "shop" started/);
-      const leaf = "public.page_views_2024_01";
-      // One value of one row, nothing else: the row count stays the same.
-      await tamperAfterCopy(target, "shop", leaf, async (c) => {
-        const { rows: cols } = await c.query<{ a: string }>(
-          "SELECT quote_ident(attname) AS a FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND atttypid = 'text'::regtype LIMIT 1",
-          [leaf],
+test(
+  "a table that differs after the restore is reported as a mismatch and the run exits 1",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(
+      async ({ source, target, home }) => {
+        await psqlExec(source, "postgres", demoSql({ scale: 5 }));
+        const run = startCli(
+          [...serverArgs(source, target), "-m", "1", "--workers", "1"],
+          cliEnv(home, source, target),
         );
-        assert.ok(cols[0], "a text column to change");
-        return (await c.query(`UPDATE ${leaf} SET ${cols[0].a} = ${cols[0].a} || ' (changed)' WHERE ctid = (SELECT ctid FROM ${leaf} LIMIT 1)`)).rowCount;
-      });
-      const r = await run.result;
-      assert.equal(r.exitCode, 1, r.stderr);
-      assert.match(r.stderr, /"shop" failed: verification found 1 difference: checksum public\.page_views_2024_01 \(source -?\d+, target -?\d+\)/);
-      const report = await readReport(home, r.stderr);
-      const shop = report.databases.find((d) => d.name === "shop")!;
-      const row = shop.tableCounts.find((t) => `public.${(t as { name?: string }).name}` === leaf) as { source: number; target: number; sourceChecksum: string; targetChecksum: string };
-      assert.equal(row.source, row.target, "same count");
-      assert.notEqual(row.sourceChecksum, row.targetChecksum, "different content");
-      for (const d of report.databases) assert.equal(d.verified, d.name !== "shop", d.name);
-    },
-    { nats: false },
-  );
-});
+        await run.waitFor(/restore "shop" started/);
+        const leaf = "public.page_views_2024_01";
+        await tamperAfterCopy(
+          target,
+          "shop",
+          leaf,
+          async (c) => (await c.query(`DELETE FROM ${leaf} WHERE ctid = (SELECT ctid FROM ${leaf} LIMIT 1)`)).rowCount,
+        );
+        const r = await run.result;
+        assert.equal(r.exitCode, 1, r.stderr);
+        assert.match(
+          r.stderr,
+          /"shop" failed: verification found 1 difference: row-count public\.page_views_2024_01 \(source (\d+), target (\d+)\)/,
+        );
+        const [, src, tgt] = /row-count public\.page_views_2024_01 \(source (\d+), target (\d+)\)/.exec(r.stderr)!;
+        assert.equal(Number(tgt), Number(src) - 1);
+        const report = await readReport(home, r.stderr);
+        assert.equal(report.status, "failed");
+        for (const d of report.databases) assert.equal(d.verified, d.name !== "shop", d.name);
+      },
+      { nats: false },
+    );
+  },
+);
+
+test(
+  "--verify checksum: one row changed on the target after its restore (same count, other content) is a mismatch, exit 1",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(
+      async ({ source, target, home }) => {
+        await psqlExec(source, "postgres", demoSql({ scale: 5 }));
+        const run = startCli(
+          [...serverArgs(source, target), "-m", "1", "--workers", "1", "--verify", "checksum"],
+          cliEnv(home, source, target),
+        );
+        await run.waitFor(/restore "shop" started/);
+        const leaf = "public.page_views_2024_01";
+        // One value of one row, nothing else: the row count stays the same.
+        await tamperAfterCopy(target, "shop", leaf, async (c) => {
+          const { rows: cols } = await c.query<{ a: string }>(
+            "SELECT quote_ident(attname) AS a FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND atttypid = 'text'::regtype LIMIT 1",
+            [leaf],
+          );
+          assert.ok(cols[0], "a text column to change");
+          return (
+            await c.query(
+              `UPDATE ${leaf} SET ${cols[0].a} = ${cols[0].a} || ' (changed)' WHERE ctid = (SELECT ctid FROM ${leaf} LIMIT 1)`,
+            )
+          ).rowCount;
+        });
+        const r = await run.result;
+        assert.equal(r.exitCode, 1, r.stderr);
+        assert.match(
+          r.stderr,
+          /"shop" failed: verification found 1 difference: checksum public\.page_views_2024_01 \(source -?\d+, target -?\d+\)/,
+        );
+        const report = await readReport(home, r.stderr);
+        const shop = report.databases.find((d) => d.name === "shop")!;
+        const row = shop.tableCounts.find((t) => `public.${(t as { name?: string }).name}` === leaf) as {
+          source: number;
+          target: number;
+          sourceChecksum: string;
+          targetChecksum: string;
+        };
+        assert.equal(row.source, row.target, "same count");
+        assert.notEqual(row.sourceChecksum, row.targetChecksum, "different content");
+        for (const d of report.databases) assert.equal(d.verified, d.name !== "shop", d.name);
+      },
+      { nats: false },
+    );
+  },
+);

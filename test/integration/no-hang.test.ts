@@ -32,9 +32,17 @@ for (const c of [
   test(`${c.name}: one error line, non-zero exit within 5 s, nothing left running`, { timeout: 180_000 }, async () => {
     await withTestEnv(
       async ({ source, target, home }) => {
-        await psqlExec(source, "postgres", `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}'; CREATE DATABASE small; ${c.revoke};`);
+        await psqlExec(
+          source,
+          "postgres",
+          `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}'; CREATE DATABASE small; ${c.revoke};`,
+        );
         // Readable by the source user: the preflight checks that of every table pg_dump reads.
-        await psqlExec(source, "small", "CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO reader;");
+        await psqlExec(
+          source,
+          "small",
+          "CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO reader;",
+        );
         const started = Date.now();
         const r = await runCli(
           [...serverArgs(source, target), "--from-user", "reader", "--no-role-passwords", "--workers", "1"],
@@ -49,7 +57,11 @@ for (const c of [
         await assertNoLeftovers(home, [source.port, target.port], 5_000);
         if (c.plan) {
           // plan reads the same catalogs: the same one line, and it exits too (runCli measures it).
-          const p = await runCli(["plan", ...serverArgs(source, target), "--from-user", "reader", "--no-role-passwords"], { HOME: home, PGMIGRATE_FROM_PASS: READER_PW, PGMIGRATE_TO_PASS: target.password }, 60_000);
+          const p = await runCli(
+            ["plan", ...serverArgs(source, target), "--from-user", "reader", "--no-role-passwords"],
+            { HOME: home, PGMIGRATE_FROM_PASS: READER_PW, PGMIGRATE_TO_PASS: target.password },
+            60_000,
+          );
           assert.notEqual(p.exitCode, 0, p.stdout + p.stderr);
           assert.deepEqual(errorLines(p.stderr).length, 1, p.stderr);
           assert.match(errorLines(p.stderr)[0]!, c.error);

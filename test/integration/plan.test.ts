@@ -13,44 +13,67 @@ import { withTestEnv } from "../helpers/env.js";
 /** What a run would change: the databases (with their ACLs), the roles (with their attributes), every setting. */
 async function catalog(c: LocalCluster): Promise<unknown> {
   return {
-    databases: await query(c, "postgres", "SELECT datname, datdba, datacl::text, datconnlimit FROM pg_database ORDER BY datname"),
-    roles: await query(c, "postgres", "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, rolconnlimit, rolpassword FROM pg_authid ORDER BY rolname"),
+    databases: await query(
+      c,
+      "postgres",
+      "SELECT datname, datdba, datacl::text, datconnlimit FROM pg_database ORDER BY datname",
+    ),
+    roles: await query(
+      c,
+      "postgres",
+      "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, rolconnlimit, rolpassword FROM pg_authid ORDER BY rolname",
+    ),
     settings: await query(c, "postgres", "SELECT name, setting, source FROM pg_settings ORDER BY name"),
-    autoConf: await query(c, "postgres", "SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf' ORDER BY seqno"),
+    autoConf: await query(
+      c,
+      "postgres",
+      "SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf' ORDER BY seqno",
+    ),
   };
 }
 
-test("plan changes nothing, prints the databases, the settings it would change and the connection estimate", { timeout: 600_000 }, async () => {
-  await withTestEnv(
-    async ({ source, target, home }) => {
-      await psqlExec(source, "postgres", demoSql());
-      const before = { source: await catalog(source), target: await catalog(target) };
-      const args = [...serverArgs(source, target), "-m", "3", "-j", "2", "--fast-restore", "full"];
+test(
+  "plan changes nothing, prints the databases, the settings it would change and the connection estimate",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(
+      async ({ source, target, home }) => {
+        await psqlExec(source, "postgres", demoSql());
+        const before = { source: await catalog(source), target: await catalog(target) };
+        const args = [...serverArgs(source, target), "-m", "3", "-j", "2", "--fast-restore", "full"];
 
-      for (const invocation of [["plan", ...args], [...args, "--dry-run"]]) {
-        const r = await runCli(invocation, cliEnv(home, source, target));
-        assert.equal(r.exitCode, 0, r.stderr + r.stdout);
-        for (const db of demoDatabases) assert.ok(r.stdout.includes(db), `${db} listed`);
-        assert.match(r.stdout, /fsync\s+│ on\s+│ off/);
-        assert.match(r.stdout, /max-parallel × \(jobs \+ 2\) \+ 1 = 3 × \(2 \+ 2\) \+ 1/);
-        const [maxConn] = await query<{ max_connections: string }>(source, "postgres", "SHOW max_connections");
-        const row = /│ source\s+│ (\d+)\s+│ (\d+)/.exec(r.stdout);
-        assert.ok(row, r.stdout);
-        assert.equal(Number(row[1]), 3 * (2 + 2) + 1, "the estimate follows the formula");
-        assert.equal(Number(row[2]), Number(maxConn!.max_connections));
-        assert.match(r.stdout, /nothing was changed/);
-      }
+        for (const invocation of [
+          ["plan", ...args],
+          [...args, "--dry-run"],
+        ]) {
+          const r = await runCli(invocation, cliEnv(home, source, target));
+          assert.equal(r.exitCode, 0, r.stderr + r.stdout);
+          for (const db of demoDatabases) assert.ok(r.stdout.includes(db), `${db} listed`);
+          assert.match(r.stdout, /fsync\s+│ on\s+│ off/);
+          assert.match(r.stdout, /max-parallel × \(jobs \+ 2\) \+ 1 = 3 × \(2 \+ 2\) \+ 1/);
+          const [maxConn] = await query<{ max_connections: string }>(source, "postgres", "SHOW max_connections");
+          const row = /│ source\s+│ (\d+)\s+│ (\d+)/.exec(r.stdout);
+          assert.ok(row, r.stdout);
+          assert.equal(Number(row[1]), 3 * (2 + 2) + 1, "the estimate follows the formula");
+          assert.equal(Number(row[2]), Number(maxConn!.max_connections));
+          assert.match(r.stdout, /nothing was changed/);
+        }
 
-      assert.deepEqual({ source: await catalog(source), target: await catalog(target) }, before, "both catalogs as they were");
-      assert.equal(existsSync(join(home, "pg_dumps")), false, "no dump directory created");
-      assert.deepEqual(await readdir(home), [], "nothing written under HOME");
+        assert.deepEqual(
+          { source: await catalog(source), target: await catalog(target) },
+          before,
+          "both catalogs as they were",
+        );
+        assert.equal(existsSync(join(home, "pg_dumps")), false, "no dump directory created");
+        assert.deepEqual(await readdir(home), [], "nothing written under HOME");
 
-      // A refusal the run would meet is named, with the preflight's exit code.
-      await psqlExec(target, "postgres", "CREATE DATABASE analytics");
-      const refused = await runCli(["plan", ...args], cliEnv(home, source, target));
-      assert.equal(refused.exitCode, 3, refused.stdout);
-      assert.match(refused.stdout, /a run would be refused: the target already has database\(s\) "analytics"/);
-    },
-    { nats: false },
-  );
-});
+        // A refusal the run would meet is named, with the preflight's exit code.
+        await psqlExec(target, "postgres", "CREATE DATABASE analytics");
+        const refused = await runCli(["plan", ...args], cliEnv(home, source, target));
+        assert.equal(refused.exitCode, 3, refused.stdout);
+        assert.match(refused.stdout, /a run would be refused: the target already has database\(s\) "analytics"/);
+      },
+      { nats: false },
+    );
+  },
+);

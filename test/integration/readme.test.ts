@@ -43,17 +43,26 @@ const KNOWN = {
   watch: "pg-migrate watch     # the same, redrawn in place until the run ends",
   worker: "pg-migrate worker    # on each worker host: runs until stopped (SIGTERM hands its job back)",
   coordinator: "pg-migrate           # on the coordinator host, with PGMIGRATE_FROM_* / PGMIGRATE_TO_* as above",
-  revert: "pg-migrate revert-settings    # with the same PGMIGRATE_TO_* (or --to-host, --to-port, --to-user) as the run",
+  revert:
+    "pg-migrate revert-settings    # with the same PGMIGRATE_TO_* (or --to-host, --to-port, --to-user) as the run",
 } as const;
 
 test("every pg-migrate command line of the README runs as written", { timeout: 600_000 }, async () => {
   const lines = await readmeCommandLines();
-  assert.deepEqual([...lines].sort(), Object.values(KNOWN).sort(), "the README's pg-migrate lines and the ones this test runs");
+  assert.deepEqual(
+    [...lines].sort(),
+    Object.values(KNOWN).sort(),
+    "the README's pg-migrate lines and the ones this test runs",
+  );
 
   const prefix = await mkdtemp(join(tmpdir(), "pgm-npm-prefix-"));
   try {
     // "npm install --global ." as the README says, with npm's prefix pointed at a throwaway folder.
-    const install = await execa("npm", ["install", "--global", "."], { cwd: ROOT, env: { npm_config_prefix: prefix }, reject: false });
+    const install = await execa("npm", ["install", "--global", "."], {
+      cwd: ROOT,
+      env: { npm_config_prefix: prefix },
+      reject: false,
+    });
     assert.equal(install.exitCode, 0, String(install.stderr));
     const PATH = `${join(prefix, "bin")}:${process.env.PATH}`;
 
@@ -62,12 +71,22 @@ test("every pg-migrate command line of the README runs as written", { timeout: 6
       const before = await settingsOf(target);
       // What the README has the reader export, with this test's servers in it.
       const servers = {
-        PGMIGRATE_FROM_HOST: source.host, PGMIGRATE_FROM_PORT: String(source.port), PGMIGRATE_FROM_PASS: source.password,
-        PGMIGRATE_TO_HOST: target.host, PGMIGRATE_TO_PORT: String(target.port), PGMIGRATE_TO_PASS: target.password,
+        PGMIGRATE_FROM_HOST: source.host,
+        PGMIGRATE_FROM_PORT: String(source.port),
+        PGMIGRATE_FROM_PASS: source.password,
+        PGMIGRATE_TO_HOST: target.host,
+        PGMIGRATE_TO_PORT: String(target.port),
+        PGMIGRATE_TO_PASS: target.password,
       };
       const env = { HOME: home, PATH, ...servers };
       const sh = (line: string, extra: Record<string, string> = {}): ResultPromise =>
-        execa("bash", ["-c", line], { cwd: home, env: { ...env, ...extra }, extendEnv: false, reject: false, stdin: "ignore" });
+        execa("bash", ["-c", line], {
+          cwd: home,
+          env: { ...env, ...extra },
+          extendEnv: false,
+          reject: false,
+          stdin: "ignore",
+        });
 
       const version = await sh(KNOWN.version);
       assert.equal(version.exitCode, 0, String(version.stderr));
@@ -97,12 +116,23 @@ test("every pg-migrate command line of the README runs as written", { timeout: 6
       assert.deepEqual(await settingsOf(target), before);
 
       // Distributed: the same servers, emptied again, through a broker and a worker started by hand.
-      for (const db of await databasesOf(target)) await query(target, "postgres", `DROP DATABASE "${db.replace(/"/g, '""')}" WITH (FORCE)`);
+      for (const db of await databasesOf(target))
+        await query(target, "postgres", `DROP DATABASE "${db.replace(/"/g, '""')}" WITH (FORCE)`);
       const secretFile = join(home, "secret");
       await writeFile(secretFile, "a-shared-key-for-the-readme-test\n", { mode: 0o600 });
-      const distributed = { PGMIGRATE_NATS_URL: nats.url, PGMIGRATE_SECRET_FILE: secretFile, PGMIGRATE_DUMP_ROOT: join(home, "shared-dumps") };
+      const distributed = {
+        PGMIGRATE_NATS_URL: nats.url,
+        PGMIGRATE_SECRET_FILE: secretFile,
+        PGMIGRATE_DUMP_ROOT: join(home, "shared-dumps"),
+      };
       // A worker host has the broker, the key and the volume, not the source's or the target's passwords.
-      const worker = execa("bash", ["-c", KNOWN.worker], { cwd: home, env: { HOME: home, PATH, ...distributed }, extendEnv: false, reject: false, stdin: "ignore" });
+      const worker = execa("bash", ["-c", KNOWN.worker], {
+        cwd: home,
+        env: { HOME: home, PATH, ...distributed },
+        extendEnv: false,
+        reject: false,
+        stdin: "ignore",
+      });
       try {
         const coordinator = await sh(KNOWN.coordinator, distributed);
         assert.equal(coordinator.exitCode, 0, String(coordinator.stderr));

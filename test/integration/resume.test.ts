@@ -41,7 +41,8 @@ test("SIGINT reverts the target; running the same command again resumes", { time
       assert.match(r2.stderr, /resuming run /);
       for (const db of finished) assert.ok(!r2.stderr.includes(`dump "${db}" started`), `${db} was not dumped again`);
       assert.deepEqual(await databasesOf(target), [...demoDatabases].sort());
-      for (const db of demoDatabases) assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
+      for (const db of demoDatabases)
+        assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
       assert.deepEqual(await settingsOf(target), before);
       await assertNoLeftovers(home, [source.port, target.port]);
     },

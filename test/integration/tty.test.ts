@@ -16,7 +16,9 @@ test("on a terminal: progress bars while it runs, then an unbroken summary table
     async ({ source, target, home }) => {
       await psqlExec(source, "postgres", demoSql({ scale: 10 }));
       const quote = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
-      const command = [process.execPath, BIN, ...serverArgs(source, target), "--workers", "2", "-m", "2"].map(quote).join(" ");
+      const command = [process.execPath, BIN, ...serverArgs(source, target), "--workers", "2", "-m", "2"]
+        .map(quote)
+        .join(" ");
       const r = await execa("script", ["-qfec", command, "/dev/null"], {
         env: { ...cliEnv(home, source, target), TERM: "xterm", COLUMNS: "140", LINES: "50" },
         reject: false,
@@ -26,8 +28,14 @@ test("on a terminal: progress bars while it runs, then an unbroken summary table
       const screen = String(r.stdout).replace(ANSI, "");
       const lines = screen.split(/\r?\n|\r/);
 
-      assert.ok(lines.some((l) => /^run {2,}[█░]{24} +\d+% \d+\/4 databases/.test(l)), `a run bar:\n${screen}`);
-      assert.ok(lines.some((l) => /^(dump|restore|verify) \S.* [█░]{24} +\d+% /.test(l)), `a database bar:\n${screen}`);
+      assert.ok(
+        lines.some((l) => /^run {2,}[█░]{24} +\d+% \d+\/4 databases/.test(l)),
+        `a run bar:\n${screen}`,
+      );
+      assert.ok(
+        lines.some((l) => /^(dump|restore|verify) \S.* [█░]{24} +\d+% /.test(l)),
+        `a database bar:\n${screen}`,
+      );
 
       // The rest as a terminal draws it (the bars are gone when they stop, so the stream alone would glue the
       // table's first line to the last bar's text).
@@ -40,11 +48,19 @@ test("on a terminal: progress bars while it runs, then an unbroken summary table
         assert.match(l, /^[┌│├└]/, `table line starts with a border: ${JSON.stringify(l)}`);
         assert.equal([...l].length, [...table[0]!].length, `table lines of one width: ${JSON.stringify(l)}`);
       }
-      for (const db of demoDatabases) assert.ok(table.some((l) => l.startsWith(`│ ${db} `)), `${db} in the summary`);
+      for (const db of demoDatabases)
+        assert.ok(
+          table.some((l) => l.startsWith(`│ ${db} `)),
+          `${db} in the summary`,
+        );
       assert.match(drawn.join("\n"), /all 4 databases migrated and verified/);
 
       // No log line carries a bar's remnants ("… done in 0.5s (ANALYZE 0.2s)0 B 0 B/s"), and no bar is left drawn.
-      assert.deepEqual(drawn.filter((l) => /[█░]{24}/.test(l)), [], "bars left on the screen");
+      assert.deepEqual(
+        drawn.filter((l) => /[█░]{24}/.test(l)),
+        [],
+        "bars left on the screen",
+      );
       const logLines = drawn.filter((l) => l.includes("pg-migrate:"));
       assert.ok(logLines.length >= 10, drawn.join("\n"));
       for (const l of logLines) {

@@ -33,7 +33,12 @@ test("a job of an unknown version or shape is a ContractError", () => {
   assert.throws(() => decodeJob(bytes({ v: 2, kind: "dump" })), ContractError);
   assert.throws(() => decodeJob(new TextEncoder().encode("{not json")), ContractError);
   const job = {
-    v: 1, kind: "verify", runId: "r", jobId: "j", db: { name: "d", key: "d-1" }, dumpPath: "r/d-1/j/attempt-1",
+    v: 1,
+    kind: "verify",
+    runId: "r",
+    jobId: "j",
+    db: { name: "d", key: "d-1" },
+    dumpPath: "r/d-1/j/attempt-1",
     target: { host: "h", port: 5432, user: "u" },
   } as const;
   assert.deepEqual(decodeJob(encode(job)), job);
@@ -46,16 +51,32 @@ test("compare names every difference", () => {
     { tables: [t("a", 1), t("b", 2), t("gone", 3)], sequences: [s("q", "10")], largeObjects: 2 },
     { tables: [t("a", 1), t("b", 5), t("new", 0)], sequences: [s("q", "9")], largeObjects: 1 },
   );
-  assert.deepEqual(mismatches.map((m) => `${m.what}:${m.object}`), [
-    "row-count:public.b", "table-missing:public.gone", "table-extra:public.new", "sequence:public.q", "large-objects:pg_largeobject_metadata",
-  ]);
+  assert.deepEqual(
+    mismatches.map((m) => `${m.what}:${m.object}`),
+    [
+      "row-count:public.b",
+      "table-missing:public.gone",
+      "table-extra:public.new",
+      "sequence:public.q",
+      "large-objects:pg_largeobject_metadata",
+    ],
+  );
   assert.equal(tables.length, 4);
-  assert.deepEqual(compare({ tables: [t("a", 1)], sequences: [], largeObjects: 0 }, { tables: [t("a", 1)], sequences: [], largeObjects: 0 }).mismatches, []);
+  assert.deepEqual(
+    compare(
+      { tables: [t("a", 1)], sequences: [], largeObjects: 0 },
+      { tables: [t("a", 1)], sequences: [], largeObjects: 0 },
+    ).mismatches,
+    [],
+  );
 });
 
 test("withoutCreate keeps what follows pg_restore's CREATE DATABASE part, and nothing when there is no \\connect", async () => {
   const { withoutCreate } = await import("../../worker/db-properties.js");
   const script = `SET a = 1;\nCREATE DATABASE "x\\\\connect y";\nALTER DATABASE x OWNER TO postgres;\n\\connect -reuse-previous=on "dbname='x'"\nALTER DATABASE x SET work_mem TO '7MB';\n`;
-  assert.equal(withoutCreate(script), `\\connect -reuse-previous=on "dbname='x'"\nALTER DATABASE x SET work_mem TO '7MB';\n`);
+  assert.equal(
+    withoutCreate(script),
+    `\\connect -reuse-previous=on "dbname='x'"\nALTER DATABASE x SET work_mem TO '7MB';\n`,
+  );
   assert.equal(withoutCreate("CREATE DATABASE x;\n"), "");
 });

@@ -3,7 +3,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { chooseCompression, COMPRESS_PATTERN, networkFsName } from "../../shared/compression.js";
-import { BYTES_PER_JOB, connectionsNeeded, defaultParallelism, fitConnections, jobsFor } from "../../coordinator/parallelism.js";
+import {
+  BYTES_PER_JOB,
+  connectionsNeeded,
+  defaultParallelism,
+  fitConnections,
+  jobsFor,
+} from "../../coordinator/parallelism.js";
 import { PreflightError } from "../../shared/errors.js";
 
 test("--compress auto: none on a local volume, the cheapest method the tools have on a network one", () => {
@@ -20,9 +26,14 @@ test("--compress auto: none on a local volume, the cheapest method the tools hav
 test("--compress: a level or method is passed as given, lz4 and zstd only to pg_dump 16 and later", () => {
   assert.equal(chooseCompression("6", 15, "nfs").arg, "6");
   assert.equal(chooseCompression("zstd:3", 16, undefined).arg, "zstd:3");
-  assert.throws(() => chooseCompression("lz4", 15, undefined), /--compress lz4 needs pg_dump 16 or later \(this one is 15\)/);
-  for (const ok of ["auto", "0", "9", "none", "gzip", "gzip:5", "lz4", "lz4:1", "zstd:19"]) assert.ok(COMPRESS_PATTERN.test(ok), ok);
-  for (const bad of ["", "10", "fast", "lz4:", "zstd:100", "gzip 5", "auto;rm"]) assert.ok(!COMPRESS_PATTERN.test(bad), bad);
+  assert.throws(
+    () => chooseCompression("lz4", 15, undefined),
+    /--compress lz4 needs pg_dump 16 or later \(this one is 15\)/,
+  );
+  for (const ok of ["auto", "0", "9", "none", "gzip", "gzip:5", "lz4", "lz4:1", "zstd:19"])
+    assert.ok(COMPRESS_PATTERN.test(ok), ok);
+  for (const bad of ["", "10", "fast", "lz4:", "zstd:100", "gzip 5", "auto;rm"])
+    assert.ok(!COMPRESS_PATTERN.test(bad), bad);
 });
 
 test("-j and -m follow the cores, each within 2 to 8", () => {
@@ -38,15 +49,27 @@ test("parallelism is fitted to the free connections: defaults shrink -j first, g
   assert.deepEqual(fitConnections(wanted, { source: 100, target: 24 }, { jobs: false, maxParallel: false }), wanted);
   const shrunk = fitConnections(wanted, { source: 100, target: 20 }, { jobs: false, maxParallel: false });
   assert.deepEqual({ jobs: shrunk.jobs, maxParallel: shrunk.maxParallel }, { jobs: 3, maxParallel: 4 });
-  assert.match(shrunk.note!, /-j 4 -m 4 needs 24 connections on each server, but the source has 100 free and the target 20 .*: using -j 3 -m 4/);
+  assert.match(
+    shrunk.note!,
+    /-j 4 -m 4 needs 24 connections on each server, but the source has 100 free and the target 20 .*: using -j 3 -m 4/,
+  );
   const fewer = fitConnections(wanted, { source: 7, target: 50 }, { jobs: true, maxParallel: false });
   assert.deepEqual({ jobs: fewer.jobs, maxParallel: fewer.maxParallel }, { jobs: 4, maxParallel: 1 });
-  assert.throws(() => fitConnections(wanted, { source: 10, target: 50 }, { jobs: true, maxParallel: true }), (err: unknown) => {
-    assert.ok(err instanceof PreflightError);
-    assert.match(err.message, /-j 4 -m 4 needs 24 connections on each server, but the source has 10 free .*: lower -j\/-m or raise max_connections/);
-    return true;
-  });
-  assert.throws(() => fitConnections(wanted, { source: 2, target: 2 }, { jobs: false, maxParallel: false }), /lower -j\/-m or raise max_connections/);
+  assert.throws(
+    () => fitConnections(wanted, { source: 10, target: 50 }, { jobs: true, maxParallel: true }),
+    (err: unknown) => {
+      assert.ok(err instanceof PreflightError);
+      assert.match(
+        err.message,
+        /-j 4 -m 4 needs 24 connections on each server, but the source has 10 free .*: lower -j\/-m or raise max_connections/,
+      );
+      return true;
+    },
+  );
+  assert.throws(
+    () => fitConnections(wanted, { source: 2, target: 2 }, { jobs: false, maxParallel: false }),
+    /lower -j\/-m or raise max_connections/,
+  );
 });
 
 test("a database gets one -j worker per 64 MiB, at least 1 and at most -j", () => {

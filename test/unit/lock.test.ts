@@ -11,8 +11,13 @@ import { PreflightError } from "../../shared/errors.js";
 
 const quiet = pino({ level: "silent" });
 const holder = (over: Partial<LockHolder>): LockHolder => ({
-  runId: "20261125-000000-abcdefgh", pid: process.pid, host: hostname(), target: "db.example:5432",
-  startedAt: new Date().toISOString(), at: new Date().toISOString(), ...over,
+  runId: "20261125-000000-abcdefgh",
+  pid: process.pid,
+  host: hostname(),
+  target: "db.example:5432",
+  startedAt: new Date().toISOString(),
+  at: new Date().toISOString(),
+  ...over,
 });
 
 test("a lock of this host is stale when its pid is dead or is not pg-migrate; another host's when its heartbeat stopped", () => {
@@ -33,8 +38,11 @@ test("the file lock refuses a live holder by its run and takes over a dead one",
     // A live holder on another host (fresh heartbeat): refused by name.
     const live = JSON.parse(await readFile(path, "utf8")) as LockHolder;
     await writeFile(path, JSON.stringify({ ...live, host: "elsewhere" }));
-    await assert.rejects(TargetLock.acquire(home, "k", "db.example:5432", quiet), (err: unknown) =>
-      err instanceof PreflightError && /being migrated by run 20261125-111111-livelive .* on elsewhere/.test(err.message),
+    await assert.rejects(
+      TargetLock.acquire(home, "k", "db.example:5432", quiet),
+      (err: unknown) =>
+        err instanceof PreflightError &&
+        /being migrated by run 20261125-111111-livelive .* on elsewhere/.test(err.message),
     );
     // The same holder, dead on this host: taken over.
     await writeFile(path, JSON.stringify({ ...live, pid: spawnSync(process.execPath, ["-e", ""]).pid }));

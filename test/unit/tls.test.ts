@@ -23,14 +23,32 @@ test("the driver verifies as libpq does: the CA always, the name only for verify
     const ca = join(dir, "ca.pem");
     writeFileSync(ca, "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n");
     const full = driverSsl({ sslmode: "verify-full", sslrootcert: ca }, "source");
-    assert.ok(full.ssl && full.ssl.rejectUnauthorized === true && typeof full.ssl.ca === "string" && full.ssl.checkServerIdentity === undefined);
+    assert.ok(
+      full.ssl &&
+        full.ssl.rejectUnauthorized === true &&
+        typeof full.ssl.ca === "string" &&
+        full.ssl.checkServerIdentity === undefined,
+    );
     const caOnly = driverSsl({ sslmode: "verify-ca", sslrootcert: ca }, "source");
-    assert.ok(caOnly.ssl && caOnly.ssl.rejectUnauthorized === true && typeof caOnly.ssl.checkServerIdentity === "function");
-    assert.deepEqual(driverSsl({ sslmode: "require" }, "target"), { ssl: { rejectUnauthorized: false }, fallback: false });
-    assert.equal(driverSsl({ sslmode: "require", sslrootcert: ca }, "target").ssl && (driverSsl({ sslmode: "require", sslrootcert: ca }, "target").ssl as { rejectUnauthorized: boolean }).rejectUnauthorized, true);
+    assert.ok(
+      caOnly.ssl && caOnly.ssl.rejectUnauthorized === true && typeof caOnly.ssl.checkServerIdentity === "function",
+    );
+    assert.deepEqual(driverSsl({ sslmode: "require" }, "target"), {
+      ssl: { rejectUnauthorized: false },
+      fallback: false,
+    });
+    assert.equal(
+      driverSsl({ sslmode: "require", sslrootcert: ca }, "target").ssl &&
+        (driverSsl({ sslmode: "require", sslrootcert: ca }, "target").ssl as { rejectUnauthorized: boolean })
+          .rejectUnauthorized,
+      true,
+    );
     assert.deepEqual(driverSsl({}, "source"), { ssl: { rejectUnauthorized: false }, fallback: true });
     assert.deepEqual(driverSsl({ sslmode: "disable" }, "source"), { ssl: false, fallback: false });
-    assert.throws(() => driverSsl({ sslmode: "verify-full" }, "target"), /--to-sslmode verify-full needs the CA .*--to-sslrootcert/);
+    assert.throws(
+      () => driverSsl({ sslmode: "verify-full" }, "target"),
+      /--to-sslmode verify-full needs the CA .*--to-sslrootcert/,
+    );
   } finally {
     process.env.HOME = saved;
     rmSync(dir, { recursive: true, force: true });
