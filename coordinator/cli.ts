@@ -3,15 +3,17 @@ import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import { bool, nonEmpty, nonNegativeInt, port, positiveInt } from "../shared/cli-values.js";
-import { ConfigError, errorMessage, InterruptedError, PreflightError, ToolError } from "../shared/errors.js";
 import {
-  natsAuthFrom,
-  natsAuthOptions,
+  ConfigError,
+  ConnectError,
+  errorMessage,
+  InterruptedError,
   NatsConnectError,
-  withoutCredentials,
-  type NatsAuthFlags,
-} from "../shared/nats.js";
-import { ConnectError, type ServerSpec } from "../shared/pg/connect.js";
+  PreflightError,
+  ToolError,
+} from "../shared/errors.js";
+import { natsAuthFrom, natsAuthOptions, withoutCredentials, type NatsAuthFlags } from "../shared/nats.js";
+import type { ServerSpec } from "../shared/pg/connect.js";
 import { libpqPassword } from "../shared/pg/passwords.js";
 import { SSL_MODES } from "../shared/pg/tls.js";
 import { readSecretFile } from "../shared/secrets.js";
@@ -461,12 +463,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const planOnly = argv[0] === "plan";
   const program = buildProgram();
-  try {
-    program.parse(planOnly ? argv.slice(1) : argv, { from: "user" });
-  } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    throw err;
-  }
+  const parsed = parseArgs(program, planOnly ? argv.slice(1) : argv);
+  if (parsed !== undefined) return parsed;
   // plan reads only: Ctrl-C just ends it (the shell reports 130).
   if (planOnly || program.opts<RawOptions>().dryRun) {
     try {
@@ -560,12 +558,8 @@ async function statusMain(command: "status" | "watch", argv: string[], out: Outp
     .showHelpAfterError()
     .exitOverride()
     .configureOutput({ writeErr: (x) => process.stderr.write(x) });
-  try {
-    program.parse(argv, { from: "user" });
-  } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    throw err;
-  }
+  const parsed = parseArgs(program, argv);
+  if (parsed !== undefined) return parsed;
   const o = program.opts<{ natsUrl?: string; json: boolean } & NatsAuthFlags>();
   try {
     return await status(
@@ -585,12 +579,8 @@ async function statusMain(command: "status" | "watch", argv: string[], out: Outp
 
 async function revertMain(argv: string[], out: Output): Promise<number> {
   const program = buildRevertProgram();
-  try {
-    program.parse(argv, { from: "user" });
-  } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    throw err;
-  }
+  const parsed = parseArgs(program, argv);
+  if (parsed !== undefined) return parsed;
   const o = program.opts<RawOptions>();
   try {
     return await revertByHand(
@@ -604,25 +594,33 @@ async function revertMain(argv: string[], out: Output): Promise<number> {
   }
 }
 
+/** Parses argv; a number is the exit code when commander has answered already (--help, a usage error). */
+function parseArgs(program: Command, argv: string[]): number | undefined {
+  try {
+    program.parse(argv, { from: "user" });
+    return undefined;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    throw err;
+  }
+}
+
+/** From error to exit code, in one place: each is said as one line, its message. Anything else exits 1. */
+const EXIT_FOR: [abstract new (...args: never[]) => Error, number][] = [
+  [ConfigError, EXIT.usage],
+  [PreflightError, EXIT.preflight],
+  [ConnectError, EXIT.preflight],
+  [NatsConnectError, EXIT.preflight],
+  [ToolError, EXIT.failed],
+];
+
 function report(err: unknown, out: Output): number {
   if (err instanceof InterruptedError) {
     out.line("interrupted before the migration started; run the same command again to continue");
     return EXIT.interrupted;
   }
-  const line = (msg: string) => process.stderr.write(`pg-migrate: error: ${msg}\n`);
-  if (err instanceof ConfigError) {
-    line(err.message);
-    return EXIT.usage;
-  }
-  if (err instanceof PreflightError || err instanceof ConnectError || err instanceof NatsConnectError) {
-    line(err.message);
-    return EXIT.preflight;
-  }
-  if (err instanceof ToolError) {
-    line(err.message);
-    return EXIT.failed;
-  }
-  line(errorMessage(err));
-  if (process.env.PGMIGRATE_DEBUG) console.error(err);
-  return EXIT.failed;
+  process.stderr.write(`pg-migrate: error: ${errorMessage(err)}\n`);
+  const known = EXIT_FOR.find(([type]) => err instanceof type);
+  if (!known && process.env.PGMIGRATE_DEBUG) console.error(err);
+  return known?.[1] ?? EXIT.failed;
 }

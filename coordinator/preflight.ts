@@ -5,8 +5,8 @@ import { constants } from "node:fs";
 import { access, rm, statfs, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type pg from "pg";
-import { PreflightError } from "../shared/errors.js";
-import { ConnectError, connect, describe, withClient, type ServerSpec } from "../shared/pg/connect.js";
+import { ConnectError, PreflightError } from "../shared/errors.js";
+import { connect, describe, withClient, type ServerSpec } from "../shared/pg/connect.js";
 import type { Toolset } from "../shared/tools.js";
 import { makeDir } from "../shared/dirs.js";
 

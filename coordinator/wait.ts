@@ -2,9 +2,9 @@
 // servers that start alongside the coordinator (a compose stack), where "connection refused" means "not yet";
 // an answer that waiting cannot change (a wrong password) ends the wait at once.
 import { setTimeout as sleep } from "node:timers/promises";
-import { errorMessage, InterruptedError, PreflightError } from "../shared/errors.js";
-import { connectNats, NatsConnectError, withoutCredentials, type NatsAuth } from "../shared/nats.js";
-import { connect, ConnectError, describe, type ServerSpec } from "../shared/pg/connect.js";
+import { ConnectError, errorMessage, InterruptedError, NatsConnectError, PreflightError } from "../shared/errors.js";
+import { connectNats, withoutCredentials, type NatsAuth } from "../shared/nats.js";
+import { connect, describe, type ServerSpec } from "../shared/pg/connect.js";
 
 export interface Service {
   /** Named in the messages: "source db:5432/postgres as postgres". */

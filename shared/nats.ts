@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { Option } from "commander";
 import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-node";
-import { ConfigError, errorMessage } from "./errors.js";
+import { ConfigError, errorMessage, NatsConnectError } from "./errors.js";
 import { readFlagFile } from "./flag-file.js";
 import { readSecretFile } from "./secrets.js";
 
@@ -146,10 +146,6 @@ export function withoutCredentials(urls: string): string {
     .split(",")
     .map((u) => u.trim().replace(/^((?:[a-z]+:\/\/)?)[^@/]*@/i, "$1"))
     .join(",");
-}
-
-export class NatsConnectError extends Error {
-  override name = "NatsConnectError";
 }
 
 export async function connectNats(url: string, name: string, auth: NatsAuth = {}): Promise<NatsConnection> {

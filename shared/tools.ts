@@ -143,8 +143,15 @@ export async function runTool(
   const stderr = String(result.stderr ?? "");
   if (result.failed) {
     const tail = stderr.length > STDERR_TAIL ? stderr.slice(-STDERR_TAIL) : stderr;
-    const reason = result.timedOut ? "timed out" : result.isCanceled ? "was cancelled" : undefined;
-    throw new ToolError(tool, result.exitCode, result.signal ?? reason, tail || String(result.shortMessage ?? ""));
+    throw new ToolError({
+      tool,
+      exitCode: result.exitCode,
+      signal: result.signal,
+      timedOut: result.timedOut,
+      cancelled: result.isCanceled,
+      durationMs: result.durationMs,
+      stderrTail: tail || String(result.shortMessage ?? ""),
+    });
   }
   return { stdout: String(result.stdout ?? ""), stderr };
 }

@@ -3,6 +3,7 @@ import type { ConnSpec, JobOf } from "../shared/contracts/messages.js";
 import type { JobKind } from "../shared/contracts/phases.js";
 import type { JobResult, Progress } from "../shared/contracts/messages.js";
 import type { Logger } from "../shared/log.js";
+import { PermanentJobError } from "../shared/errors.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 import { SECRET_ENV, unseal, type SharedKey } from "../shared/secrets.js";
 import type { Toolset } from "../shared/tools.js";
@@ -29,11 +30,6 @@ export type Handler<K extends JobKind> = (
   ctx: WorkerContext,
 ) => Promise<Extract<JobResult, { kind: K }>>;
 export type Handlers = { [K in JobKind]: Handler<K> };
-
-/** A failure no retry can mend: the job is terminated at once. */
-export class PermanentJobError extends Error {
-  override name = "PermanentJobError";
-}
 
 export function serverFor(role: "source" | "target", conn: ConnSpec, ctx: WorkerContext): ServerSpec {
   const { host, port, user, sslmode, sslrootcert, sslcert, sslkey } = conn;

@@ -6,10 +6,10 @@ import { CONTRACT_VERSION, decodeManifest, type Manifest } from "../shared/contr
 import { connect, endOnAbort } from "../shared/pg/connect.js";
 import { contentsOf, hasDatabaseProperties } from "../shared/pg/catalog.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
-import { errorMessage, ToolError } from "../shared/errors.js";
+import { errorMessage, PermanentJobError, ToolError } from "../shared/errors.js";
 import { runTool } from "../shared/tools.js";
 import { chooseCompression, networkFsOf, type Compression } from "../shared/compression.js";
-import { PermanentJobError, serverFor, type Handler } from "./context.js";
+import { serverFor, type Handler } from "./context.js";
 import { directorySize, ensurePrivateDir, removeTree, writeFileAtomic } from "./files.js";
 
 export const MANIFEST_FILE = "manifest.json";

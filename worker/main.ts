@@ -16,11 +16,11 @@ import {
   type JobResult,
 } from "../shared/contracts/messages.js";
 import { JOB_KINDS, type JobKind } from "../shared/contracts/phases.js";
-import { ContractError, errorMessage, ToolError } from "../shared/errors.js";
+import { ContractError, errorMessage, PermanentJobError, ToolError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 import { retry } from "../shared/retry.js";
 import { deterministicFailure, serverUnavailable, withClient } from "../shared/pg/connect.js";
-import { PermanentJobError, serverFor, type Handlers, type WorkerContext } from "./context.js";
+import { serverFor, type Handlers, type WorkerContext } from "./context.js";
 import { dump } from "./dump.js";
 import { restore } from "./restore.js";
 import { verify } from "./verify.js";

@@ -7,8 +7,9 @@ import { analyzeUserTables, userObjectCount } from "../shared/pg/catalog.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
 import type { Progress } from "../shared/contracts/messages.js";
+import { PermanentJobError } from "../shared/errors.js";
 import { runTool } from "../shared/tools.js";
-import { PermanentJobError, serverFor, type Handler } from "./context.js";
+import { serverFor, type Handler } from "./context.js";
 import { readManifest } from "./dump.js";
 
 const PROGRESS_EVERY_MS = 2000;

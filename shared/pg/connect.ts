@@ -1,6 +1,6 @@
 // Connections with errors a user can act on: which server, which user, what to fix.
 import pg from "pg";
-import { errorMessage } from "../errors.js";
+import { ConnectError, errorMessage } from "../errors.js";
 import { libpqPassword } from "./passwords.js";
 import { driverSsl, type PgTls } from "./tls.js";
 
@@ -14,12 +14,6 @@ export interface ServerSpec extends PgTls {
   password: string | undefined;
   /** Where the password came from ("--from-pass", "~/.pgpass", …): named when the server refuses it. */
   passwordFrom?: string | undefined;
-}
-
-export class ConnectError extends Error {
-  override name = "ConnectError";
-  /** The driver's code (a SQLSTATE, or a socket's), kept so that what the failure means can still be read. */
-  readonly code: string | undefined = (this.cause as { code?: string } | undefined)?.code;
 }
 
 export function describe(s: ServerSpec, db?: string): string {
