@@ -14,7 +14,7 @@ import { errorMessage } from "../shared/errors.js";
 import { serverUnavailable } from "../shared/pg/connect.js";
 import { ident, literal } from "../shared/pg/quote.js";
 import type { FastRestoreMode } from "./config.js";
-import type { SavedSetting } from "./state.js";
+import { decodeTargetRecord, type SavedSetting, type TargetRecord } from "../shared/contracts/record.js";
 
 /** Settings that cannot corrupt the cluster if the target crashes mid-run. */
 const SAFE: Record<string, string> = {
@@ -48,14 +48,7 @@ export async function saveSettings(client: pg.Client, names: string[]): Promise<
 /** The custom setting that carries, on the target itself, what a run changed there and the values to put back. */
 export const TARGET_RECORD = "pg_migrate.fast_restore";
 
-/** What the target carries about the fast-restore settings a run put there. */
-export interface TargetRecord {
-  v: 1;
-  runId: string;
-  mode: string;
-  at: string;
-  original: SavedSetting[];
-}
+export type { TargetRecord };
 
 /**
  * The record in the target's postgresql.auto.conf, read from the file as it is now (pg_file_settings), so that
@@ -70,10 +63,9 @@ export async function readTargetRecord(client: pg.Client): Promise<TargetRecord 
     .catch(() => ({ rows: [] as { setting: string }[] }));
   if (!rows[0]) return undefined;
   try {
-    const r = JSON.parse(rows[0].setting) as TargetRecord;
-    return r && r.v === 1 && Array.isArray(r.original) ? r : undefined;
+    return decodeTargetRecord(rows[0].setting);
   } catch {
-    return undefined;
+    return undefined; // not one of ours: nothing a revert could use
   }
 }
 

@@ -13,20 +13,12 @@ import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
 import type pg from "pg";
 import { kvKeys } from "../shared/contracts/jetstream.js";
+import { decodeLockHolder, type LockHolder } from "../shared/contracts/record.js";
 import { errorMessage, PreflightError } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 import { makeDir } from "../shared/dirs.js";
 
-export interface LockHolder {
-  /** Unknown for the first moments of a run, before its record is found or created. */
-  runId: string | null;
-  pid: number;
-  host: string;
-  target: string;
-  startedAt: string;
-  /** Refreshed every REFRESH_MS while the holder lives. */
-  at: string;
-}
+export type { LockHolder };
 
 const REFRESH_MS = 5_000;
 const STALE_MS = 30_000;
@@ -210,7 +202,7 @@ export async function kvLockHolders(kv: KV): Promise<LockHolder[]> {
 
 /** A lock's holder as pg-migrate itself wrote it (file or KV entry). */
 export function parseHolder(text: string): LockHolder {
-  return JSON.parse(text) as LockHolder;
+  return decodeLockHolder(text);
 }
 
 async function readHolder(path: string): Promise<LockHolder | undefined> {

@@ -5,101 +5,13 @@ import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
 import { kvKeys } from "../shared/contracts/jetstream.js";
 import { customAlphabet } from "nanoid";
-import type { CreateSpec, Mismatch, VerifyWarning } from "../shared/contracts/messages.js";
-import type { UpgradeNote } from "./upgrade-notes.js";
-import type { DbPhase, JobKind } from "../shared/contracts/phases.js";
+import { decodeRunRecord, type DbState, type RunRecord } from "../shared/contracts/record.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 import { makeDir } from "../shared/dirs.js";
 
-export interface SavedSetting {
-  name: string;
-  /** The value in effect before the run, as pg_settings shows it. */
-  setting: string;
-  /** The value postgresql.auto.conf held (ALTER SYSTEM), or null when it held none. */
-  autoConf: string | null;
-}
-
-export interface DbState {
-  name: string;
-  key: string;
-  sizeBytes: number;
-  phase: DbPhase;
-  /** True once this run has (or is about to have) created the database on the target. */
-  created: boolean;
-  create: CreateSpec;
-  jobId?: string | undefined;
-  jobSeq?: number | undefined;
-  /** Attempt directory of the completed dump, relative to the dump root. */
-  dumpPath?: string | undefined;
-  dumpBytes?: number;
-  tables?: number;
-  rows?: number;
-  verifiedRows?: number;
-  sequences?: number;
-  mismatches?: Mismatch[];
-  /** What pg_dump could not preserve (column order, refreshed materialized views): named, not failures. */
-  warnings?: VerifyWarning[];
-  /** Whether verification applied the database's own properties, and why not. */
-  properties?: {
-    applied: boolean;
-    why?: string | undefined;
-    skipped?: string[] | undefined;
-    none?: boolean | undefined;
-  };
-  detailPath?: string;
-  timings: Partial<Record<JobKind | "analyze", number>>;
-  attempts: Partial<Record<JobKind, number>>;
-  workers: Partial<Record<JobKind, string>>;
-  error?: string | undefined;
-  /** The tail of the failing tool's stderr, from the newest failed attempt. */
-  stderrTail?: string | undefined;
-  /** The current job's newest progress: what status and watch show as bytes, rate and ETA. */
-  progress?:
-    | { kind: JobKind; jobId: string; bytes: number; totalBytes: number | null; startedAt: string; at: string }
-    | undefined;
-}
-
-/** Roles a target user that is not a superuser joined for the run (granted), and whether it left them again. */
-export interface Memberships {
-  granted: string[];
-  revoked: boolean;
-}
-
-export interface RunRecord {
-  v: 1;
-  runId: string;
-  pairKey: string;
-  /** abandoned: a later `--restart` cleaned up after it and started over. */
-  status: "running" | "interrupted" | "failed" | "finished" | "abandoned";
-  startedAt: string;
-  updatedAt: string;
-  resumedAt: string[];
-  source: { host: string; port: number; user: string; db: string; systemId: string | null; version: string };
-  target: { host: string; port: number; user: string; db: string; systemId: string | null; version: string };
-  options: Record<string, unknown>;
-  fastRestore: { mode: string; applied: boolean; reverted: boolean; original: SavedSetting[]; skippedReason?: string };
-  /** What crossing majors changes (coordinator/upgrade-notes.ts), said before the run changed anything. */
-  upgradeNotes?: UpgradeNote[];
-  globals: {
-    done: boolean;
-    applied: number;
-    removed: string[];
-    alreadyExisted: string[];
-    failed: { statement: string; error: string }[];
-    withoutPassword?: string[];
-    notApplied?: string[];
-    unknownSettings?: string[];
-  };
-  skipped: { name: string; reason: string }[];
-  /** Roles a target user that is not a superuser joined for the run, left again at its end. */
-  memberships?: Memberships;
-  databases: DbState[];
-  /** The run's NATS URL(s), without credentials: where `pg-migrate status` finds the live workers. */
-  broker?: string;
-  /** The last EVENTS stream sequence the coordinator handled: a resume reads the run's events again from there. */
-  eventsSeq?: number;
-}
+// The record's shape is a contract (shared/contracts/record.ts), decoded wherever it is read.
+export type { DbState, Memberships, RunRecord, SavedSetting } from "../shared/contracts/record.js";
 
 /** Whether a record's target is this server: by system identifier when both are known, else by address. */
 export function sameTarget(r: RunRecord, systemId: string | null, host: string, port: number): boolean {
@@ -131,7 +43,7 @@ export class RunState {
 
   /** A run record as write() below wrote it (local file or KV entry). */
   static parse(text: string): RunRecord {
-    return JSON.parse(text) as RunRecord;
+    return decodeRunRecord(text);
   }
 
   static stateRoot(home: string): string {

@@ -5,14 +5,9 @@ import type pg from "pg";
 import { withClient, type ServerSpec } from "../shared/pg/connect.js";
 import { ident } from "../shared/pg/quote.js";
 import { knownSettings, settingKnown } from "../shared/pg/settings.js";
+import type { UpgradeNote } from "../shared/contracts/record.js";
 
-export const UPGRADE_NOTE_KINDS = ["public-schema", "unknown-setting", "extension-version", "removed-feature"] as const;
-
-export interface UpgradeNote {
-  what: (typeof UPGRADE_NOTE_KINDS)[number];
-  object: string;
-  note: string;
-}
+export type { UpgradeNote };
 
 export const noteLine = (n: UpgradeNote): string => `${n.what} ${n.object}: ${n.note}`;
 

@@ -27,7 +27,7 @@ const DbRef = z.object({ name: z.string(), key: z.string() });
 export type DbRef = z.infer<typeof DbRef>;
 
 /** How the coordinator created a database on the target; a retried restore recreates it the same way. */
-const CreateSpec = z.object({
+export const CreateSpecSchema = z.object({
   owner: z.string(),
   encoding: z.string(),
   collate: z.string(),
@@ -39,7 +39,7 @@ const CreateSpec = z.object({
   /** The database's default tablespace when it is not pg_default (absent: pg_default, or --no-tablespaces). */
   tablespace: z.string().optional(),
 });
-export type CreateSpec = z.infer<typeof CreateSpec>;
+export type CreateSpec = z.infer<typeof CreateSpecSchema>;
 
 const jobBase = {
   v: z.literal(CONTRACT_VERSION),
@@ -73,7 +73,7 @@ const RestoreJob = z.object({
   kind: z.literal("restore"),
   target: ConnSpec,
   jobs: z.number().int().positive(),
-  create: CreateSpec,
+  create: CreateSpecSchema,
   /** pg_restore --no-owner: every object owned by the target user (--no-owner, for targets that cannot give objects to their owners). */
   noOwner: z.boolean().optional(),
   /** Restore into a database that was there before the run (the maintenance database): never dropped or created. */
@@ -133,7 +133,7 @@ const Manifest = z.object({
 });
 export type Manifest = z.infer<typeof Manifest>;
 
-const Mismatch = z.object({
+export const MismatchSchema = z.object({
   what: z.enum([
     "table-missing",
     "table-extra",
@@ -148,21 +148,21 @@ const Mismatch = z.object({
   source: z.string().nullable(),
   target: z.string().nullable(),
 });
-export type Mismatch = z.infer<typeof Mismatch>;
+export type Mismatch = z.infer<typeof MismatchSchema>;
 
 /**
  * A difference pg_dump itself cannot avoid, named but not a failure: an inheritance child whose columns the target
  * keeps in another order (pg_dump recreates it with its parent's columns first), a materialized view whose content
  * changed because pg_restore refreshed it. `note` says what it means for the user.
  */
-const VerifyWarning = z.object({
+export const VerifyWarningSchema = z.object({
   what: z.enum(["column-order", "matview-refreshed"]),
   object: z.string(),
   source: z.string().nullable(),
   target: z.string().nullable(),
   note: z.string(),
 });
-export type VerifyWarning = z.infer<typeof VerifyWarning>;
+export type VerifyWarning = z.infer<typeof VerifyWarningSchema>;
 
 const DumpResult = z.object({
   kind: z.literal("dump"),
@@ -191,9 +191,9 @@ const VerifyResult = z.object({
   tables: z.number().int(),
   rows: z.number(),
   sequences: z.number().int(),
-  mismatches: z.array(Mismatch),
+  mismatches: z.array(MismatchSchema),
   /** What pg_dump cannot preserve, named: not a failure. */
-  warnings: z.array(VerifyWarning).optional(),
+  warnings: z.array(VerifyWarningSchema).optional(),
   /**
    * The database's own properties (settings, connection limit, comment, grants): applied (also after a failed
    * verification, whose reason stays in mismatches), none to apply, or not applied and why.

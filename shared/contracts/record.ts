@@ -1,0 +1,202 @@
+// The coordinator's own records, as contracts: the run record (a local file and a KV entry a coordinator on another
+// host resumes from), the target lock's holder (a file and a KV entry), and JetStream's max-deliveries advisory.
+// Decoded through these schemas wherever they are read, as the messages are: a record that does not match is
+// named, never half-read. The report's schema (report.ts) is built from the run record's parts.
+import { z } from "zod";
+import { ContractError, errorMessage } from "../errors.js";
+import { CreateSpecSchema, MismatchSchema, VerifyWarningSchema } from "./messages.js";
+import { DB_PHASES, JOB_KINDS } from "./phases.js";
+
+export const RUN_STATUSES = ["running", "interrupted", "failed", "finished", "abandoned"] as const;
+export const UPGRADE_NOTE_KINDS = ["public-schema", "unknown-setting", "extension-version", "removed-feature"] as const;
+
+export const ServerSchema = z.object({
+  host: z.string(),
+  port: z.number().int(),
+  user: z.string(),
+  db: z.string(),
+  systemId: z.string().nullable(),
+  version: z.string(),
+});
+
+export const SavedSettingSchema = z.object({
+  name: z.string(),
+  /** The value in effect before the run, as pg_settings shows it. */
+  setting: z.string(),
+  /** The value postgresql.auto.conf held (ALTER SYSTEM), or null when it held none. */
+  autoConf: z.string().nullable(),
+});
+export type SavedSetting = z.infer<typeof SavedSettingSchema>;
+
+export const FastRestoreSchema = z.object({
+  mode: z.string(),
+  applied: z.boolean(),
+  reverted: z.boolean(),
+  original: z.array(SavedSettingSchema),
+  skippedReason: z.string().optional(),
+});
+
+export const GlobalsSchema = z.object({
+  done: z.boolean(),
+  applied: z.number().int(),
+  removed: z.array(z.string()),
+  alreadyExisted: z.array(z.string()),
+  failed: z.array(z.object({ statement: z.string(), error: z.string() })),
+  /** --no-role-passwords: login roles created without a password; set one with ALTER ROLE … PASSWORD. */
+  withoutPassword: z.array(z.string()).optional(),
+  /** A target user that is not a superuser: role attributes (SUPERUSER, REPLICATION, BYPASSRLS) and grantors left out. */
+  notApplied: z.array(z.string()).optional(),
+  /** ALTER ROLE … SET of settings the target's major no longer knows: left out, the rest applied. */
+  unknownSettings: z.array(z.string()).optional(),
+});
+
+export const SkippedSchema = z.object({ name: z.string(), reason: z.string() });
+
+/** What crossing majors changes that a user must know, naming its object (coordinator/upgrade-notes.ts). */
+export const UpgradeNoteSchema = z.object({ what: z.enum(UPGRADE_NOTE_KINDS), object: z.string(), note: z.string() });
+export type UpgradeNote = z.infer<typeof UpgradeNoteSchema>;
+
+const PerKind = <T extends z.ZodType>(t: T) => z.object({ dump: t, restore: t, verify: t }).partial();
+export const TimingsSchema = z
+  .object({ dump: z.number(), restore: z.number(), verify: z.number(), analyze: z.number() })
+  .partial();
+export const AttemptsSchema = PerKind(z.number().int());
+export const WorkersSchema = PerKind(z.string());
+
+/** Whether verification applied the database's own properties, and why not. */
+export const PropertiesSchema = z.object({
+  applied: z.boolean(),
+  why: z.string().optional(),
+  skipped: z.array(z.string()).optional(),
+  none: z.boolean().optional(),
+});
+
+export const DbStateSchema = z.object({
+  name: z.string(),
+  key: z.string(),
+  sizeBytes: z.number(),
+  phase: z.enum(DB_PHASES),
+  /** True once this run has (or is about to have) created the database on the target. */
+  created: z.boolean(),
+  create: CreateSpecSchema,
+  jobId: z.string().optional(),
+  jobSeq: z.number().int().optional(),
+  /** Attempt directory of the completed dump, relative to the dump root. */
+  dumpPath: z.string().optional(),
+  dumpBytes: z.number().optional(),
+  tables: z.number().int().optional(),
+  rows: z.number().optional(),
+  verifiedRows: z.number().optional(),
+  sequences: z.number().int().optional(),
+  mismatches: z.array(MismatchSchema).optional(),
+  /** What pg_dump could not preserve (column order, refreshed materialized views): named, not failures. */
+  warnings: z.array(VerifyWarningSchema).optional(),
+  properties: PropertiesSchema.optional(),
+  detailPath: z.string().optional(),
+  timings: TimingsSchema,
+  attempts: AttemptsSchema,
+  workers: WorkersSchema,
+  error: z.string().optional(),
+  /** The tail of the failing tool's stderr, from the newest failed attempt. */
+  stderrTail: z.string().optional(),
+  /** The current job's newest progress: what status and watch show as bytes, rate and ETA. */
+  progress: z
+    .object({
+      kind: z.enum(JOB_KINDS),
+      jobId: z.string(),
+      bytes: z.number(),
+      totalBytes: z.number().nullable(),
+      startedAt: z.string(),
+      at: z.string(),
+    })
+    .optional(),
+});
+export type DbState = z.infer<typeof DbStateSchema>;
+
+/** Roles a target user that is not a superuser joined for the run (granted), and whether it left them again. */
+export const MembershipsSchema = z.object({ granted: z.array(z.string()), revoked: z.boolean() });
+export type Memberships = z.infer<typeof MembershipsSchema>;
+
+export const RunRecordSchema = z.object({
+  v: z.literal(1),
+  runId: z.string(),
+  pairKey: z.string(),
+  /** abandoned: a later `--restart` cleaned up after it and started over. */
+  status: z.enum(RUN_STATUSES),
+  startedAt: z.string(),
+  updatedAt: z.string(),
+  resumedAt: z.array(z.string()),
+  source: ServerSchema,
+  target: ServerSchema,
+  /** The run's options, passwords excluded. */
+  options: z.record(z.string(), z.unknown()),
+  fastRestore: FastRestoreSchema,
+  /** What crossing majors changes (coordinator/upgrade-notes.ts), said before the run changed anything. */
+  upgradeNotes: z.array(UpgradeNoteSchema).optional(),
+  globals: GlobalsSchema,
+  skipped: z.array(SkippedSchema),
+  /** Roles a target user that is not a superuser joined for the run, left again at its end. */
+  memberships: MembershipsSchema.optional(),
+  databases: z.array(DbStateSchema),
+  /** The run's NATS URL(s), without credentials: where `pg-migrate status` finds the live workers. */
+  broker: z.string().optional(),
+  /** The last EVENTS stream sequence the coordinator handled: a resume reads the run's events again from there. */
+  eventsSeq: z.number().int().optional(),
+});
+export type RunRecord = z.infer<typeof RunRecordSchema>;
+
+/** What the target itself carries (pg_migrate.fast_restore) of the fast-restore settings a run put there. */
+export const TargetRecordSchema = z.object({
+  v: z.literal(1),
+  runId: z.string(),
+  mode: z.string(),
+  at: z.string(),
+  original: z.array(SavedSettingSchema),
+});
+export type TargetRecord = z.infer<typeof TargetRecordSchema>;
+
+/** Who holds a target's lock (a file of this host, or a KV entry). */
+export const LockHolderSchema = z.object({
+  /** Unknown for the first moments of a run, before its record is found or created. */
+  runId: z.string().nullable(),
+  pid: z.number().int(),
+  host: z.string(),
+  target: z.string(),
+  startedAt: z.string(),
+  /** Refreshed while the holder lives. */
+  at: z.string(),
+});
+export type LockHolder = z.infer<typeof LockHolderSchema>;
+
+/** JetStream's advisory that a message reached its max_deliver (only the fields read; the rest is the server's). */
+export const MaxDeliveriesSchema = z.object({
+  stream: z.string(),
+  stream_seq: z.number().int(),
+  deliveries: z.number().int(),
+});
+export type MaxDeliveries = z.infer<typeof MaxDeliveriesSchema>;
+
+function decodeWith<S extends z.ZodType>(schema: S, what: string, text: string): z.infer<S> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new ContractError(`${what} is not JSON: ${errorMessage(err)}`);
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const first = parsed.error.issues[0];
+    throw new ContractError(
+      `${what} does not match its contract: ${first ? `${first.path.join(".") || "(root)"}: ${first.message}` : "invalid"}`,
+    );
+  }
+  return parsed.data;
+}
+
+export const decodeRunRecord = (text: string): RunRecord => decodeWith(RunRecordSchema, "a run record", text);
+export const decodeTargetRecord = (text: string): TargetRecord =>
+  decodeWith(TargetRecordSchema, "the target's pg_migrate.fast_restore", text);
+export const decodeLockHolder = (text: string): LockHolder =>
+  decodeWith(LockHolderSchema, "a target lock's holder", text);
+export const decodeMaxDeliveries = (text: string): MaxDeliveries =>
+  decodeWith(MaxDeliveriesSchema, "a max-deliveries advisory", text);
