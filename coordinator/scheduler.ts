@@ -29,7 +29,7 @@ import {
   type Job,
   type JobEvent,
 } from "../shared/contracts/messages.js";
-import { JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
+import { isTerminal, JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
 import { MAINTENANCE_DB } from "./discovery.js";
 import { errorMessage } from "../shared/errors.js";
 import { retry } from "../shared/retry.js";
@@ -111,7 +111,7 @@ export class Scheduler {
     const undecided: { db: DbState; jobId: string }[] = [];
     const next: { db: DbState; kind: JobKind }[] = [];
     for (const db of record.databases) {
-      if (db.phase === "done" || db.phase === "failed") continue;
+      if (isTerminal(db.phase)) continue;
       if (db.phase === "planned") {
         this.queue.push(db);
         continue;
@@ -192,10 +192,7 @@ export class Scheduler {
       }
       this.queue.sort(largestFirst);
       this.restoreQueue.sort(largestFirst);
-      this.out.startRun(
-        record.databases.length,
-        record.databases.filter((d) => d.phase === "done" || d.phase === "failed").length,
-      );
+      this.out.startRun(record.databases.length, record.databases.filter((d) => isTerminal(d.phase)).length);
       await this.admit();
       this.checkFinished();
       await done;
@@ -627,7 +624,7 @@ export class Scheduler {
     this.inFlight.delete(db.key);
     this.restoreQueue = this.restoreQueue.filter((d) => d.key !== db.key);
     const all = this.state.record.databases;
-    this.out.finished(db.name, all.filter((d) => d.phase === "done" || d.phase === "failed").length, all.length);
+    this.out.finished(db.name, all.filter((d) => isTerminal(d.phase)).length, all.length);
     await this.admit();
     this.checkFinished();
   }

@@ -22,6 +22,11 @@ export const JOB_PHASES: { [K in JobKind]: { running: DbPhase; finished: DbPhase
   verify: { running: "verifying", finished: "done" },
 };
 
+/** Whether a database has reached the end of its run: verified, or given up on. */
+export function isTerminal(phase: DbPhase): boolean {
+  return phase === "done" || phase === "failed";
+}
+
 /** The next job a database needs, given the phase it reached; undefined when it needs none. */
 export function nextJobFor(phase: DbPhase): JobKind | undefined {
   switch (phase) {
