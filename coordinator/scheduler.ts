@@ -9,7 +9,6 @@
 // adopted (a worker has it or will get it); a job that is gone without a result is published again with a fresh id,
 // as the same attempt. In embedded mode every worker of the earlier session died with it, so a job it left in the
 // stream would only come back after the ack wait, as another attempt: it is published again at once instead.
-import { posix } from "node:path";
 import {
   DeliverPolicy,
   jetstreamManager,
@@ -21,23 +20,14 @@ import {
 import type { NatsConnection } from "@nats-io/transport-node";
 import { nanoid } from "nanoid";
 import { EVENTS_STREAM, JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
-import {
-  CONTRACT_VERSION,
-  decodeEvent,
-  encode,
-  type ConnSpec,
-  type Job,
-  type JobEvent,
-} from "../shared/contracts/messages.js";
+import { CONTRACT_VERSION, decodeEvent, encode, type JobEvent } from "../shared/contracts/messages.js";
 import { isTerminal, JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
-import { MAINTENANCE_DB } from "./discovery.js";
 import { errorMessage } from "../shared/errors.js";
 import { retry } from "../shared/retry.js";
 import type { Logger } from "../shared/log.js";
-import type { ServerSpec } from "../shared/pg/connect.js";
-import { seal, type SharedKey } from "../shared/secrets.js";
+import type { SharedKey } from "../shared/secrets.js";
 import type { MigrateConfig } from "./config.js";
-import { jobsFor } from "./parallelism.js";
+import { BUILD } from "./jobs.js";
 import { bytes, plural, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
 
@@ -361,19 +351,6 @@ export class Scheduler {
     if (this.inFlight.size === 0 && this.queue.length === 0) this.settle?.();
   }
 
-  private conn(s: ServerSpec): ConnSpec {
-    return {
-      host: s.host,
-      port: s.port,
-      user: s.user,
-      ...(s.sslmode ? { sslmode: s.sslmode } : {}),
-      ...(s.sslrootcert ? { sslrootcert: s.sslrootcert } : {}),
-      ...(s.sslcert ? { sslcert: s.sslcert } : {}),
-      ...(s.sslkey ? { sslkey: s.sslkey } : {}),
-      ...(this.key && s.password !== undefined ? { password: seal(this.key, s.password) } : {}),
-    };
-  }
-
   /**
    * Publishes the database's next job. attemptsBefore: attempts of this step that earlier jobs used up (0 for a new
    * step; a job handed back unfinished is published again with the count it had, so it is not an attempt lost).
@@ -381,46 +358,15 @@ export class Scheduler {
   private async publish(db: DbState, kind: JobKind, resumed: boolean, attemptsBefore = 0): Promise<void> {
     const runId = this.state.runId;
     const jobId = `${kind}-${nanoid(12)}`;
-    const ref = { name: db.name, key: db.key };
-    const common = {
-      v: CONTRACT_VERSION,
+    const job = BUILD[kind](db, {
+      cfg: this.cfg,
+      key: this.key,
       runId,
       jobId,
-      db: ref,
-      maxAttempts: this.cfg.maxDeliver,
-      ...(attemptsBefore ? { attemptsBefore } : {}),
-    } as const;
-    let job: Job;
-    if (kind === "dump") {
-      job = {
-        ...common,
-        kind,
-        dumpPath: posix.join(runId, db.key, jobId),
-        source: this.conn(this.cfg.source),
-        jobs: jobsFor(db.sizeBytes, this.cfg.jobs),
-        compress: this.cfg.compress,
-        estimatedBytes: db.sizeBytes,
-        ...(this.cfg.verify === "checksum" ? { checksum: true } : {}),
-      };
-    } else if (kind === "restore") {
-      job = {
-        ...common,
-        kind,
-        dumpPath: db.dumpPath!,
-        target: this.conn(this.cfg.target),
-        jobs: jobsFor(db.sizeBytes, this.cfg.jobs),
-        create: db.create,
-        estimatedBytes: db.sizeBytes,
-        maintenanceDb: this.cfg.targetDb,
-        ...(this.cfg.noOwner ? { noOwner: true } : {}),
-        ...(this.cfg.noTablespaces ? { noTablespaces: true } : {}),
-        ...(db.name === MAINTENANCE_DB ? { intoExisting: true } : {}),
-        // A database from an earlier session of this run may hold a partial restore.
-        recreate: resumed || this.state.record.resumedAt.length > 0,
-      };
-    } else {
-      job = { ...common, kind, dumpPath: db.dumpPath!, target: this.conn(this.cfg.target) };
-    }
+      attemptsBefore,
+      // A database from an earlier session of this run may hold a partial restore.
+      recreate: resumed || this.state.record.resumedAt.length > 0,
+    });
     // The intent is saved first: a coordinator that dies right after publishing finds the job by its id.
     db.jobId = jobId;
     db.jobSeq = undefined;
