@@ -3,33 +3,31 @@
 // run ahead of them by up to --max-parallel databases (dumping, or dumped and waiting for a restore slot), so the
 // dump of the next database overlaps the restore of the last one instead of waiting for it to be verified.
 // Results are matched by job id, so a stale result from a job an earlier coordinator published is ignored.
+// The events are read by events-reader.ts and silent jobs judged by watchdog.ts; what becomes of a database is
+// decided here.
 //
 // Resuming: the events of the run are read again from the last one the run record had processed, so a result
 // published while no coordinator was alive is not lost; in distributed mode a job still in the JOBS stream is
 // adopted (a worker has it or will get it); a job that is gone without a result is published again with a fresh id,
 // as the same attempt. In embedded mode every worker of the earlier session died with it, so a job it left in the
 // stream would only come back after the ack wait, as another attempt: it is published again at once instead.
-import {
-  DeliverPolicy,
-  jetstreamManager,
-  type ConsumerMessages,
-  type JetStreamClient,
-  type JetStreamManager,
-  type JsMsg,
-} from "@nats-io/jetstream";
+import { jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { nanoid } from "nanoid";
-import { EVENTS_STREAM, JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
-import { CONTRACT_VERSION, decodeEvent, encode, type JobEvent } from "../shared/contracts/messages.js";
+import { JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
+import { CONTRACT_VERSION, encode, type JobEvent } from "../shared/contracts/messages.js";
+import type { MaxDeliveries } from "../shared/contracts/record.js";
 import { isTerminal, JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
 import { errorMessage } from "../shared/errors.js";
 import { retry } from "../shared/retry.js";
 import type { Logger } from "../shared/log.js";
 import type { SharedKey } from "../shared/secrets.js";
 import type { MigrateConfig } from "./config.js";
+import { EventsReader } from "./events-reader.js";
 import { BUILD } from "./jobs.js";
 import { bytes, plural, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
+import { Watchdog } from "./watchdog.js";
 
 /** What the scheduler asks of the target's databases: each resolves to why it failed, or says what it did. */
 export interface TargetDatabases {
@@ -41,17 +39,6 @@ export interface TargetDatabases {
 
 /** How long the replay of earlier events may take before undecided jobs are published again anyway. */
 const REPLAY_LIMIT_MS = 15_000;
-/** Pulls expire every 4 s and heartbeat at half that: this long without either means the consumer is lost. */
-const EVENTS_SILENCE_MS = 12_000;
-/** Consumer notifications that are not a sign of a working consumer. */
-const TROUBLE = new Set([
-  "heartbeats_missed",
-  "no_responders",
-  "consumer_not_found",
-  "stream_not_found",
-  "consumer_deleted",
-  "reset",
-]);
 
 export class Scheduler {
   /** Every database between its first job and its end: dumping, waiting for a restore slot, restoring, verifying. */
@@ -67,16 +54,7 @@ export class Scheduler {
   private stopped = false;
   private settle: (() => void) | undefined;
   private jsm: JetStreamManager | undefined;
-  /** Until the events published before this coordinator started are read, the watchdog waits. */
-  private replaying = true;
-  /** The events stream's last sequence when this coordinator started: an event up to it is read again, not new. */
-  private replayUpTo = 0;
-  /** Whether the event being handled was published before this coordinator started. */
-  private replayedEvent = false;
-  /** When the newest event of each database's current job was published: the watchdog's input. */
-  private readonly lastEventAt = new Map<string, number>();
-  private events: ConsumerMessages | undefined;
-  private watching = false;
+  private readonly watchdog: Watchdog;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -88,13 +66,33 @@ export class Scheduler {
     private readonly out: Output,
     /** Creates and drops the run's databases on the target. */
     private readonly targetDatabases: TargetDatabases,
-  ) {}
+  ) {
+    this.watchdog = new Watchdog(cfg, state.runId, {
+      inFlight: () => this.inFlightDatabases(),
+      lastDeliveryLost: (db, kind) =>
+        this.fail(
+          db,
+          `its ${kind} job went silent on its last delivery (${db.attempts[kind]} of ${this.cfg.maxDeliver}): the worker died or lost its connection`,
+        ),
+      lost: async (db, kind) => {
+        if (this.stopped) return;
+        this.out.warn(
+          `${kind} ${JSON.stringify(db.name)}: its job ended without a result reaching the coordinator; doing it again`,
+        );
+        await this.publish(db, kind, true, unfinishedAttempts(db, kind));
+      },
+    });
+  }
 
   async run(signal: AbortSignal): Promise<void> {
     const runId = this.state.runId;
     const record = this.state.record;
     this.jsm = await jetstreamManager(this.nc);
-    this.replayUpTo = (await this.jsm.streams.info(EVENTS_STREAM)).state.last_seq;
+    const reader = new EventsReader(this.nc, this.js, runId, record, this.log, {
+      onJobEvent: (e, replayed) => this.onJobEvent(e, replayed),
+      onMaxDeliveries: (a) => this.onMaxDeliveries(a),
+    });
+    await reader.markReplayEnd(this.jsm);
 
     // Every unfinished database: queue it, adopt its live job, or publish its next step.
     const adopted = new Set<string>();
@@ -123,7 +121,7 @@ export class Scheduler {
       if (live) {
         adopted.add(subject);
         db.jobSeq = live.seq;
-        this.lastEventAt.set(db.key, Date.now());
+        this.watchdog.heard(db.key);
         this.out.line(`${kind} ${JSON.stringify(db.name)}: adopting its job from the earlier session (${db.jobId})`);
       } else undecided.push({ db, jobId: db.jobId });
     }
@@ -137,37 +135,20 @@ export class Scheduler {
     for (const { db, kind } of next) await this.publish(db, kind, true);
 
     const done = new Promise<void>((resolve) => (this.settle = resolve));
-    let caughtUp!: () => void;
-    const replayed = new Promise<void>((resolve) => (caughtUp = resolve));
     const onAbort = () => {
       this.stopped = true;
-      caughtUp();
+      reader.stop();
       this.settle?.();
-      void this.events?.close().catch(() => undefined);
     };
     signal.addEventListener("abort", onAbort, { once: true });
-
-    const advisories = this.nc.subscribe(subjects.maxDeliveriesAdvisory);
-    const reading = this.readEvents(caughtUp);
-    void (async () => {
-      for await (const m of advisories) {
-        try {
-          await this.onMaxDeliveries(m.json<{ stream: string; stream_seq: number; deliveries: number }>());
-        } catch (err) {
-          this.log.warn({ err: errorMessage(err) }, "advisory ignored");
-        }
-      }
-    })();
-    let watchdog: NodeJS.Timeout | undefined;
+    reader.start();
 
     try {
       let limit: NodeJS.Timeout | undefined;
-      await Promise.race([replayed, new Promise((r) => (limit = setTimeout(r, REPLAY_LIMIT_MS)))]);
+      await Promise.race([reader.caughtUp, new Promise((r) => (limit = setTimeout(r, REPLAY_LIMIT_MS)))]);
       clearTimeout(limit);
-      this.replaying = false;
       // Only now: silence is judged on events as they arrive, not on old ones read again.
-      for (const key of this.inFlight) this.lastEventAt.set(key, Math.max(this.lastEventAt.get(key) ?? 0, Date.now()));
-      watchdog = setInterval(() => void this.watch(), Math.max(1000, Math.floor(this.cfg.ackWaitMs / 4)));
+      this.watchdog.start(this.jsm, this.inFlight);
 
       for (const { db, jobId } of undecided) {
         if (db.jobId !== jobId || this.stopped) continue; // the replayed events settled it
@@ -188,126 +169,9 @@ export class Scheduler {
       await done;
     } finally {
       this.stopped = true;
-      if (watchdog) clearInterval(watchdog);
+      this.watchdog.stop();
       signal.removeEventListener("abort", onAbort);
-      await this.events?.close().catch(() => undefined);
-      await reading;
-      advisories.unsubscribe();
-    }
-  }
-
-  /**
-   * Reads the run's events from just after the last one handled, for as long as the run goes on. The consumer is
-   * an ephemeral one on the broker: when a broker restart or a lost cluster node ends it, a new one starts where
-   * the handled events end, so nothing is skipped and nothing is lost.
-   */
-  private async readEvents(caughtUp: () => void): Promise<void> {
-    const record = this.state.record;
-    while (!this.stopped) {
-      try {
-        const from = record.eventsSeq ?? 0;
-        const consumer = await this.js.consumers.get(EVENTS_STREAM, {
-          filter_subjects: subjects.eventsOfRun(this.state.runId),
-          ...(from > 0
-            ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from + 1 }
-            : { deliver_policy: DeliverPolicy.All }),
-        });
-        // Short pulls: a lost consumer is noticed through missed heartbeats, half the pull's expiry.
-        this.events = await consumer.consume({ expires: 4_000 });
-        // Caught up when nothing of the run is left to deliver and what was delivered has been handled.
-        // (Without the consumer's info, the pending count of the messages themselves decides, or the time limit.)
-        const ci = await consumer.info().catch(() => undefined);
-        let replayTo: number | undefined;
-        if (ci && ci.num_pending === 0) {
-          const upTo = ci.delivered.stream_seq;
-          if (upTo <= (record.eventsSeq ?? 0)) caughtUp();
-          else replayTo = upTo;
-        }
-        // A consumer that neither delivers nor heartbeats for a while is gone for good (seen when a cluster node
-        // holding it died): closed here, so that the loop starts a new one.
-        const events = this.events;
-        let lastSign = Date.now();
-        void (async () => {
-          for await (const n of events.status()) if (!TROUBLE.has(n.type)) lastSign = Date.now();
-        })().catch(() => undefined);
-        const silence = setInterval(() => {
-          if (Date.now() - lastSign > EVENTS_SILENCE_MS) {
-            this.log.warn("the events consumer went silent; starting a new one");
-            void events.close().catch(() => undefined);
-          }
-        }, 1000);
-        try {
-          for await (const m of events) {
-            lastSign = Date.now();
-            await this.onEventMessage(m);
-            if (m.info.pending === 0 || (replayTo !== undefined && m.seq >= replayTo)) caughtUp();
-            if (this.stopped) break;
-          }
-        } finally {
-          clearInterval(silence);
-        }
-      } catch (err) {
-        this.log.warn(
-          { err: errorMessage(err) },
-          "reading the run's events failed; starting again from the last handled one",
-        );
-      }
-      if (!this.stopped) await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
-
-  private async onEventMessage(m: JsMsg): Promise<void> {
-    this.replayedEvent = m.seq <= this.replayUpTo;
-    try {
-      const e = decodeEvent(m.data, m.subject);
-      if (e.type === "job") await this.onJobEvent(e);
-    } catch (err) {
-      this.log.warn({ subject: m.subject, err: errorMessage(err) }, "event ignored");
-    }
-    // Saved with the next write of the record: a resume reads again from here, and handling twice is harmless.
-    this.state.record.eventsSeq = m.seq;
-  }
-
-  /**
-   * Silence is the evidence the broker cannot give us after the fact. A job on its last delivery whose worker
-   * has gone silent for longer than the ack wait will never be delivered again (JetStream says so with an
-   * advisory, but advisories are not stored: one sent while this coordinator was away is gone): its database
-   * fails. A job silent for that long that is no longer in the JOBS stream at all ended without a result anyone
-   * received (its result could not be published): it is done again with a fresh job.
-   */
-  private async watch(): Promise<void> {
-    if (this.watching) return;
-    this.watching = true;
-    try {
-      const limit = this.cfg.ackWaitMs + 10_000;
-      for (const db of this.state.record.databases) {
-        const jobId = db.jobId;
-        const kind = nextJobFor(db.phase);
-        const seen = this.lastEventAt.get(db.key);
-        if (!this.inFlight.has(db.key) || !jobId || !kind || db.phase !== JOB_PHASES[kind].running) continue;
-        if (seen === undefined || Date.now() - seen < limit) continue;
-        if ((db.attempts[kind] ?? 0) >= this.cfg.maxDeliver) {
-          if (db.jobSeq !== undefined)
-            await this.jsm?.streams.deleteMessage(JOBS_STREAM, db.jobSeq).catch(() => undefined);
-          if (db.jobId !== jobId) continue; // a result arrived meanwhile
-          await this.fail(
-            db,
-            `its ${kind} job went silent on its last delivery (${db.attempts[kind]} of ${this.cfg.maxDeliver}): the worker died or lost its connection`,
-          );
-          continue;
-        }
-        const live = await this.jsm?.streams
-          .getMessage(JOBS_STREAM, { last_by_subj: subjects.job(kind, this.state.runId, jobId) })
-          .catch(() => undefined);
-        if (live === null && db.jobId === jobId && !this.stopped) {
-          this.out.warn(
-            `${kind} ${JSON.stringify(db.name)}: its job ended without a result reaching the coordinator; doing it again`,
-          );
-          await this.publish(db, kind, true, unfinishedAttempts(db, kind));
-        } else if (live) this.lastEventAt.set(db.key, Date.now()); // still queued (workers busy): look again later
-      }
-    } finally {
-      this.watching = false;
+      await reader.close();
     }
   }
 
@@ -341,6 +205,10 @@ export class Scheduler {
     return p;
   }
 
+  private *inFlightDatabases(): Iterable<DbState> {
+    for (const db of this.state.record.databases) if (this.inFlight.has(db.key)) yield db;
+  }
+
   private running(phase: DbPhase): number {
     let n = 0;
     for (const key of this.inFlight) if (this.state.db(key)?.phase === phase) n++;
@@ -372,7 +240,7 @@ export class Scheduler {
     db.jobSeq = undefined;
     db.attempts[kind] = attemptsBefore;
     db.phase = JOB_PHASES[kind].running;
-    this.lastEventAt.delete(db.key);
+    this.watchdog.forget(db.key);
     await this.state.save();
     const ack = await this.withRetry(`publish ${kind} job`, () =>
       this.js.publish(subjects.job(kind, runId, jobId), encode(job), { msgID: jobId }),
@@ -406,7 +274,8 @@ export class Scheduler {
       .catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, "phase event not published"));
   }
 
-  private async onJobEvent(e: JobEvent): Promise<void> {
+  /** replayed: the event was published before this coordinator started, and is read again. */
+  private async onJobEvent(e: JobEvent, replayed: boolean): Promise<void> {
     const db = this.state.db(e.db.key);
     if (!db || db.jobId !== e.jobId) return; // stale: from a job this coordinator no longer waits for
     // Handled already: a resumed run reads again the events after the last one its saved record had handled, and a
@@ -414,12 +283,12 @@ export class Scheduler {
     if (e.status === "done" && db.phase !== JOB_PHASES[e.kind].running) return;
     const name = JSON.stringify(db.name);
     const log = this.log.child({ db: db.name, job: e.jobId, worker: e.worker });
-    this.lastEventAt.set(db.key, Date.now());
+    this.watchdog.heard(db.key);
     switch (e.status) {
       case "claimed":
         db.attempts[e.kind] = Math.max(db.attempts[e.kind] ?? 0, e.attempt);
         db.workers[e.kind] = e.worker;
-        if (!this.replayedEvent)
+        if (!replayed)
           this.out.line(`${e.kind} ${name} started on ${e.worker} (attempt ${e.attempt} of ${e.maxAttempts})`);
         log.info({ kind: e.kind, attempt: e.attempt }, `${e.kind} claimed`);
         this.out.progress(db.name, e.kind, 0, null);
@@ -444,7 +313,7 @@ export class Scheduler {
         const how =
           e.reason === "server-back"
             ? "handed it back once its server, which had gone away, was back"
-            : `stopped and handed it back${this.replayedEvent ? " as the earlier session ended" : ""}`;
+            : `stopped and handed it back${replayed ? " as the earlier session ended" : ""}`;
         this.out.line(
           `${e.kind} ${name}: ${e.worker} ${how}; offered again at once (attempt ${e.attempt} was not used up)`,
         );
@@ -529,7 +398,7 @@ export class Scheduler {
     }
   }
 
-  private async onMaxDeliveries(a: { stream: string; stream_seq: number; deliveries: number }): Promise<void> {
+  private async onMaxDeliveries(a: MaxDeliveries): Promise<void> {
     if (a.stream !== JOBS_STREAM) return;
     const db = this.state.record.databases.find((d) => d.jobSeq === a.stream_seq && d.jobId);
     if (!db) return;
