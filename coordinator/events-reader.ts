@@ -110,6 +110,11 @@ export class EventsReader {
         });
         // Short pulls: a lost consumer is noticed through missed heartbeats, half the pull's expiry.
         this.events = await consumer.consume({ expires: 4_000 });
+        // Stopped while the consumer was being made: close() closed the one before, so this one is closed here.
+        if (this.stopped) {
+          await this.events.close().catch(() => undefined);
+          break;
+        }
         // Caught up when nothing of the run is left to deliver and what was delivered has been handled.
         // (Without the consumer's info, the pending count of the messages themselves decides, or the time limit.)
         const ci = await consumer.info().catch(() => undefined);

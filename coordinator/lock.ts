@@ -134,7 +134,7 @@ export class TargetLock {
       revision = await kv.create(k, value());
     } catch {
       const entry = await kv.get(k);
-      const current = entry && entry.operation === "PUT" ? parseHolder(entry.string()) : undefined;
+      const current = entry && entry.operation === "PUT" ? kvHolder(entry, k) : undefined;
       // Another host's heartbeat is judged by the broker's clock (when the entry was written), not the holder's.
       if (current && !isStale({ ...current, at: entry!.created.toISOString() })) throw refusal(current);
       if (current) this.log.warn({ holder: current }, "taking over a stale target lock in the KV");
@@ -155,7 +155,7 @@ export class TargetLock {
       this.log.warn({ err: errorMessage(err) }, "target lock not refreshed");
       // An update whose reply was lost leaves us a revision behind: take the entry's if it is still ours.
       const entry = await this.kv?.kv.get(this.kv.key).catch(() => null);
-      const current = entry && entry.operation === "PUT" ? parseHolder(entry.string()) : undefined;
+      const current = entry && entry.operation === "PUT" ? kvHolder(entry, this.kv!.key) : undefined;
       if (this.kv && entry && current && sameHolder(current, this.holder)) this.kv.revision = entry.revision;
       else if (this.kv && current)
         this.log.error({ holder: current }, "the target lock in the KV is now held by another run");
@@ -195,7 +195,7 @@ export async function kvLockHolders(kv: KV): Promise<LockHolder[]> {
   const holders: LockHolder[] = [];
   for await (const key of await kv.keys(kvKeys.allLocks)) {
     const e = await kv.get(key);
-    if (e && e.operation === "PUT") holders.push({ ...parseHolder(e.string()), at: e.created.toISOString() });
+    if (e && e.operation === "PUT") holders.push({ ...kvHolder(e, key), at: e.created.toISOString() });
   }
   return holders;
 }
@@ -203,6 +203,26 @@ export async function kvLockHolders(kv: KV): Promise<LockHolder[]> {
 /** A lock's holder as pg-migrate itself wrote it (file or KV entry). */
 export function parseHolder(text: string): LockHolder {
   return decodeLockHolder(text);
+}
+
+/**
+ * A holder in the KV, also one this version cannot read (another version of pg-migrate wrote it): that one is held
+ * by somebody unknown, judged stale or live by the broker's clock like any other, never taken for a free lock.
+ */
+function kvHolder(entry: { string(): string; created: Date }, key: string): LockHolder {
+  try {
+    return parseHolder(entry.string());
+  } catch {
+    const at = entry.created.toISOString();
+    return {
+      runId: null,
+      pid: 0,
+      host: "(unreadable: another version of pg-migrate?)",
+      target: key,
+      startedAt: at,
+      at,
+    };
+  }
 }
 
 async function readHolder(path: string): Promise<LockHolder | undefined> {

@@ -61,18 +61,24 @@ export class RunState {
     const ids = await readdir(root).catch(() => [] as string[]);
     const states: RunState[] = [];
     for (const id of ids.sort().reverse()) {
-      const record = await readRecord(join(root, id, "run.json"));
+      const record = await readRecord(join(root, id, "run.json"), log);
       if (record) states.push(new RunState(record, join(root, id), log));
     }
     return states;
   }
 
   /** The run records in the runs bucket (one run's, or all). */
-  static async recordsInKv(kv: KV, runId?: string): Promise<RunRecord[]> {
+  static async recordsInKv(kv: KV, runId?: string, log?: Logger): Promise<RunRecord[]> {
     const records: RunRecord[] = [];
     for await (const key of await kv.keys(runId ? kvKeys.run(runId) : kvKeys.allRuns)) {
       const e = await kv.get(key);
-      if (e && e.operation === "PUT") records.push(RunState.parse(e.string()));
+      if (!e || e.operation !== "PUT") continue;
+      // One entry this version cannot read (another version wrote it) does not hide the others.
+      try {
+        records.push(RunState.parse(e.string()));
+      } catch (err) {
+        log?.warn({ key, err: errorMessage(err) }, "run record in the KV skipped");
+      }
     }
     return records;
   }
@@ -91,7 +97,17 @@ export class RunState {
     if (!pair || pair.operation !== "PUT") return undefined;
     const entry = await kv.get(kvKeys.run(pair.string())).catch(() => null);
     if (!entry || entry.operation !== "PUT") return undefined;
-    const record = RunState.parse(entry.string());
+    let record: RunRecord;
+    try {
+      record = RunState.parse(entry.string());
+    } catch (err) {
+      // Not resumed from: the run refuses the databases that record's run created, rather than guess.
+      log.warn(
+        { runId: pair.string(), err: errorMessage(err) },
+        "the unfinished run's record in the KV cannot be read",
+      );
+      return undefined;
+    }
     if (record.pairKey !== pairKey || ended(record)) return undefined;
     return RunState.create(home, record, log);
   }
@@ -182,11 +198,18 @@ function ended(r: RunRecord): boolean {
   return r.status === "finished" || r.status === "abandoned";
 }
 
-async function readRecord(path: string): Promise<RunRecord | undefined> {
+async function readRecord(path: string, log: Logger): Promise<RunRecord | undefined> {
+  let text: string;
   try {
-    // Our own file, written whole by write() above.
-    return RunState.parse(await readFile(path, "utf8"));
+    text = await readFile(path, "utf8");
   } catch {
+    return undefined; // being written (write() renames it into place), or removed
+  }
+  try {
+    return RunState.parse(text);
+  } catch (err) {
+    // Another version's, or damaged: skipped, said in the log; the run then refuses what that run created.
+    log.warn({ path, err: errorMessage(err) }, "run record skipped");
     return undefined;
   }
 }

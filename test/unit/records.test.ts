@@ -13,6 +13,11 @@ import {
   type RunRecord,
 } from "../../shared/contracts/record.js";
 import { ReportSchema } from "../../shared/contracts/report.js";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { RunState } from "../../coordinator/state.js";
+import { createLogger } from "../../shared/log.js";
 
 const server = { host: "127.0.0.1", port: 5432, user: "postgres", db: "postgres", systemId: null, version: "15.19" };
 const record: RunRecord = {
@@ -98,5 +103,33 @@ test("the lock holder, the target's own record and the advisory decode through t
 test("the report's schema takes the run record's parts as they are", () => {
   for (const field of ["source", "target", "fastRestore", "globals", "skipped", "upgradeNotes", "status"] as const) {
     assert.equal(ReportSchema.shape[field], RunRecordSchema.shape[field], field);
+  }
+});
+
+test("a run record this version cannot read is skipped with a warning, and the others are still found", async () => {
+  const home = await mkdtemp(join(tmpdir(), "pgm-records-"));
+  try {
+    const root = RunState.stateRoot(home);
+    const other = {
+      ...record,
+      runId: "20261202-140000-zzzzzzzz",
+      databases: [{ ...record.databases[0]!, phase: "copying" }],
+    };
+    for (const r of [record, other]) {
+      await mkdir(join(root, r.runId), { recursive: true });
+      await writeFile(join(root, r.runId, "run.json"), JSON.stringify(r));
+    }
+    const logFile = join(home, "log.json");
+    const states = await RunState.all(home, createLogger({ level: "info", file: logFile }));
+    assert.deepEqual(
+      states.map((st) => st.runId),
+      [record.runId],
+    );
+    await new Promise((r) => setTimeout(r, 200)); // the file stream is asynchronous
+    const logged = await readFile(logFile, "utf8");
+    assert.match(logged, /"msg":"run record skipped"/);
+    assert.match(logged, /"path":"[^"]*20261202-140000-zzzzzzzz[^"]*".*databases\.0\.phase/);
+  } finally {
+    await rm(home, { recursive: true, force: true });
   }
 });
