@@ -2,11 +2,12 @@
 // before anything changes: room in the source's lock table for its dump, and, for a source user that is not a
 // superuser, the right to read every table pg_dump reads.
 import type pg from "pg";
+import { USER_SCHEMAS } from "../shared/pg/catalog.js";
 import { withClient, type ServerSpec } from "../shared/pg/connect.js";
 import { plural } from "./output.js";
 
 /** The user's relations: not the system's, TOAST's or temporary ones (`n` is pg_namespace, `c` pg_class). */
-const USER_RELATIONS = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND c.relpersistence <> 't'`;
+const USER_RELATIONS = `${USER_SCHEMAS} AND c.relpersistence <> 't'`;
 
 /**
  * How many relation locks a database's dump holds at once. pg_dump takes ACCESS SHARE on every table it dumps and

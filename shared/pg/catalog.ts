@@ -16,7 +16,7 @@ export interface TableInfo extends TableRef {
 }
 
 /** The schemas of the user's relations: not the system's, TOAST's or temporary ones (`n` is pg_namespace). */
-const USER_SCHEMAS = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'`;
+export const USER_SCHEMAS = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'`;
 
 /**
  * Relations that hold rows pg_dump carries: ordinary tables and partitions (counted ONLY, so a partitioned

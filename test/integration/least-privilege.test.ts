@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import pg from "pg";
 import { giveToServerAccount, psqlExec, type LocalCluster } from "../../demo/cluster.js";
-import { databasesOf, query, readReport, runCli, settingsOf, tableCounts } from "../helpers/cli.js";
+import { databasesOf, query, readReport, runCli, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 import { startCli } from "../helpers/live.js";
 
@@ -68,16 +68,9 @@ function env(home: string, extra: Record<string, string> = {}) {
 }
 
 const args = (source: LocalCluster, target: LocalCluster) => [
-  "--from-host",
-  source.host,
-  "--from-port",
-  String(source.port),
+  ...serverArgs(source, target),
   "--from-user",
   "reader",
-  "--to-host",
-  target.host,
-  "--to-port",
-  String(target.port),
   "--to-user",
   "migrator",
   "--workers",

@@ -108,16 +108,9 @@ test(
 
 const READER_PW = "Reader-Pw-77";
 const readerArgs = (source: LocalCluster, target: LocalCluster) => [
-  "--from-host",
-  source.host,
-  "--from-port",
-  String(source.port),
+  ...serverArgs(source, target),
   "--from-user",
   "reader",
-  "--to-host",
-  target.host,
-  "--to-port",
-  String(target.port),
   "--to-user",
   target.user,
   "--no-role-passwords",
