@@ -27,12 +27,8 @@ export interface EmbeddedNats {
   stop(): Promise<void>;
 }
 
-export async function startEmbeddedNats(
-  storeDir: string,
-  logFile: string,
-  log: Logger,
-  warn: (line: string) => void = () => undefined,
-): Promise<EmbeddedNats> {
+/** The nats-server an embedded run starts (PGMIGRATE_NATS_SERVER, else PATH and sbin): missing is bad setup, exit 2. */
+export async function findNatsServer(): Promise<string> {
   const configured = process.env.PGMIGRATE_NATS_SERVER;
   const bin = configured
     ? await findExecutable(basename(configured), [dirname(configured)])
@@ -43,6 +39,16 @@ export async function startEmbeddedNats(
       "--nats-url",
     );
   }
+  return bin;
+}
+
+export async function startEmbeddedNats(
+  storeDir: string,
+  logFile: string,
+  log: Logger,
+  warn: (line: string) => void = () => undefined,
+): Promise<EmbeddedNats> {
+  const bin = await findNatsServer();
   makeDirSync(storeDir);
   /** One nats-server on this port and the run's store; resolves once it answers, or to undefined if it never did. */
   const launch = async (port: number): Promise<ChildProcess | undefined> => {

@@ -236,6 +236,31 @@ async function readHolder(path: string): Promise<LockHolder | undefined> {
 /** The advisory lock's key on the target: two int4 halves, "pgmi" and 1. */
 const ADVISORY = [0x70676d69, 1] as const;
 
+/** Sessions other than ours that hold the target's advisory lock, in any of its databases. */
+async function advisoryHolders(
+  client: pg.Client,
+): Promise<{ app: string | null; addr: string | null; since: Date | null; pid: number }[]> {
+  const { rows } = await client.query<{ app: string | null; addr: string | null; since: Date | null; pid: number }>(
+    `SELECT a.application_name AS app, a.client_addr::text AS addr, a.backend_start AS since, a.pid
+       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
+        AND l.pid <> pg_backend_pid()
+      ORDER BY a.backend_start`,
+    [...ADVISORY],
+  );
+  return rows;
+}
+
+function advisoryRefusal(
+  target: string,
+  h: { app: string | null; addr: string | null; since: Date | null; pid: number } | undefined,
+): string {
+  const who = h?.app?.startsWith("pg-migrate run ")
+    ? `run ${h.app.slice("pg-migrate run ".length)}`
+    : "another pg-migrate run";
+  return `the target ${target} is being migrated by ${who} (its coordinator's session ${h ? `pid ${h.pid} from ${h.addr ?? "a local socket"}, since ${h.since?.toISOString() ?? "?"}` : "holds the target's pg-migrate lock"}): wait for it to end or stop it (Ctrl-C) first`;
+}
+
 /**
  * Takes the session advisory lock on the target through the coordinator's own connection (held for the whole
  * run), and names the run in that session's application_name so a refused coordinator can say who holds it.
@@ -244,31 +269,38 @@ export async function holdOnTarget(client: pg.Client, target: string): Promise<v
   // Advisory locks are per database and coordinators may connect to different ones (--to-db): take ours, then
   // look for the same lock held by another session in any database of the cluster.
   const { rows } = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1, $2) AS ok", [...ADVISORY]);
-  const { rows: holders } = await client.query<{
-    app: string | null;
-    addr: string | null;
-    since: Date | null;
-    pid: number;
-  }>(
-    `SELECT a.application_name AS app, a.client_addr::text AS addr, a.backend_start AS since, a.pid
-       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-      WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
-        AND l.pid <> pg_backend_pid()
-      ORDER BY a.backend_start`,
-    [...ADVISORY],
-  );
+  const holders = await advisoryHolders(client);
   if (rows[0]?.ok && !holders.length) return;
   if (rows[0]?.ok) await client.query("SELECT pg_advisory_unlock($1, $2)", [...ADVISORY]);
-  const h = holders[0];
-  const who = h?.app?.startsWith("pg-migrate run ")
-    ? `run ${h.app.slice("pg-migrate run ".length)}`
-    : "another pg-migrate run";
-  throw new PreflightError(
-    `the target ${target} is being migrated by ${who} (its coordinator's session ${h ? `pid ${h.pid} from ${h.addr ?? "a local socket"}, since ${h.since?.toISOString() ?? "?"}` : "holds the target's pg-migrate lock"}): wait for it to end or stop it (Ctrl-C) first`,
-  );
+  throw new PreflightError(advisoryRefusal(target, holders[0]));
+}
+
+/**
+ * Whether a live run holds this target now, read without taking anything (the preflight): this home's file lock,
+ * then the target's advisory lock. The run takes the locks right after, which refuses in the same words.
+ */
+export async function heldBy(
+  home: string,
+  key: string,
+  client: pg.Client,
+  target: string,
+): Promise<string | undefined> {
+  const file = await readHolder(join(lockDir(home), `target-${key}.json`));
+  if (file && !isStale(file)) return refusal(file).message;
+  const holders = await advisoryHolders(client);
+  return holders.length ? advisoryRefusal(target, holders[0]) : undefined;
 }
 
 /** Names the run in the session that holds the target's advisory lock. */
 export async function nameRunOnTarget(client: pg.Client, runId: string): Promise<void> {
   await client.query("SELECT set_config('application_name', $1, false)", [`pg-migrate run ${runId}`]);
+}
+
+/** Whether a live run holds this target's lock in the runs KV, read without taking it (the preflight). */
+export async function heldInKv(kv: KV, key: string): Promise<string | undefined> {
+  const k = kvKeys.lock(key);
+  const entry = await kv.get(k).catch(() => null);
+  if (!entry || entry.operation !== "PUT") return undefined;
+  const current = kvHolder(entry, k);
+  return isStale({ ...current, at: entry.created.toISOString() }) ? undefined : refusal(current).message;
 }

@@ -1,260 +1,276 @@
-// Preflight: everything is checked before anything changes on the target — both servers, the tool versions,
-// the dump volume. Each refusal is one sentence naming what the user must fix.
-import { createHash } from "node:crypto";
-import { constants } from "node:fs";
-import { access, rm, statfs, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+// The preflight: one function reads everything a run depends on — both servers and the client tools, the source's
+// databases, what the target already holds, the parallelism both servers' connections allow, an unfinished earlier
+// run, a run that holds the target now, the dump volume and the broker — and returns it as one value with every
+// refusal and warning it found. It changes nothing: not on either server, not under HOME, not on the broker.
+// `plan` renders that value; a run refuses on it, or goes on with what it found.
+import type { KV } from "@nats-io/kv";
+import { Kvm } from "@nats-io/kv";
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
 import type pg from "pg";
-import { ConnectError, PreflightError } from "../shared/errors.js";
-import { connect, describe, withClient, type ServerSpec } from "../shared/pg/connect.js";
-import type { Toolset } from "../shared/tools.js";
-import { makeDir } from "../shared/dirs.js";
+import { RUNS_BUCKET } from "../shared/contracts/jetstream.js";
+import type { TargetRecord } from "../shared/contracts/record.js";
+import { chooseCompression, type Compression } from "../shared/compression.js";
+import { ConfigError, errorMessage, PreflightError } from "../shared/errors.js";
+import type { Logger } from "../shared/log.js";
+import { closeNats, connectNats } from "../shared/nats.js";
+import { resolveTools, type Toolset } from "../shared/tools.js";
+import {
+  checkServers,
+  extensionProblem,
+  inspect,
+  pairKey as pairKeyOf,
+  probeVolume,
+  sameServer,
+  sessionTimeoutWarning,
+  volumeVerdict,
+  type ServerInfo,
+  type VolumeProbe,
+} from "./checks.js";
+import type { MigrateConfig } from "./config.js";
+import { existingDatabases, MAINTENANCE_DB, subscriptionsOf } from "./discovery.js";
+import { findNatsServer } from "./embedded.js";
+import { readTargetRecord } from "./fast-restore.js";
+import { heldBy, heldInKv, targetLockKey } from "./lock.js";
+import { connectionsNeeded, FREE_CONNECTIONS_SQL, fitConnections, type Parallelism } from "./parallelism.js";
+import { checkSourceDatabases } from "./source-check.js";
+import { RunState } from "./state.js";
+import { maintenanceClash, survey, type Survey } from "./survey.js";
 
-export interface ServerInfo {
-  spec: ServerSpec;
-  db: string;
-  version: string;
-  versionNum: number;
-  major: number;
-  systemId: string | null;
-  superuser: boolean;
-  createdb: boolean;
-  createrole: boolean;
-  readAllData: boolean;
-  /** Can read pg_authid, where role passwords are kept (managed services refuse it even to their admin user). */
-  readsAuthid: boolean;
+export interface Preflight {
+  tools: Toolset;
+  source: ServerInfo;
+  target: ServerInfo;
+  /** The coordinator's sessions on both servers: a run keeps them (the target's holds its lock). */
+  src: pg.Client;
+  tgt: pg.Client;
+  pairKey: string;
+  lockKey: string;
+  survey: Survey;
+  /** The databases the target has now. */
+  onTarget: Set<string>;
+  /** The unfinished run between these servers (this home's record, else the broker's), which a run resumes. */
+  previous: RunState | undefined;
+  /** The databases the target has that `previous` created: not conflicts. */
+  ours: Set<string>;
+  /** Databases the run would take that the target already has and that no run of ours created: refused. */
+  conflicts: string[];
+  /** -j and -m fitted to both servers' free connections, with what each server has and what the run needs. */
+  parallelism: Parallelism;
+  connections: { source: number; target: number; needed: number; formula: string };
+  volume: VolumeProbe & { sourceBytes: number };
+  /** What --compress comes to on this volume (undefined when the volume cannot be written). */
+  compression: Compression | undefined;
+  /** Embedded: the nats-server to start; given: the connection the preflight opened, and the runs bucket if any. */
+  broker:
+    { embedded: true; bin: string } | { embedded: false; url: string; nc: NatsConnection; runsKv: KV | undefined };
+  /** Fast-restore settings the target still carries from a run that never put them back (a run reverts them first). */
+  carried: TargetRecord | undefined;
+  /** Where the preflight logged (the run's log until it has its own). */
+  log: Logger;
+  /** The source's subscriptions: they arrive disabled, which the end of the run says. */
+  subscriptions: { name: string; db: string }[];
+  /** The source's roles (not the pg_ ones). */
+  sourceRoles: string[];
+  /** What a run does about an unfinished earlier one, in the words plan and run both print. */
+  previousLine: string | undefined;
+  /** Lines both print: tablespaces, settings an earlier run left. */
+  notes: string[];
+  warnings: string[];
+  /** Why a run would not start; empty when it would. */
+  refusals: string[];
+  /** Ends both sessions and the broker connection (plan; a run that refuses). */
+  close(): Promise<void>;
 }
 
-/** Opens the connection the coordinator keeps for the run, and reads what the checks need. */
-export async function inspect(spec: ServerSpec, db: string): Promise<{ info: ServerInfo; client: pg.Client }> {
-  let client: pg.Client;
-  try {
-    client = await connect(spec, db, "pg-migrate coordinator");
-  } catch (err) {
-    if (err instanceof ConnectError) throw new PreflightError(err.message, { cause: err });
-    throw err;
-  }
-  try {
-    return { client, info: await serverInfo(client, spec, db) };
-  } catch (err) {
-    // A check that fails after connecting (a catalog this server lacks, a function revoked) must not leave the
-    // connection open: the error ends the run, and an open socket would keep the process from exiting.
-    await client.end().catch(() => undefined);
-    throw err;
-  }
-}
-
-async function serverInfo(client: pg.Client, spec: ServerSpec, db: string): Promise<ServerInfo> {
-  const num = Number(
-    (await client.query<{ num: string }>("SELECT current_setting('server_version_num') AS num")).rows[0]!.num,
+/** The unfinished run between these servers: this home's record, else the one in the given broker's runs KV. */
+export async function findPrevious(
+  home: string,
+  pairKey: string,
+  log: Logger,
+  runsKv: KV | undefined,
+): Promise<RunState | undefined> {
+  return (
+    (await RunState.findUnfinished(home, pairKey, log)) ??
+    (runsKv ? await RunState.fromKv(runsKv, home, pairKey, log) : undefined)
   );
-  // pg_read_all_data exists from PostgreSQL 14 on: asking an older server about it is an error.
-  const readAll = num >= 140000 ? "pg_has_role(current_user, 'pg_read_all_data', 'USAGE')" : "false";
-  const { rows } = await client.query<{
-    version: string;
-    superuser: boolean;
-    createdb: boolean;
-    createrole: boolean;
-    readall: boolean;
-    authid: boolean;
-  }>(`SELECT current_setting('server_version') AS version,
-            r.rolsuper AS superuser, r.rolcreatedb AS createdb, r.rolcreaterole AS createrole,
-            ${readAll} AS readall,
-            has_table_privilege('pg_catalog.pg_authid', 'SELECT') AS authid
-       FROM pg_roles r WHERE r.rolname = current_user`);
-  const r = rows[0]!;
-  let systemId: string | null = null;
+}
+
+/** The one line a refused run ends with, and plan prints after "a run would be refused: ". */
+export const refusalLine = (refusals: string[]): string => `${refusals.join("; ")}; nothing was changed`;
+
+/** The preflight's words for an unfinished earlier run: resumed, or with --restart abandoned. */
+function previousLineFor(previous: RunState, restart: boolean, onTarget: Set<string>): string {
+  if (!restart) return `resuming run ${previous.runId} (started ${previous.record.startedAt}); --restart starts over`;
+  const created = previous.record.databases.filter((d) => d.created && onTarget.has(d.name)).map((d) => d.name);
+  return `--restart: run ${previous.runId} (started ${previous.record.startedAt}) is abandoned${created.length ? `, and the ${created.length === 1 ? "database" : `${created.length} databases`} it created dropped (${created.map((n) => JSON.stringify(n)).join(", ")})` : ""}`;
+}
+
+/** `logFor` gives the log for this pair of servers (the run's preflight log; plan's is silent). */
+export async function preflight(
+  cfg: MigrateConfig,
+  home: string,
+  logFor: (pairKey: string) => Logger,
+): Promise<Preflight> {
+  const tools = await resolveTools(cfg.pgBin);
   try {
-    const { rows: id } = await client.query<{ id: string }>(
-      "SELECT system_identifier::text AS id FROM pg_control_system()",
-    );
-    systemId = id[0]?.id ?? null;
-  } catch {
-    // pg_control_system() needs superuser or pg_monitor; the host:port comparison below still applies.
+    chooseCompression(cfg.compress, tools.major, undefined); // lz4 or zstd with a pg_dump older than 16: bad input
+  } catch (err) {
+    throw new ConfigError(errorMessage(err), "--compress");
   }
-  return {
-    spec,
-    db,
-    version: r.version,
-    versionNum: num,
-    major: Math.floor(num / 10000),
-    systemId,
-    superuser: r.superuser,
-    createdb: r.createdb,
-    createrole: r.createrole,
-    readAllData: r.superuser || r.readall,
-    readsAuthid: r.superuser || r.authid,
+  const bin = cfg.natsUrl ? undefined : await findNatsServer();
+  const src = await inspect(cfg.source, cfg.sourceDb);
+  const opened: { clients: pg.Client[]; nc: NatsConnection | undefined } = { clients: [src.client], nc: undefined };
+  const close = async () => {
+    await closeNats(opened.nc);
+    await Promise.all(opened.clients.map((c) => c.end().catch(() => undefined)));
   };
-}
-
-export function checkServers(
-  source: ServerInfo,
-  target: ServerInfo,
-  tools: Toolset,
-  opts: { globals: boolean; rolePasswords: boolean },
-): string[] {
-  const warnings: string[] = [];
-  const sameId = source.systemId !== null && source.systemId === target.systemId;
-  const sameAddress = source.spec.host === target.spec.host && source.spec.port === target.spec.port;
-  if (sameId || sameAddress) {
-    throw new PreflightError(
-      `source and target are the same server (${sameId ? `system identifier ${source.systemId}` : `${source.spec.host}:${source.spec.port}`}): point --to-host/--to-port at the new server`,
-    );
-  }
-  if (tools.major < source.major) {
-    throw new PreflightError(
-      `pg_dump ${tools.major} is older than the source server (PostgreSQL ${source.version}) and cannot dump it: install the PostgreSQL ${source.major} client tools (Debian: postgresql-client-${source.major}) or point --pg-bin at them`,
-    );
-  }
-  if (tools.major < target.major) {
-    warnings.push(
-      `the client tools (${tools.version}, from ${tools.from}) are older than the target (PostgreSQL ${target.version}): the run works, but PostgreSQL ${target.major}'s pg_dump and pg_dumpall would write the schema and roles as a ${target.major} server expects them (they know its newer catalogs, privileges and role options), and its pg_restore its newer features; install postgresql-client-${target.major} (Debian) or point --pg-bin at them, as long as they are not older than the source`,
-    );
-  }
-  if (target.major < source.major) {
-    throw new PreflightError(
-      `the target runs PostgreSQL ${target.version}, older than the source's ${source.version}: pg_restore cannot move a cluster to an older major version`,
-    );
-  }
-  if (!source.readAllData) {
-    warnings.push(
-      `${describe(source.spec)} is neither a superuser nor a member of pg_read_all_data (PostgreSQL 14+): a table it cannot read fails its database's dump`,
-    );
-  }
-  if (opts.globals && opts.rolePasswords && !source.readsAuthid) {
-    throw new PreflightError(
-      `${describe(source.spec)} cannot read pg_authid, where role passwords are kept (managed services refuse it): add --no-role-passwords to create the roles without passwords (the report lists them), or connect as a superuser`,
-    );
-  }
-  if (opts.globals && !opts.rolePasswords)
-    warnings.push("--no-role-passwords: login roles are created without passwords; the report lists them");
-  if (!target.superuser && !(target.createdb && target.createrole)) {
-    throw new PreflightError(
-      `${describe(target.spec)} needs SUPERUSER, or CREATEDB and CREATEROLE, to create the databases and roles`,
-    );
-  }
-  if (!target.superuser)
-    warnings.push(
-      `${describe(target.spec)} is not a superuser: fast-restore settings and some role attributes cannot be applied`,
-    );
-  return warnings;
-}
-
-/**
- * A server that ends idle sessions or idle transactions (idle_session_timeout, PostgreSQL 14+;
- * idle_in_transaction_session_timeout): pg-migrate turns both off for its own sessions (connect), and the coordinator's
- * target session comes back if it is ended anyway; what it cannot reach are pg_restore's and pg_dump's own parallel
- * sessions, which may wait idle. The warning says so, with the fix.
- */
-export async function sessionTimeoutWarning(
-  client: pg.Client,
-  role: string,
-  user: string,
-): Promise<string | undefined> {
-  // reset_val: the server's (and role's) value, not this session's own, which connect turned off.
-  const { rows } = await client.query<{ name: string; setting: string }>(
-    `SELECT name, reset_val AS setting FROM pg_settings WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout') AND reset_val <> '0'`,
-  );
-  if (!rows.length) return undefined;
-  const set = rows.map((r) => `${r.name}=${r.setting}ms`).join(", ");
-  return `the ${role} ends idle sessions (${set}): pg-migrate turns this off for its own sessions, but pg_dump's and pg_restore's parallel sessions may wait idle longer; for the run, ALTER ROLE ${JSON.stringify(user)} SET idle_session_timeout = 0 on the ${role} is the safe way`;
-}
-
-/** Identifies the pair of servers so that running the same command again finds the unfinished run. */
-export function pairKey(source: ServerInfo, target: ServerInfo): string {
-  const side = (s: ServerInfo) => `${s.systemId ?? "?"}@${s.spec.host}:${s.spec.port}`;
-  return createHash("sha256")
-    .update(`${side(source)}>${side(target)}`)
-    .digest("hex")
-    .slice(0, 16);
-}
-
-/** Below this much free space the dump volume is refused: not even a small share of the source would fit. */
-export function minimumDumpSpace(sourceBytes: number): number {
-  return Math.max(16 * 2 ** 20, sourceBytes * 0.05);
-}
-
-/** The refusal for a dump volume that cannot be written, worded alike by plan and by the run. */
-export function dumpVolumeNotWritable(dumpRoot: string, err: unknown): string {
-  const code = (err as NodeJS.ErrnoException).code;
-  const reason =
-    code === "EACCES" || code === "EPERM"
-      ? "permission denied"
-      : code === "EROFS"
-        ? "a read-only file system"
-        : code === "ENOENT" || code === "ENOTDIR"
-          ? "it cannot be created there"
-          : code === "ENOSPC"
-            ? "no space left"
-            : (err as Error).message;
-  return `the dump volume ${dumpRoot} (--dump-root) is not writable: ${reason}`;
-}
-
-/** The dump volume: writable, and with room for what the source holds (an upper bound: dumps are compressed and carry no indexes). */
-export async function checkDumpVolume(
-  dumpRoot: string,
-  sourceBytes: number,
-): Promise<{ freeBytes: number; warnings: string[] }> {
   try {
-    await makeDir(dumpRoot);
-    await access(dumpRoot, constants.W_OK);
-    const probe = join(dumpRoot, `.pg-migrate-probe-${process.pid}`);
-    await writeFile(probe, "probe");
-    await rm(probe);
-  } catch (err) {
-    throw new PreflightError(dumpVolumeNotWritable(dumpRoot, err), { cause: err });
-  }
-  const fs = await statfs(dumpRoot);
-  const freeBytes = fs.bavail * fs.bsize;
-  const warnings: string[] = [];
-  const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
-  const minimum = minimumDumpSpace(sourceBytes);
-  if (freeBytes < minimum) {
-    throw new PreflightError(
-      `the dump volume ${dumpRoot} (--dump-root) has ${gib(freeBytes)} free, too little for dumps of a ${gib(sourceBytes)} source: free space or choose another --dump-root`,
-    );
-  }
-  if (freeBytes < sourceBytes) {
-    warnings.push(
-      `the dump volume ${dumpRoot} has ${gib(freeBytes)} free and the source holds ${gib(sourceBytes)}: compressed dumps usually fit, but watch it`,
-    );
-  }
-  return { freeBytes, warnings };
-}
-
-export const extensionProblem = (names: string[]): string =>
-  `uses extension(s) ${names.map((n) => JSON.stringify(n)).join(", ")} that the target has not installed`;
-
-/** Pure: per database, the extensions it uses that the target cannot create (no such extension installed there). */
-export function extensionsMissing(used: Map<string, string[]>, availableOnTarget: Set<string>): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  for (const [db, names] of used) {
-    const missing = names.filter((n) => !availableOnTarget.has(n));
-    if (missing.length) out.set(db, missing);
-  }
-  return out;
-}
-
-/** The extensions each database uses on the source (a few databases at a time), and what the target can install. */
-export async function extensionCheck(
-  source: ServerSpec,
-  databases: string[],
-  target: pg.Client,
-): Promise<Map<string, string[]>> {
-  const { rows } = await target.query<{ name: string }>("SELECT name FROM pg_available_extensions");
-  const used = new Map<string, string[]>();
-  const queue = [...databases];
-  const worker = async () => {
-    for (let db = queue.shift(); db !== undefined; db = queue.shift()) {
-      const name = db;
-      used.set(
-        name,
-        await withClient(source, name, async (c) =>
-          (await c.query<{ e: string }>("SELECT extname AS e FROM pg_extension ORDER BY 1")).rows.map((r) => r.e),
-        ),
-      );
+    const tgt = await inspect(cfg.target, cfg.targetDb);
+    opened.clients.push(tgt.client);
+    const base = {
+      tools,
+      source: src.info,
+      target: tgt.info,
+      src: src.client,
+      tgt: tgt.client,
+      pairKey: pairKeyOf(src.info, tgt.info),
+      lockKey: targetLockKey(tgt.info.systemId, cfg.target.host, cfg.target.port),
+      close,
+    };
+    const log = logFor(base.pairKey);
+    const same = sameServer(src.info, tgt.info);
+    if (same) throw new PreflightError(same); // every other check would only repeat it
+    const { refusals, warnings } = checkServers(src.info, tgt.info, tools, {
+      globals: cfg.migrateGlobals,
+      rolePasswords: cfg.rolePasswords,
+    });
+    const notes: string[] = [];
+    for (const [c, role, user] of [
+      [src.client, "source", cfg.source.user],
+      [tgt.client, "target", cfg.target.user],
+    ] as const) {
+      const w = await sessionTimeoutWarning(c, role, user);
+      if (w) warnings.push(w);
     }
-  };
-  await Promise.all(Array.from({ length: Math.min(4, databases.length) }, worker));
-  return extensionsMissing(used, new Set(rows.map((r) => r.name)));
+
+    // -j and -m against the connections both servers have left: a default shrinks, a given value that cannot fit is refused.
+    const [srcFree, tgtFree] = await Promise.all(
+      [src.client, tgt.client].map(async (c) => (await c.query<{ free: number }>(FREE_CONNECTIONS_SQL)).rows[0]!.free),
+    );
+    const free = { source: srcFree!, target: tgtFree! };
+    let parallelism: Parallelism = { jobs: cfg.jobs, maxParallel: cfg.maxParallel };
+    try {
+      const fitted = fitConnections(parallelism, free, cfg.parallelismGiven);
+      if (fitted.note) warnings.push(fitted.note);
+      parallelism = { jobs: fitted.jobs, maxParallel: fitted.maxParallel };
+    } catch (err) {
+      if (!(err instanceof PreflightError)) throw err;
+      refusals.push(err.message);
+    }
+    const connections = {
+      ...free,
+      needed: connectionsNeeded(parallelism),
+      formula: `max-parallel × (jobs + 2) = ${parallelism.maxParallel} × (${parallelism.jobs} + 2)`,
+    };
+
+    // A live run on this target: this home's lock file, the target's advisory lock (and the broker's, below).
+    const target = `${cfg.target.host}:${cfg.target.port}`;
+    const held = await heldBy(home, base.lockKey, tgt.client, target);
+    if (held) refusals.push(held);
+
+    // The broker: embedded needs its nats-server (found above); a given one must answer with JetStream on.
+    let broker: Preflight["broker"];
+    if (bin) broker = { embedded: true, bin };
+    else {
+      opened.nc = await connectNats(cfg.natsUrl!, "pg-migrate-coordinator", cfg.natsAuth);
+      await jetstreamManager(opened.nc); // refuses a server without JetStream
+      const runsKv = await new Kvm(opened.nc)
+        .open(RUNS_BUCKET)
+        .then(async (kv) => (await kv.status(), kv))
+        .catch(() => undefined); // no bucket yet: no run has used this broker
+      broker = { embedded: false, url: cfg.natsUrl!, nc: opened.nc, runsKv };
+      const heldThere = runsKv && !held ? await heldInKv(runsKv, base.lockKey) : undefined;
+      if (heldThere) refusals.push(heldThere);
+    }
+
+    // Discovery, and what the target already holds.
+    const surveyed = await survey(cfg, src.client, src.info.versionNum, tgt.client, tgt.info.versionNum);
+    for (const closed of surveyed.closed)
+      warnings.push(`source database ${JSON.stringify(closed.name)} ${closed.reason}`);
+    notes.push(...surveyed.tablespaces.lines);
+    for (const [db, names] of surveyed.missingExtensions)
+      warnings.push(
+        `${JSON.stringify(db)} ${extensionProblem(names)}; that database fails before anything is created for it, the others go on`,
+      );
+    const onTarget = await existingDatabases(tgt.client);
+    const previous = await findPrevious(home, base.pairKey, log, broker.embedded ? undefined : broker.runsKv);
+    const ours = previous?.createdDatabases() ?? new Set<string>();
+    const conflicts = surveyed.selected
+      .filter((d) => d.name !== MAINTENANCE_DB && onTarget.has(d.name) && !ours.has(d.name))
+      .map((d) => d.name);
+    if (conflicts.length)
+      refusals.push(
+        `the target already has database(s) ${conflicts.map((n) => JSON.stringify(n)).join(", ")} that this run did not create: drop or rename them on the target first`,
+      );
+    const intoMaintenance = previous?.record.databases.find((d) => d.name === MAINTENANCE_DB);
+    // Unless an earlier session of this run already restored into it (its retry then refuses by itself).
+    if (!intoMaintenance || intoMaintenance.phase === "planned") {
+      const clash = await maintenanceClash(cfg, surveyed);
+      if (clash) refusals.push(clash);
+    }
+    const fr = previous?.record.fastRestore;
+    if (previous && fr?.applied && !fr.reverted)
+      notes.push(`run ${previous.runId} left the target in fast-restore mode: a run puts its settings back first`);
+    const carried = await readTargetRecord(tgt.client);
+    if (carried)
+      notes.push(
+        `the target still carries the fast-restore settings of run ${carried.runId} (since ${carried.at}), never put back: a run reverts them first, to ${carried.original.map((o) => `${o.name}=${o.setting}`).join(", ")} (or pg-migrate revert-settings)`,
+      );
+
+    // What each database asks of the source: lock room for its dump, and the right to read every table.
+    const needs = await checkSourceDatabases(
+      cfg.source,
+      src.client,
+      surveyed.selected.filter((d) => !surveyed.missingExtensions.has(d.name)).map((d) => d.name),
+      src.info.superuser,
+      parallelism.jobs,
+    );
+    refusals.push(...needs.refusals);
+    warnings.push(...needs.warnings);
+
+    const sourceBytes = surveyed.selected.reduce((s, d) => s + d.sizeBytes, 0);
+    const probe = await probeVolume(cfg.dumpRoot);
+    const volume = volumeVerdict(cfg.dumpRoot, probe, sourceBytes);
+    refusals.push(...volume.refusals);
+    warnings.push(...volume.warnings);
+
+    const sourceRoles = (
+      await src.client.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1")
+    ).rows.map((r) => r.rolname);
+    return {
+      ...base,
+      survey: surveyed,
+      onTarget,
+      previous,
+      ours,
+      conflicts,
+      parallelism,
+      connections,
+      volume: { ...probe, sourceBytes },
+      compression: probe.notWritable ? undefined : chooseCompression(cfg.compress, tools.major, probe.networkFs),
+      broker,
+      carried,
+      sourceRoles,
+      log,
+      subscriptions: await subscriptionsOf(src.client),
+      previousLine: previous ? previousLineFor(previous, cfg.restart, onTarget) : undefined,
+      notes,
+      warnings,
+      refusals,
+    };
+  } catch (err) {
+    await close();
+    throw err;
+  }
 }

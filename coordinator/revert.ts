@@ -13,7 +13,7 @@ import { needsCheckpoint, readTargetRecord, revertSettings } from "./fast-restor
 import { holdOnTarget, TargetLock, targetLockKey } from "./lock.js";
 import { leaveRunRoles, rolesLeft } from "./memberships.js";
 import type { Output } from "./output.js";
-import { inspect } from "./preflight.js";
+import { inspect } from "./checks.js";
 import { RunState, sameTarget, type RunRecord } from "./state.js";
 
 export async function revertByHand(

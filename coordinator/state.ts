@@ -90,7 +90,8 @@ export class RunState {
 
   /**
    * The unfinished run between these servers as the KV knows it: how a coordinator on another host (or with
-   * another home) resumes a run whose local files it does not have. The record becomes local from here on.
+   * another home) resumes a run whose local files it does not have. Read only: the record becomes local with its
+   * first save().
    */
   static async fromKv(kv: KV, home: string, pairKey: string, log: Logger): Promise<RunState | undefined> {
     const pair = await kv.get(kvKeys.pair(pairKey)).catch(() => null);
@@ -109,7 +110,7 @@ export class RunState {
       return undefined;
     }
     if (record.pairKey !== pairKey || ended(record)) return undefined;
-    return RunState.create(home, record, log);
+    return new RunState(record, join(RunState.stateRoot(home), record.runId), log);
   }
 
   static async create(home: string, record: RunRecord, log: Logger): Promise<RunState> {
@@ -172,6 +173,7 @@ export class RunState {
     const text = JSON.stringify(this.record);
     const path = join(this.dir, "run.json");
     const tmp = `${path}.tmp`;
+    await makeDir(this.dir); // a record first read from the KV has no local folder yet
     await writeFile(tmp, text, { mode: 0o600 });
     await rename(tmp, path);
     if (!this.kv) return;

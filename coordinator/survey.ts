@@ -14,7 +14,7 @@ import {
   tablespacesOf,
   type SourceDatabase,
 } from "./discovery.js";
-import { extensionCheck } from "./preflight.js";
+import { extensionCheck } from "./checks.js";
 import { plural } from "./output.js";
 import { upgradeNotes as notesFor, type UpgradeNote } from "./upgrade-notes.js";
 
@@ -81,5 +81,5 @@ export async function maintenanceClash(cfg: MigrateConfig, s: Survey): Promise<s
   if (!s.selected.some((d) => d.name === MAINTENANCE_DB)) return undefined;
   const theirs = await withClient(cfg.target, MAINTENANCE_DB, userObjectCount);
   if (theirs === 0) return undefined;
-  return `the source's "${MAINTENANCE_DB}" database holds ${plural(s.maintenanceObjects, "user object")} to restore into the target's, which holds ${theirs} of its own; nothing was changed: empty the target's "${MAINTENANCE_DB}", or leave it out with --exclude-db ${MAINTENANCE_DB}`;
+  return `the source's "${MAINTENANCE_DB}" database holds ${plural(s.maintenanceObjects, "user object")} to restore into the target's, which holds ${theirs} of its own: empty the target's "${MAINTENANCE_DB}", or leave it out with --exclude-db ${MAINTENANCE_DB}`;
 }

@@ -45,14 +45,29 @@ export function nextJobFor(phase: DbPhase): JobKind | undefined {
   }
 }
 
+/**
+ * A run, in order (coordinator/run.ts runs them as a loop, logs each as STEP n with its timing, and the report
+ * keeps the timings). Nothing changes on the target before "lock"; the target's settings change in
+ * "fast-restore" and go back in "finish", which runs whatever happened before it.
+ */
 export const RUN_STEPS = [
+  /** Both servers, the tools, discovery, conflicts, connections, an earlier run, the dump volume, the broker. */
   "preflight",
-  "discovery",
+  /** The target's lock: this home's file and the target's advisory lock. */
+  "lock",
+  /** The embedded nats-server or the given one: streams, buckets, and the lock in the KV. */
+  "broker",
+  /** An unfinished run resumed (what it left on the target put back first), or a new run recorded. */
+  "resume",
+  /** Local workers started (embedded), every worker awaited; with --restart the old run's databases dropped. */
+  "workers",
+  /** The target's settings saved, then switched to fast-restore mode. */
   "fast-restore",
+  /** Roles and tablespaces; a target user that is not a superuser joins the migrated roles. */
   "globals",
-  "databases",
+  /** Each database created, dumped, restored and verified through the workers. */
   "jobs",
-  "report",
-  "cleanup",
+  /** Workers stopped, roles left, the target's settings reverted, the report written. */
+  "finish",
 ] as const;
 export type RunStep = (typeof RUN_STEPS)[number];

@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { ContractError, errorMessage } from "../errors.js";
 import { CreateSpecSchema, MismatchSchema, VerifyWarningSchema } from "./messages.js";
-import { DB_PHASES, JOB_KINDS } from "./phases.js";
+import { DB_PHASES, JOB_KINDS, RUN_STEPS } from "./phases.js";
 
 export const RUN_STATUSES = ["running", "interrupted", "failed", "finished", "abandoned"] as const;
 export const UPGRADE_NOTE_KINDS = ["public-schema", "unknown-setting", "extension-version", "removed-feature"] as const;
@@ -117,6 +117,16 @@ export type DbState = z.infer<typeof DbStateSchema>;
 export const MembershipsSchema = z.object({ granted: z.array(z.string()), revoked: z.boolean() });
 export type Memberships = z.infer<typeof MembershipsSchema>;
 
+/** One step of one session of the run (RUN_STEPS): when it started and how long it took. */
+export const StepTimingSchema = z.object({
+  /** 0 for the first session, n for the n-th resume. */
+  session: z.number().int(),
+  step: z.enum(RUN_STEPS),
+  startedAt: z.string(),
+  ms: z.number(),
+});
+export type StepTiming = z.infer<typeof StepTimingSchema>;
+
 export const RunRecordSchema = z.object({
   v: z.literal(1),
   runId: z.string(),
@@ -142,6 +152,8 @@ export const RunRecordSchema = z.object({
   broker: z.string().optional(),
   /** The last EVENTS stream sequence the coordinator handled: a resume reads the run's events again from there. */
   eventsSeq: z.number().int().optional(),
+  /** Each session's steps with their timings, in order (the finish step's up to the report). */
+  steps: z.array(StepTimingSchema).optional(),
 });
 export type RunRecord = z.infer<typeof RunRecordSchema>;
 

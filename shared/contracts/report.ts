@@ -17,6 +17,7 @@ const fromRecord = RunRecordSchema.pick({
   globals: true,
   skipped: true,
   upgradeNotes: true,
+  steps: true,
 }).shape;
 
 const ReportDatabase = DbStateSchema.pick({

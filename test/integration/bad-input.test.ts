@@ -185,7 +185,7 @@ test("bad input is refused with one line and leaves the target untouched", { tim
               "postgres with objects on both sides",
               r,
               3,
-              /the source's "postgres" database holds 1 user object to restore into the target's, which holds 1 of its own; nothing was changed: empty the target's "postgres", or leave it out with --exclude-db postgres/,
+              /the source's "postgres" database holds 1 user object to restore into the target's, which holds 1 of its own: empty the target's "postgres", or leave it out with --exclude-db postgres; nothing was changed/,
             );
           } finally {
             await psqlExec(source, "postgres", "DROP TABLE ops_notes");

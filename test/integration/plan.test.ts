@@ -50,12 +50,19 @@ test(
           assert.equal(r.exitCode, 0, r.stderr + r.stdout);
           for (const db of demoDatabases) assert.ok(r.stdout.includes(db), `${db} listed`);
           assert.match(r.stdout, /fsync\s+│ on\s+│ off/);
-          assert.match(r.stdout, /max-parallel × \(jobs \+ 2\) \+ 1 = 3 × \(2 \+ 2\) \+ 1/);
-          const [maxConn] = await query<{ max_connections: string }>(source, "postgres", "SHOW max_connections");
-          const row = /│ source\s+│ (\d+)\s+│ (\d+)/.exec(r.stdout);
+          assert.match(r.stdout, /-j 2 -m 3, max-parallel × \(jobs \+ 2\) = 3 × \(2 \+ 2\) on each server/);
+          const [conn] = await query<{ max: string; reserved: string }>(
+            source,
+            "postgres",
+            "SELECT current_setting('max_connections') AS max, current_setting('superuser_reserved_connections') AS reserved",
+          );
+          const row = /│ source\s+│ (\d+)\s+│ (\d+)\s+│ (-?\d+)/.exec(r.stdout);
           assert.ok(row, r.stdout);
-          assert.equal(Number(row[1]), 3 * (2 + 2) + 1, "the estimate follows the formula");
-          assert.equal(Number(row[2]), Number(maxConn!.max_connections));
+          assert.equal(Number(row[1]), 3 * (2 + 2), "what a run needs follows the formula");
+          const free = Number(row[2]);
+          // Free now: max_connections less the reserved slots and the sessions open (plan's own among them).
+          assert.ok(free > 0 && free < Number(conn!.max) - Number(conn!.reserved), `free ${free}`);
+          assert.equal(Number(row[3]), free - 12);
           assert.match(r.stdout, /nothing was changed/);
         }
 

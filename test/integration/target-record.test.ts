@@ -51,7 +51,7 @@ test(
         assert.match(
           planned.stdout,
           new RegExp(
-            `the target still carries the fast-restore settings of run ${runId} \\(since [^)]+\\), never put back: "now" shows them; a run reverts them first, to [^;]*fsync=on`,
+            `the target still carries the fast-restore settings of run ${runId} \\(since [^)]+\\), never put back: a run reverts them first, to [^;]*fsync=on`,
           ),
         );
 

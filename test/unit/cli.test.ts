@@ -171,7 +171,7 @@ test("--include-db and --exclude-db select databases by shell-style patterns and
 });
 
 test("extensionsMissing names, per database, the extensions the target has not installed", async () => {
-  const { extensionsMissing } = await import("../../coordinator/preflight.js");
+  const { extensionsMissing } = await import("../../coordinator/checks.js");
   const used = new Map([
     ["gis", ["plpgsql", "postgis", "citext"]],
     ["plain", ["plpgsql"]],
