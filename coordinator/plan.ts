@@ -13,7 +13,7 @@ import { settingsFor } from "./fast-restore.js";
 import { bytes, plural, type Output } from "./output.js";
 import { preflight, refusalLine } from "./preflight.js";
 import { noteLine } from "./upgrade-notes.js";
-import { EXIT } from "./run.js";
+import { EXIT } from "./run-context.js";
 
 export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
   const pf = await preflight(cfg, appDir(), () => createLogger({ level: "silent" }));

@@ -99,6 +99,14 @@ export async function findPrevious(
 /** The one line a refused run ends with, and plan prints after "a run would be refused: ". */
 export const refusalLine = (refusals: string[]): string => `${refusals.join("; ")}; nothing was changed`;
 
+/** What --restart would drop of the earlier run's databases, as a question; undefined when nothing of it is there. */
+export function restartQuestion(previous: RunState, onTarget: Set<string>): string | undefined {
+  // Only what is there to drop: a database the old run created and someone dropped since is no question.
+  const created = previous.record.databases.filter((x) => x.created && onTarget.has(x.name)).map((x) => x.name);
+  if (!created.length) return undefined;
+  return `--restart drops the ${created.length === 1 ? "database" : `${created.length} databases`} run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
+}
+
 /** The preflight's words for an unfinished earlier run: resumed, or with --restart abandoned. */
 function previousLineFor(previous: RunState, restart: boolean, onTarget: Set<string>): string {
   if (!restart) return `resuming run ${previous.runId} (started ${previous.record.startedAt}); --restart starts over`;
@@ -213,6 +221,9 @@ export async function preflight(
       refusals.push(
         `the target already has database(s) ${conflicts.map((n) => JSON.stringify(n)).join(", ")} that this run did not create: drop or rename them on the target first`,
       );
+    // --restart drops what the earlier run created: confirmed by --yes, or asked on a terminal by the run.
+    const question = previous && cfg.restart && !cfg.yes ? restartQuestion(previous, onTarget) : undefined;
+    if (question && !process.stdin.isTTY) refusals.push(`${question}: add --yes to confirm`);
     const intoMaintenance = previous?.record.databases.find((d) => d.name === MAINTENANCE_DB);
     // Unless an earlier session of this run already restored into it (its retry then refuses by itself).
     if (!intoMaintenance || intoMaintenance.phase === "planned") {

@@ -47,6 +47,7 @@ export async function writeReport(
     globals: record.globals,
     skipped: record.skipped,
     upgradeNotes: record.upgradeNotes ?? [],
+    steps: record.steps ?? [],
     dumpRoot,
     dumps,
     totals: {

@@ -18,7 +18,7 @@ import { publicOptions, type MigrateConfig } from "./config.js";
 import { revertSettings } from "./fast-restore.js";
 import { leaveRunRoles, rolesLeft } from "./memberships.js";
 import { plural, type Output } from "./output.js";
-import { findPrevious } from "./preflight.js";
+import { findPrevious, restartQuestion } from "./preflight.js";
 import { brokerOf, preflightOf, revertCommand, targetOf, type RunContext } from "./run-context.js";
 import { newRunId, RunState, sameTarget, type DbState } from "./state.js";
 
@@ -176,12 +176,10 @@ export async function resumeOrCreate(ctx: RunContext): Promise<void> {
   out.line(`run ${state.runId}: logs in ${logFile}`);
 }
 
-/** --restart drops what the earlier run created: the user says yes (or --yes) before anything changes. */
+/** --restart drops what the earlier run created: on a terminal the user says yes (else the preflight refused). */
 async function confirmRestart(previous: RunState, cfg: MigrateConfig, onTarget: Set<string>): Promise<void> {
-  // Only what is there to drop: a database the old run created and someone dropped since is no question.
-  const created = previous.record.databases.filter((x) => x.created && onTarget.has(x.name)).map((x) => x.name);
-  if (!created.length || cfg.yes) return;
-  const question = `--restart drops the ${plural(created.length, "database")} run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
+  const question = restartQuestion(previous, onTarget);
+  if (!question || cfg.yes) return;
   if (!process.stdin.isTTY) throw new ConfigError(`${question}: add --yes to confirm`, "--yes");
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   const answer = await rl.question(`pg-migrate: ${question}. Continue? [y/N] `).finally(() => rl.close());

@@ -164,6 +164,7 @@ export interface Report {
   totals: { databases: number; verified: number; failed: number };
   dumps: { path: string; kept: boolean; why: string };
   skipped: { name: string; reason: string }[];
+  steps?: { session: number; step: string; startedAt: string; ms: number }[];
   databases: {
     name: string;
     phase: string;
@@ -181,6 +182,17 @@ export interface Report {
       targetChecksum?: string | null;
     }[];
   }[];
+}
+
+/** Asserts that a session of the run went through every declared step, in order, each timed. */
+export function assertStepsTimed(report: Report, session: number, steps: readonly string[]): void {
+  const mine = (report.steps ?? []).filter((s) => s.session === session);
+  assert.deepEqual(
+    mine.map((s) => s.step),
+    steps,
+    `session ${session}'s steps: ${JSON.stringify(report.steps)}`,
+  );
+  for (const s of mine) assert.ok(s.ms >= 0 && !Number.isNaN(Date.parse(s.startedAt)), JSON.stringify(s));
 }
 
 /** The JSON report whose path the run printed; it must lie under this HOME. */

@@ -1,14 +1,9 @@
 // A database that uses an extension the target has not installed fails before anything is created for it, by
-// name, and the other databases migrate. Both test clusters share one PostgreSQL installation, so the extension
-// is made to exist only while the source creates it: its control file is added to the installation's extension
-// folder and removed again at once (a private name, gone before the run starts).
+// name, and the other databases migrate (the extension exists only on the source: test/helpers/extension.ts).
 import assert from "node:assert/strict";
-import { rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import { test } from "node:test";
-import { execa } from "execa";
-import { nanoid } from "nanoid";
-import { postgresBinDir, psqlExec } from "../../demo/cluster.js";
+import { psqlExec } from "../../demo/cluster.js";
+import { extensionOnlyOnSource } from "../helpers/extension.js";
 import { demoSql } from "../../demo/generate.js";
 import { cliEnv, databasesOf, readReport, runCli, serverArgs, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
@@ -20,21 +15,7 @@ test(
     await withTestEnv(
       async ({ source, target, home }) => {
         await psqlExec(source, "postgres", demoSql());
-        const ext = `pgm_test_ext_${nanoid(8)
-          .toLowerCase()
-          .replace(/[^a-z0-9]/g, "x")}`;
-        const dir = join(
-          (await execa(join(await postgresBinDir(), "pg_config"), ["--sharedir"])).stdout.trim(),
-          "extension",
-        );
-        const files = [join(dir, `${ext}.control`), join(dir, `${ext}--1.0.sql`)];
-        try {
-          await writeFile(files[0]!, "default_version = '1.0'\nrelocatable = true\n");
-          await writeFile(files[1]!, "CREATE FUNCTION pgm_test_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n");
-          await psqlExec(source, "inventory", `CREATE EXTENSION ${ext}`);
-        } finally {
-          for (const f of files) await rm(f, { force: true });
-        }
+        const ext = await extensionOnlyOnSource(source, "inventory");
 
         await psqlExec(source, "postgres", "CREATE DATABASE closed_db ALLOW_CONNECTIONS false");
 

@@ -199,7 +199,7 @@ test(
         const gone = createdByOld.length > 1 ? createdByOld.pop() : undefined;
         if (gone) await psqlExec(target, "postgres", `DROP DATABASE "${gone}"`);
         const unconfirmed = await runCli([...args, "--restart"], env1);
-        assert.equal(unconfirmed.exitCode, 2, unconfirmed.stderr);
+        assert.equal(unconfirmed.exitCode, 3, unconfirmed.stderr); // refused by the preflight, as plan says
         const question = errorLines(unconfirmed.stderr)[0] ?? "";
         assert.match(question, /--restart drops the \d+ databases? run \S+ created on the target .*add --yes/);
         assert.ok(

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { test } from "node:test";
+import { RUN_STEPS } from "../../shared/contracts/phases.js";
 import { execa } from "execa";
 import pg from "pg";
 import { giveToServerAccount, psqlExec } from "../../demo/cluster.js";
@@ -15,6 +16,7 @@ import {
   databasesOf,
   query,
   readReport,
+  assertStepsTimed,
   runCli,
   sequencesOf,
   serverArgs,
@@ -218,6 +220,7 @@ test(
 
       const report = await readReport(home, r.stderr);
       assert.equal(report.status, "finished");
+      assertStepsTimed(report, 0, RUN_STEPS);
       // Every database, and the maintenance database, whose user objects were restored into the target's.
       assert.equal(report.totals.databases, sourceDbs.length + 1);
       assert.deepEqual(report.databases.map((d) => d.name).sort(), [...sourceDbs, "postgres"].sort());

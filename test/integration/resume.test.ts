@@ -2,10 +2,21 @@
 // same command again resumes and does not redo the databases finished before the interruption.
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { RUN_STEPS } from "../../shared/contracts/phases.js";
 import { execa } from "execa";
 import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
-import { BIN, cliEnv, databasesOf, runCli, serverArgs, settingsOf, tableCounts } from "../helpers/cli.js";
+import {
+  assertStepsTimed,
+  BIN,
+  cliEnv,
+  databasesOf,
+  readReport,
+  runCli,
+  serverArgs,
+  settingsOf,
+  tableCounts,
+} from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 import { assertNoLeftovers } from "../helpers/procs.js";
 
@@ -45,6 +56,10 @@ test("SIGINT reverts the target; running the same command again resumes", { time
         assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), db);
       assert.deepEqual(await settingsOf(target), before);
       await assertNoLeftovers(home, [source.port, target.port]);
+      // Both sessions' steps are in the report: the first stopped in its jobs and still finished (settings back).
+      const report = await readReport(home, r2.stderr);
+      assertStepsTimed(report, 0, RUN_STEPS);
+      assertStepsTimed(report, 1, RUN_STEPS);
     },
     { nats: false },
   );
