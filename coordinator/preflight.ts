@@ -104,7 +104,7 @@ export function restartQuestion(previous: RunState, onTarget: Set<string>): stri
   // Only what is there to drop: a database the old run created and someone dropped since is no question.
   const created = previous.record.databases.filter((x) => x.created && onTarget.has(x.name)).map((x) => x.name);
   if (!created.length) return undefined;
-  return `--restart drops the ${created.length === 1 ? "database" : `${created.length} databases`} run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
+  return `--restart drops the ${created.length} ${created.length === 1 ? "database" : "databases"} run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
 }
 
 /** The preflight's words for an unfinished earlier run: resumed, or with --restart abandoned. */
