@@ -135,8 +135,8 @@ export class TargetLock {
     } catch {
       const entry = await kv.get(k);
       const current = entry && entry.operation === "PUT" ? kvHolder(entry, k) : undefined;
-      // Another host's heartbeat is judged by the broker's clock (when the entry was written), not the holder's.
-      if (current && !isStale({ ...current, at: entry!.created.toISOString() })) throw refusal(current);
+      const live = entry && liveInKv(entry, k);
+      if (live) throw refusal(live);
       if (current) this.log.warn({ holder: current }, "taking over a stale target lock in the KV");
       revision = entry ? await kv.update(k, value(), entry.revision) : await kv.create(k, value());
     }
@@ -236,11 +236,17 @@ async function readHolder(path: string): Promise<LockHolder | undefined> {
 /** The advisory lock's key on the target: two int4 halves, "pgmi" and 1. */
 const ADVISORY = [0x70676d69, 1] as const;
 
+/** A session that holds the target's advisory lock: its application_name names the run. */
+interface AdvisoryHolder {
+  app: string | null;
+  addr: string | null;
+  since: Date | null;
+  pid: number;
+}
+
 /** Sessions other than ours that hold the target's advisory lock, in any of its databases. */
-async function advisoryHolders(
-  client: pg.Client,
-): Promise<{ app: string | null; addr: string | null; since: Date | null; pid: number }[]> {
-  const { rows } = await client.query<{ app: string | null; addr: string | null; since: Date | null; pid: number }>(
+async function advisoryHolders(client: pg.Client): Promise<AdvisoryHolder[]> {
+  const { rows } = await client.query<AdvisoryHolder>(
     `SELECT a.application_name AS app, a.client_addr::text AS addr, a.backend_start AS since, a.pid
        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
       WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
@@ -251,10 +257,7 @@ async function advisoryHolders(
   return rows;
 }
 
-function advisoryRefusal(
-  target: string,
-  h: { app: string | null; addr: string | null; since: Date | null; pid: number } | undefined,
-): string {
+function advisoryRefusal(target: string, h: AdvisoryHolder | undefined): string {
   const who = h?.app?.startsWith("pg-migrate run ")
     ? `run ${h.app.slice("pg-migrate run ".length)}`
     : "another pg-migrate run";
@@ -300,7 +303,16 @@ export async function nameRunOnTarget(client: pg.Client, runId: string): Promise
 export async function heldInKv(kv: KV, key: string): Promise<string | undefined> {
   const k = kvKeys.lock(key);
   const entry = await kv.get(k).catch(() => null);
-  if (!entry || entry.operation !== "PUT") return undefined;
-  const current = kvHolder(entry, k);
-  return isStale({ ...current, at: entry.created.toISOString() }) ? undefined : refusal(current).message;
+  const live = entry && liveInKv(entry, k);
+  return live ? refusal(live).message : undefined;
+}
+
+/**
+ * The live holder of a KV lock entry, or undefined (deleted, or its holder stale). Another host's heartbeat is
+ * judged by the broker's clock (when the entry was written), not the holder's.
+ */
+function liveInKv(entry: { operation: string; string(): string; created: Date }, key: string): LockHolder | undefined {
+  if (entry.operation !== "PUT") return undefined;
+  const current = kvHolder(entry, key);
+  return isStale({ ...current, at: entry.created.toISOString() }) ? undefined : current;
 }

@@ -35,6 +35,7 @@ import { heldBy, heldInKv, targetLockKey } from "./lock.js";
 import { connectionsNeeded, FREE_CONNECTIONS_SQL, fitConnections, type Parallelism } from "./parallelism.js";
 import { checkSourceDatabases } from "./source-check.js";
 import { RunState } from "./state.js";
+import { plural } from "./output.js";
 import { maintenanceClash, survey, type Survey } from "./survey.js";
 
 export interface Preflight {
@@ -53,8 +54,6 @@ export interface Preflight {
   previous: RunState | undefined;
   /** The databases the target has that `previous` created: not conflicts. */
   ours: Set<string>;
-  /** Databases the run would take that the target already has and that no run of ours created: refused. */
-  conflicts: string[];
   /** -j and -m fitted to both servers' free connections, with what each server has and what the run needs. */
   parallelism: Parallelism;
   connections: { source: number; target: number; needed: number; formula: string };
@@ -99,19 +98,27 @@ export async function findPrevious(
 /** The one line a refused run ends with, and plan prints after "a run would be refused: ". */
 export const refusalLine = (refusals: string[]): string => `${refusals.join("; ")}; nothing was changed`;
 
-/** What --restart would drop of the earlier run's databases, as a question; undefined when nothing of it is there. */
-export function restartQuestion(previous: RunState, onTarget: Set<string>): string | undefined {
-  // Only what is there to drop: a database the old run created and someone dropped since is no question.
+/**
+ * What --restart drops of the earlier run: the databases it created that are still on the target (one someone
+ * dropped since is no question), named as "the N database(s) (…)"; undefined when there are none.
+ */
+function droppedByRestart(previous: RunState, onTarget: Set<string>): string | undefined {
   const created = previous.record.databases.filter((x) => x.created && onTarget.has(x.name)).map((x) => x.name);
   if (!created.length) return undefined;
-  return `--restart drops the ${created.length} ${created.length === 1 ? "database" : "databases"} run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
+  return `the ${plural(created.length, "database")} run ${previous.runId} created on the target (${created.map((n) => JSON.stringify(n)).join(", ")})`;
+}
+
+/** What --restart would drop of the earlier run's databases, as a question; undefined when nothing of it is there. */
+export function restartQuestion(previous: RunState, onTarget: Set<string>): string | undefined {
+  const dropped = droppedByRestart(previous, onTarget);
+  return dropped && `--restart drops ${dropped}`;
 }
 
 /** The preflight's words for an unfinished earlier run: resumed, or with --restart abandoned. */
 function previousLineFor(previous: RunState, restart: boolean, onTarget: Set<string>): string {
   if (!restart) return `resuming run ${previous.runId} (started ${previous.record.startedAt}); --restart starts over`;
-  const created = previous.record.databases.filter((d) => d.created && onTarget.has(d.name)).map((d) => d.name);
-  return `--restart: run ${previous.runId} (started ${previous.record.startedAt}) is abandoned${created.length ? `, and the ${created.length === 1 ? "database" : `${created.length} databases`} it created dropped (${created.map((n) => JSON.stringify(n)).join(", ")})` : ""}`;
+  const dropped = droppedByRestart(previous, onTarget);
+  return `--restart: run ${previous.runId} (started ${previous.record.startedAt}) is abandoned${dropped ? `, dropping ${dropped}` : ""}`;
 }
 
 /** `logFor` gives the log for this pair of servers (the run's preflight log; plan's is silent). */
@@ -265,7 +272,6 @@ export async function preflight(
       onTarget,
       previous,
       ours,
-      conflicts,
       parallelism,
       connections,
       volume: { ...probe, sourceBytes },

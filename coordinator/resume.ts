@@ -53,6 +53,7 @@ export async function resumeOrCreate(ctx: RunContext): Promise<void> {
   // What the target itself carries: fast-restore settings a run from any home or host put there and never took
   // back (its own record may be on another machine, or gone). Put back first, with the originals it recorded,
   // so that this run never takes fast values for the target's own.
+  const recorded = await RunState.all(home, ctx.log);
   const carried = pf.carried;
   if (carried) {
     left.fastRestore = { settings: `left by run ${carried.runId}`, revert: revertCommand(cfg) };
@@ -65,7 +66,7 @@ export async function resumeOrCreate(ctx: RunContext): Promise<void> {
     out.line(
       `the target carried fast-restore settings of run ${carried.runId} (since ${carried.at}) that were never put back: reverted them to ${carried.original.map((o) => `${o.name}=${o.setting}`).join(", ")}`,
     );
-    for (const other of [previous, ...(await RunState.all(home, ctx.log))]) {
+    for (const other of [previous, ...recorded]) {
       if (other?.runId === carried.runId && other.record.fastRestore.applied && !other.record.fastRestore.reverted) {
         other.record.fastRestore.reverted = true;
         await other.save();
@@ -75,7 +76,7 @@ export async function resumeOrCreate(ctx: RunContext): Promise<void> {
   // With --restart, its roles are left after its databases are dropped: dropping them may need the membership.
   if (previous && !cfg.restart) await leaveRunRoles(previous, ctx.openTarget, out);
   // Roles an ended run could not leave (the target was gone at its end, say): left now.
-  for (const other of await RunState.all(home, ctx.log)) {
+  for (const other of recorded) {
     if (
       other.runId !== previous?.runId &&
       rolesLeft(other.record) &&

@@ -3,6 +3,7 @@
 // with its timing and keeps the timings in the run's record and report. Nothing changes on the target before
 // the preflight has passed; once a run is recorded, "finish" runs however the steps before it ended, and puts the
 // target's settings back.
+import { join } from "node:path";
 import type pg from "pg";
 import { RUN_STEPS, type RunStep } from "../shared/contracts/phases.js";
 import { jetstream } from "@nats-io/jetstream";
@@ -92,11 +93,7 @@ export async function migrate(
     }
     // Before the run was recorded nothing on the target had changed: the error is all there is to say.
     if (!ctx.state) throw failure;
-    let mark = () => undefined as void;
-    return await timed(ctx, RUN_STEPS.length, "finish", (timeSoFar) => {
-      mark = timeSoFar;
-      return finish(ctx, failure, () => mark());
-    });
+    return await timed(ctx, RUN_STEPS.length, "finish", (timeSoFar) => finish(ctx, failure, timeSoFar));
   } finally {
     out.stop();
     // Newest first: presence and workers, then the lock and the broker, then the sessions.
@@ -176,7 +173,7 @@ async function checkFirst(ctx: RunContext): Promise<void> {
     out.line(`all answered after ${Math.round((Date.now() - started) / 1000)}s`);
   }
   const pf = await preflight(cfg, ctx.home, (pk) =>
-    createLogger({ level: "info", file: `${ctx.home}/logs/preflight-${pk}.log`, stderrLevel: cfg.logLevel }),
+    createLogger({ level: "info", file: join(ctx.home, "logs", `preflight-${pk}.log`), stderrLevel: cfg.logLevel }),
   );
   ctx.pf = pf;
   ctx.log = pf.log;

@@ -34,6 +34,7 @@ export class RunState {
   private kvWrittenAt = 0;
   private kvStatus: string | undefined;
   private kvTimer: NodeJS.Timeout | undefined;
+  private dirMade = false;
 
   private constructor(
     readonly record: RunRecord,
@@ -173,7 +174,10 @@ export class RunState {
     const text = JSON.stringify(this.record);
     const path = join(this.dir, "run.json");
     const tmp = `${path}.tmp`;
-    await makeDir(this.dir); // a record first read from the KV has no local folder yet
+    if (!this.dirMade) {
+      await makeDir(this.dir); // a record first read from the KV has no local folder yet
+      this.dirMade = true;
+    }
     await writeFile(tmp, text, { mode: 0o600 });
     await rename(tmp, path);
     if (!this.kv) return;
