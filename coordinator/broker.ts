@@ -86,6 +86,8 @@ export async function awaitWorkers(ctx: RunContext): Promise<void> {
         secret,
         logDir: join(ctx.home, "logs", state.runId),
         retryDelayS: Math.max(1, Math.round(cfg.retryDelayMs / 1000)),
+        // Enough for every database in flight to keep -j slices going, spread over the local workers.
+        slices: Math.max(1, Math.ceil((cfg.maxParallel * cfg.jobs) / cfg.workers)),
         pgBin: cfg.pgBin,
       },
       ctx.log,

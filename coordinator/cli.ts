@@ -21,7 +21,7 @@ import { version } from "../shared/version.js";
 import { COMPRESS_PATTERN } from "../shared/compression.js";
 import { resolveDumpRoot } from "../shared/paths.js";
 import { DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER } from "../shared/contracts/jetstream.js";
-import { FAST_RESTORE_MODES, type FastRestoreMode, type MigrateConfig } from "./config.js";
+import { FAST_RESTORE_MODES, VIAS, type FastRestoreMode, type MigrateConfig, type Via } from "./config.js";
 import { Output } from "./output.js";
 import { defaultParallelism } from "./parallelism.js";
 import { plan } from "./plan.js";
@@ -48,6 +48,7 @@ type RawOptions = Prefixed<"from", ServerFlags> &
     jobs?: number;
     maxParallel?: number;
     dumpRoot: string;
+    via: Via;
     migrateGlobals: boolean;
     rolePasswords: boolean;
     owner: boolean;
@@ -237,6 +238,15 @@ export function buildProgram(): Command {
     )
     .addOption(
       new Option(
+        "--via <path>",
+        "how the data moves: volume (pg_dump -Fd into the dump root, pg_restore from it) or stream (table slices COPYed from source to target under one snapshot per database; nothing shared but NATS)",
+      )
+        .choices(VIAS)
+        .default("volume")
+        .env("PGMIGRATE_VIA"),
+    )
+    .addOption(
+      new Option(
         "--migrate-globals [bool]",
         "migrate roles and tablespaces (--migrate-globals=false or --no-migrate-globals to skip)",
       )
@@ -399,6 +409,7 @@ export async function toConfig(program: Command): Promise<MigrateConfig> {
     maxParallel: o.maxParallel ?? cores.maxParallel,
     parallelismGiven: { jobs: o.jobs !== undefined, maxParallel: o.maxParallel !== undefined },
     dumpRoot: resolveDumpRoot(o.dumpRoot),
+    via: o.via,
     migrateGlobals: o.migrateGlobals,
     rolePasswords: o.rolePasswords,
     verify: o.verify,

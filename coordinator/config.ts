@@ -3,6 +3,9 @@
 import { describeAuth, withoutCredentials, type NatsAuth } from "../shared/nats.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 
+export const VIAS = ["volume", "stream"] as const;
+export type Via = (typeof VIAS)[number];
+
 export const FAST_RESTORE_MODES = ["safe", "full", "off"] as const;
 export type FastRestoreMode = (typeof FAST_RESTORE_MODES)[number];
 
@@ -19,6 +22,8 @@ export interface MigrateConfig {
   /** Whether -j / -m were given (a given value that does not fit the servers' connections is refused, a default shrinks). */
   parallelismGiven: { jobs: boolean; maxParallel: boolean };
   dumpRoot: string;
+  /** How the data moves: volume (pg_dump -Fd into the dump root, pg_restore from it) or stream (table slices under one snapshot). */
+  via: Via;
   migrateGlobals: boolean;
   /** false (--no-role-passwords): roles without their password verifiers, for sources that hide pg_authid. */
   rolePasswords: boolean;

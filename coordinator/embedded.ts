@@ -144,6 +144,8 @@ export class LocalWorkers {
       secret: string;
       logDir: string;
       retryDelayS: number;
+      /** Data slices each worker streams at once (--via stream). */
+      slices: number;
       pgBin?: string | undefined;
     },
     private readonly log: Logger,
@@ -175,6 +177,8 @@ export class LocalWorkers {
       `local-${index}`,
       "--retry-delay",
       String(this.opts.retryDelayS),
+      "--slices",
+      String(this.opts.slices),
     ];
     if (this.opts.pgBin) args.push("--pg-bin", this.opts.pgBin);
     const child = await spawnGuarded(process.execPath, args, { stdio: ["ignore", out, out], env });

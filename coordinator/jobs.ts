@@ -8,6 +8,7 @@ import { seal, type SharedKey } from "../shared/secrets.js";
 import type { MigrateConfig } from "./config.js";
 import { MAINTENANCE_DB } from "./discovery.js";
 import { jobsFor } from "./parallelism.js";
+import type { PlannedSlice } from "./slices.js";
 import type { DbState } from "./state.js";
 
 /** What a builder is given besides the database. */
@@ -21,6 +22,8 @@ export interface JobSpec {
   attemptsBefore: number;
   /** Whether the target database may hold a partial restore from an earlier session or job. */
   recreate: boolean;
+  /** A slice job's slice, as planned (its columns and pages live only in the session that planned it). */
+  slice?: PlannedSlice;
 }
 
 export const BUILD: { [K in JobKind]: (db: DbState, s: JobSpec) => JobOf<K> } = {
@@ -49,7 +52,72 @@ export const BUILD: { [K in JobKind]: (db: DbState, s: JobSpec) => JobOf<K> } = 
     recreate: s.recreate,
   }),
   verify: (db, s) => ({ ...common(db, s), kind: "verify", dumpPath: db.dumpPath!, target: conn(s.cfg.target, s.key) }),
+  schema: (db, s) => ({
+    ...streamCommon(db, s),
+    kind: "schema",
+    create: db.create,
+    recreate: s.recreate,
+    ...(db.name === MAINTENANCE_DB ? { intoExisting: true } : {}),
+  }),
+  slice: (db, s) => {
+    const slice = s.slice!;
+    return {
+      ...streamCommon(db, s),
+      // The tables are in the slice itself; the schema and post jobs' list is not needed here.
+      streamed: [],
+      kind: "slice",
+      slice: slice.id,
+      tables: slice.tables.map((t) => ({
+        schema: t.schema,
+        name: t.name,
+        columns: t.columns,
+        binary: t.binary,
+        ...(s.cfg.verify === "checksum" ? { hashColumns: t.hashColumns } : {}),
+        ...(slice.part ? { pages: { from: slice.part.from, to: slice.part.to } } : {}),
+      })),
+      ...(s.cfg.verify === "checksum" ? { checksum: true } : {}),
+    };
+  },
+  post: (db, s) => ({
+    ...streamCommon(db, s),
+    kind: "post",
+    jobs: jobsFor(db.sizeBytes, s.cfg.jobs),
+    copied: copiedTables(db),
+    ...(s.cfg.verify === "checksum" ? { checksum: true } : {}),
+  }),
 };
+
+/** What every job of a streamed database carries: both servers, the holder's snapshot, the marker schema. */
+function streamCommon(db: DbState, s: JobSpec) {
+  const stream = db.stream!;
+  return {
+    ...common(db, s),
+    dumpPath: posix.join(s.runId, db.key),
+    source: conn(s.cfg.source, s.key),
+    target: conn(s.cfg.target, s.key),
+    snapshot: stream.snapshot,
+    markerSchema: stream.markerSchema,
+    streamed: stream.streamed,
+    maintenanceDb: s.cfg.targetDb,
+    ...(s.cfg.noOwner ? { noOwner: true } : {}),
+    ...(s.cfg.noTablespaces ? { noTablespaces: true } : {}),
+  };
+}
+
+/** Each streamed table's rows as its slices counted them (summed over its parts), with its source checksum. */
+export function copiedTables(db: DbState): { schema: string; name: string; rows: number; checksum?: string }[] {
+  const byTable = new Map<string, { schema: string; name: string; rows: number; checksum?: string }>();
+  for (const slice of db.stream?.slices ?? []) {
+    for (const c of slice.counts ?? []) {
+      const k = JSON.stringify([c.schema, c.name]);
+      const t = byTable.get(k) ?? { schema: c.schema, name: c.name, rows: 0 };
+      t.rows += c.copied;
+      if (c.checksum !== undefined) t.checksum = (BigInt(t.checksum ?? "0") + BigInt(c.checksum)).toString();
+      byTable.set(k, t);
+    }
+  }
+  return [...byTable.values()];
+}
 
 function common(db: DbState, s: JobSpec) {
   return {

@@ -259,7 +259,8 @@ export async function preflight(
 
     const sourceBytes = surveyed.selected.reduce((s, d) => s + d.sizeBytes, 0);
     const probe = await probeVolume(cfg.dumpRoot);
-    const volume = volumeVerdict(cfg.dumpRoot, probe, sourceBytes);
+    // Streamed, the dump root holds only each worker's scratch copy of a schema archive: no room for the data is asked.
+    const volume = volumeVerdict(cfg.dumpRoot, probe, cfg.via === "stream" ? 0 : sourceBytes);
     refusals.push(...volume.refusals);
     warnings.push(...volume.warnings);
 

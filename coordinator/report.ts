@@ -20,7 +20,8 @@ export async function writeReport(
 ): Promise<string> {
   const databases = [];
   for (const d of record.databases) {
-    let tables: VerifyTable[] = [];
+    // A streamed database carries its counts in the record; a dumped one in the detail file beside its dump.
+    let tables: VerifyTable[] = d.tableCounts ?? [];
     if (d.detailPath) {
       const path = join(dumpRoot, d.detailPath);
       tables = await readFile(path, "utf8").then(
@@ -28,10 +29,27 @@ export async function writeReport(
         () => [],
       );
     }
-    const { create: _create, jobId: _jobId, jobSeq: _jobSeq, progress: _progress, dumpPath, detailPath, ...rest } = d;
+    const {
+      create: _create,
+      jobId: _jobId,
+      jobSeq: _jobSeq,
+      jobKind: _jobKind,
+      progress: _progress,
+      tableCounts: _tableCounts,
+      stream,
+      dumpPath,
+      detailPath,
+      ...rest
+    } = d;
     // Paths into dumps that are removed right after the report would lead nowhere.
     const paths = dumps.kept ? { ...(dumpPath ? { dumpPath } : {}), ...(detailPath ? { detailPath } : {}) } : {};
-    databases.push({ ...rest, ...paths, verified: d.phase === "done", tableCounts: tables });
+    databases.push({
+      ...rest,
+      ...paths,
+      ...(stream ? { via: "stream" as const, stream: reportedStream(stream) } : {}),
+      verified: d.phase === "done",
+      tableCounts: tables,
+    });
   }
   const report: Report = {
     reportVersion: REPORT_VERSION,
@@ -92,4 +110,13 @@ export function summaryTable(record: RunRecord): string {
   return warnings
     ? `${table.toString()}\n${warnings === 1 ? "1 warning" : `${warnings} warnings`} (what pg_dump cannot preserve; not failures): see the report`
     : table.toString();
+}
+
+/** What the report keeps of a streamed database: its slices (which worker did each, in how long), why it restarted. */
+function reportedStream(s: NonNullable<RunRecord["databases"][number]["stream"]>) {
+  return {
+    restarts: s.restarts,
+    ...(s.restartedBecause ? { restartedBecause: s.restartedBecause } : {}),
+    slices: s.slices.map(({ jobId: _j, jobSeq: _s, ...slice }) => slice),
+  };
 }

@@ -15,7 +15,13 @@ import { jetstreamManager, type JetStreamClient, type JetStreamManager } from "@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { nanoid } from "nanoid";
 import { JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
-import { CONTRACT_VERSION, encode, type JobEvent } from "../shared/contracts/messages.js";
+import {
+  CONTRACT_VERSION,
+  encode,
+  type JobEvent,
+  type JobResult,
+  type VerifyTable,
+} from "../shared/contracts/messages.js";
 import type { MaxDeliveries } from "../shared/contracts/record.js";
 import { isTerminal, JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
 import { errorMessage } from "../shared/errors.js";
@@ -28,6 +34,7 @@ import { BUILD } from "./jobs.js";
 import { bytes, plural, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
 import { Watchdog } from "./watchdog.js";
+import { describe, StreamDatabases } from "./stream.js";
 
 /** What the scheduler asks of the target's databases: each resolves to why it failed, or says what it did. */
 export interface TargetDatabases {
@@ -55,6 +62,8 @@ export class Scheduler {
   private settle: (() => void) | undefined;
   private jsm: JetStreamManager | undefined;
   private readonly watchdog: Watchdog;
+  /** The streamed databases' holders, slices and their events (--via stream). */
+  private readonly streams: StreamDatabases;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -82,6 +91,10 @@ export class Scheduler {
         await this.publish(db, kind, true, unfinishedAttempts(db, kind));
       },
     });
+    this.streams = new StreamDatabases(nc, js, state, cfg, key, log, out, {
+      publish: (db, kind, resumed) => this.publish(db, kind, resumed),
+      fail: (db, reason) => this.fail(db, reason),
+    });
   }
 
   async run(signal: AbortSignal): Promise<void> {
@@ -100,6 +113,19 @@ export class Scheduler {
     const next: { db: DbState; kind: JobKind }[] = [];
     for (const db of record.databases) {
       if (isTerminal(db.phase)) continue;
+      if (db.via === "stream" && db.phase !== "planned") {
+        // Its snapshot ended with the earlier session's holder: the database starts over with a new one.
+        db.phase = "planned";
+        db.jobId = undefined;
+        if (db.stream) {
+          db.stream.restartedBecause =
+            "the coordinator's session ended, and with it the snapshot holder; the database was copied again under a new snapshot";
+          db.stream.restarts++;
+        }
+        this.out.line(
+          `${JSON.stringify(db.name)}: its snapshot ended with the earlier session; copying it again under a new one`,
+        );
+      }
       if (db.phase === "planned") {
         this.queue.push(db);
         continue;
@@ -170,6 +196,7 @@ export class Scheduler {
     } finally {
       this.stopped = true;
       this.watchdog.stop();
+      await this.streams.close();
       signal.removeEventListener("abort", onAbort);
       await reader.close();
     }
@@ -181,6 +208,24 @@ export class Scheduler {
    */
   private async admit(): Promise<void> {
     const m = this.cfg.maxParallel;
+    if (this.cfg.via === "stream") {
+      // A streamed database holds a snapshot and -j slices from its first job to its last: -m of them at once.
+      while (!this.stopped && this.queue.length && this.inFlight.size < m) {
+        const db = this.queue.shift()!;
+        this.inFlight.add(db.key);
+        const failed = await this.created(db);
+        if (failed) {
+          await this.fail(db, failed);
+          continue;
+        }
+        try {
+          await this.streams.begin(db, db.created && this.state.record.resumedAt.length > 0);
+        } catch (err) {
+          await this.fail(db, `its snapshot could not be taken on the source: ${errorMessage(err)}`);
+        }
+      }
+      return;
+    }
     while (!this.stopped && this.restoreQueue.length && this.running("restoring") < m) {
       const db = this.restoreQueue.shift()!;
       const failed = await this.created(db);
@@ -237,6 +282,7 @@ export class Scheduler {
     });
     // The intent is saved first: a coordinator that dies right after publishing finds the job by its id.
     db.jobId = jobId;
+    db.jobKind = kind;
     db.jobSeq = undefined;
     db.attempts[kind] = attemptsBefore;
     db.phase = JOB_PHASES[kind].running;
@@ -276,6 +322,7 @@ export class Scheduler {
 
   /** replayed: the event was published before this coordinator started, and is read again. */
   private async onJobEvent(e: JobEvent, replayed: boolean): Promise<void> {
+    if (e.kind === "slice") return this.streams.onSliceEvent(e, replayed);
     const db = this.state.db(e.db.key);
     if (!db || db.jobId !== e.jobId) return; // stale: from a job this coordinator no longer waits for
     // Handled already: a resumed run reads again the events after the last one its saved record had handled, and a
@@ -364,42 +411,68 @@ export class Scheduler {
       // Verifying does not hold a restore slot: the next restore starts now.
       await this.publish(db, "verify", false);
       await this.admit();
+    } else if (r.kind === "schema") {
+      db.jobId = undefined; // the database's job is now its slices
+      await this.streams.schemaDone(db);
+    } else if (r.kind === "post") {
+      db.timings.analyze = r.analyzeMs;
+      await this.streams.end(db);
+      db.tableCounts = tableCounts(db, r);
+      this.out.line(
+        `post ${JSON.stringify(db.name)} done in ${seconds(e.durationMs)} (post-data ${seconds(r.restoreMs)}, ANALYZE ${seconds(r.analyzeMs)})`,
+      );
+      await this.verified(db, r);
+    } else if (r.kind === "verify") {
+      await this.verified(db, r);
+    }
+  }
+
+  /** A verification's outcome (the verify job's, or a streamed database's post job's): done, or failed and why. */
+  private async verified(db: DbState, r: Extract<JobResult, { kind: "verify" | "post" }>): Promise<void> {
+    const name = JSON.stringify(db.name);
+    db.verifiedRows = r.rows;
+    db.sequences = r.sequences;
+    db.mismatches = r.mismatches;
+    db.warnings = r.warnings ?? [];
+    if (r.properties) db.properties = r.properties;
+    if (r.kind === "verify") db.detailPath = r.detailPath;
+    for (const w of db.warnings) {
+      this.out.warn(
+        `${name}: ${w.what} ${w.object} (source ${w.source ?? "none"}, target ${w.target ?? "none"}): ${w.note}`,
+      );
+    }
+    if (r.properties && !r.properties.applied && r.properties.why)
+      this.out.warn(`${name}: its own properties were not applied: ${r.properties.why}`);
+    if (r.properties?.skipped?.length) {
+      this.out.warn(
+        `${name}: left out ${plural(r.properties.skipped.length, "setting")} the target does not know (the rest applied): ${r.properties.skipped.join(" ")}`,
+      );
+    }
+    if (r.ok) {
+      const warned = db.warnings.length ? `, ${plural(db.warnings.length, "warning")} (not failures)` : "";
+      this.out.line(`verify ${name} done: ${plural(r.tables, "table")} and ${plural(r.rows, "row")} match${warned}`);
+      db.jobId = undefined;
+      await this.setPhase(db, "done");
+      await this.release(db);
     } else {
-      db.verifiedRows = r.rows;
-      db.sequences = r.sequences;
-      db.mismatches = r.mismatches;
-      db.warnings = r.warnings ?? [];
-      if (r.properties) db.properties = r.properties;
-      db.detailPath = r.detailPath;
-      for (const w of db.warnings) {
-        this.out.warn(
-          `${name}: ${w.what} ${w.object} (source ${w.source ?? "none"}, target ${w.target ?? "none"}): ${w.note}`,
-        );
-      }
-      if (r.properties && !r.properties.applied && r.properties.why)
-        this.out.warn(`${name}: its own properties were not applied: ${r.properties.why}`);
-      if (r.properties?.skipped?.length) {
-        this.out.warn(
-          `${name}: left out ${plural(r.properties.skipped.length, "setting")} the target does not know (the rest applied): ${r.properties.skipped.join(" ")}`,
-        );
-      }
-      if (r.ok) {
-        const warned = db.warnings.length ? `, ${plural(db.warnings.length, "warning")} (not failures)` : "";
-        this.out.line(`verify ${name} done: ${plural(r.tables, "table")} and ${plural(r.rows, "row")} match${warned}`);
-        db.jobId = undefined;
-        await this.setPhase(db, "done");
-        await this.release(db);
-      } else {
-        const first = r.mismatches
-          .slice(0, 3)
-          .map((m) => `${m.what} ${m.object} (source ${m.source ?? "none"}, target ${m.target ?? "none"})`);
-        await this.fail(db, `verification found ${plural(r.mismatches.length, "difference")}: ${first.join("; ")}`);
-      }
+      const first = r.mismatches
+        .slice(0, 3)
+        .map((m) => `${m.what} ${m.object} (source ${m.source ?? "none"}, target ${m.target ?? "none"})`);
+      await this.fail(db, `verification found ${plural(r.mismatches.length, "difference")}: ${first.join("; ")}`);
     }
   }
 
   private async onMaxDeliveries(a: MaxDeliveries): Promise<void> {
     if (a.stream !== JOBS_STREAM) return;
+    const sliced = this.streams.sliceBySeq(a.stream_seq);
+    if (sliced) {
+      await this.jsm?.streams.deleteMessage(JOBS_STREAM, a.stream_seq).catch(() => undefined);
+      await this.fail(
+        sliced.db,
+        `slice ${sliced.slice.id} (${describe(sliced.slice)}) was delivered ${a.deliveries} times without finishing (workers died or stopped heartbeating)`,
+      );
+      return;
+    }
     const db = this.state.record.databases.find((d) => d.jobSeq === a.stream_seq && d.jobId);
     if (!db) return;
     const jobId = db.jobId;
@@ -416,6 +489,7 @@ export class Scheduler {
     this.failing.add(db.key);
     // Before anything else: a late result of the job is stale from here on.
     db.jobId = undefined;
+    if (db.via === "stream") await this.streams.end(db);
     // Before any restore was published, the database this run created on the target is empty: it goes again.
     const creating = this.creating.get(db.key);
     if (
@@ -458,3 +532,26 @@ const largestFirst = (a: DbState, b: DbState) => b.sizeBytes - a.sizeBytes;
 
 /** A job gone without a result: its last claim was interrupted, not failed, so that attempt is offered again. */
 const unfinishedAttempts = (db: DbState, kind: JobKind): number => Math.max(0, (db.attempts[kind] ?? 0) - 1);
+
+/**
+ * A streamed database's table counts for the report: each streamed table's rows as the source sent them and as the
+ * target's COPY took them (summed over its slices), and the other tables as the post job counted them.
+ */
+function tableCounts(db: DbState, r: Extract<JobResult, { kind: "post" }>): VerifyTable[] {
+  const sums = new Map((r.targetChecksums ?? []).map((t) => [JSON.stringify([t.schema, t.name]), t.checksum]));
+  const byTable = new Map<string, VerifyTable>();
+  for (const slice of db.stream?.slices ?? []) {
+    for (const c of slice.counts ?? []) {
+      const k = JSON.stringify([c.schema, c.name]);
+      const t = byTable.get(k) ?? { schema: c.schema, name: c.name, source: 0, target: 0 };
+      t.source! += c.sent;
+      t.target! += c.copied;
+      if (c.checksum !== undefined) {
+        t.sourceChecksum = (BigInt(t.sourceChecksum ?? "0") + BigInt(c.checksum)).toString();
+        t.targetChecksum = sums.get(k) ?? null;
+      }
+      byTable.set(k, t);
+    }
+  }
+  return [...byTable.values(), ...r.others];
+}

@@ -62,7 +62,7 @@ export class Watchdog {
       const limit = this.cfg.ackWaitMs + 10_000;
       for (const db of this.watched.inFlight()) {
         const jobId = db.jobId;
-        const kind = nextJobFor(db.phase);
+        const kind = db.jobKind ?? nextJobFor(db.phase);
         const seen = this.lastEventAt.get(db.key);
         if (!jobId || !kind || db.phase !== JOB_PHASES[kind].running) continue;
         if (seen === undefined || Date.now() - seen < limit) continue;

@@ -19,7 +19,9 @@ import { version } from "../shared/version.js";
 import { Worker } from "./main.js";
 
 const program = new Command("pg-migrate worker")
-  .description("Run a pg-migrate worker: claims dump, restore and verify jobs from NATS JetStream.")
+  .description(
+    "Run a pg-migrate worker: claims the jobs of a run (dump, restore, verify; schema, slice, post) from NATS JetStream.",
+  )
   .version(version(), "-V, --version", "print pg-migrate's version")
   .addOption(
     new Option("--nats-url <url>", "NATS server(s), comma separated").env("PGMIGRATE_NATS_URL").makeOptionMandatory(),
@@ -42,6 +44,12 @@ const program = new Command("pg-migrate worker")
     new Option("--retry-delay <seconds>", "delay before a failed job is offered again")
       .argParser(positiveInt)
       .default(5),
+  )
+  .addOption(
+    new Option("--slices <n>", "data slices (--via stream) this worker streams at once")
+      .env("PGMIGRATE_WORKER_SLICES")
+      .argParser(positiveInt)
+      .default(4),
   )
   .addOption(
     new Option("--log-level <level>", "log level on stderr")
@@ -81,6 +89,7 @@ async function main(argv: string[]): Promise<number> {
       id?: string;
       pgBin?: string;
       retryDelay: number;
+      slices: number;
       logLevel: string;
     } & NatsAuthFlags
   >();
@@ -101,7 +110,7 @@ async function main(argv: string[]): Promise<number> {
         key: sharedKeyFromEnv(),
         ownPasswords: { source: ownPassword("FROM"), target: ownPassword("TO") },
       },
-      { retryDelayMs: o.retryDelay * 1000 },
+      { retryDelayMs: o.retryDelay * 1000, slices: o.slices },
       log,
     );
     let stopping = false;

@@ -31,6 +31,8 @@ export async function applyDatabaseProperties(
   database: string,
   signal: AbortSignal,
   known?: ReadonlySet<string>,
+  /** Where the list file goes (default: the dump directory itself; a custom-format archive is a file). */
+  scratchDir = dumpDir,
 ): Promise<{ mismatches: Mismatch[]; skipped: string[] }> {
   const { stdout: toc } = await runTool(tools, "pg_restore", ["--create", "--list", dumpDir], { signal });
   const entries = toc.split("\n").filter((line) => DATABASE_LEVEL.test(line));
@@ -49,7 +51,7 @@ export async function applyDatabaseProperties(
       skipped: [],
     };
   }
-  const list = join(dumpDir, LIST_FILE);
+  const list = join(scratchDir, LIST_FILE);
   await writeFile(list, `${entries.join("\n")}\n`, { mode: 0o600 });
   const { stdout: script } = await runTool(
     tools,

@@ -24,12 +24,15 @@ import { serverFor, type Handlers, type WorkerContext } from "./context.js";
 import { dump } from "./dump.js";
 import { restore } from "./restore.js";
 import { verify } from "./verify.js";
+import { post, schema, slice } from "./stream.js";
 
-const handlers: Handlers = { dump, restore, verify };
+const handlers: Handlers = { dump, restore, verify, schema, slice, post };
 
 export interface WorkerOptions {
   /** Delay before a failed job is offered again. */
   retryDelayMs: number;
+  /** Data slices this worker streams at once (each holds one connection to each server). */
+  slices: number;
 }
 
 const HEARTBEAT_MS = 5_000;
@@ -58,7 +61,11 @@ export class Worker {
 
   async run(): Promise<void> {
     await this.announce();
-    await Promise.all(JOB_KINDS.map((kind) => this.loop(kind)));
+    // One job of each kind at a time, but as many data slices as the worker was given slots for.
+    const loops = JOB_KINDS.flatMap((kind) =>
+      Array.from({ length: kind === "slice" ? this.opts.slices : 1 }, () => kind),
+    );
+    await Promise.all(loops.map((kind) => this.loop(kind)));
   }
 
   /**
@@ -199,10 +206,15 @@ export class Worker {
    * source for a dump, the target for a restore or a verify). False when it never did, or this worker is stopping.
    */
   private async waitForServer(job: Job, log: Logger): Promise<boolean> {
+    // A streamed job (schema, slice, post) works on both servers: it waits for the target, where it writes.
     const [role, conn, db] =
       job.kind === "dump"
         ? (["source", job.source, job.db.name] as const)
-        : (["target", job.target, job.kind === "restore" ? job.maintenanceDb : job.db.name] as const);
+        : ([
+            "target",
+            job.target,
+            job.kind === "restore" || job.kind === "schema" ? job.maintenanceDb : job.db.name,
+          ] as const);
     const deadline = Date.now() + SERVER_WAIT_MS;
     for (let attempt = 1; !this.stopping.signal.aborted && Date.now() < deadline; attempt++) {
       try {

@@ -6,10 +6,11 @@ import { connect, withClient } from "../shared/pg/connect.js";
 import { analyzeUserTables, userObjectCount } from "../shared/pg/catalog.js";
 import { createDatabaseSql, dropDatabaseSql } from "../shared/pg/create.js";
 import { dbnameArg } from "../shared/pg/conninfo.js";
-import type { Progress } from "../shared/contracts/messages.js";
+import type { JobOf, Progress } from "../shared/contracts/messages.js";
+import type { ServerSpec } from "../shared/pg/connect.js";
 import { PermanentJobError } from "../shared/errors.js";
 import { runTool } from "../shared/tools.js";
-import { serverFor, type Handler } from "./context.js";
+import { serverFor, type Handler, type JobRun } from "./context.js";
 import { readManifest } from "./dump.js";
 
 const PROGRESS_EVERY_MS = 2000;
@@ -23,27 +24,7 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
   });
   const server = serverFor("target", job.target, ctx);
 
-  if (job.intoExisting) {
-    // Not ours to drop: restored into only while it holds no user objects (an earlier attempt's, or its own).
-    const n = await withClient(server, job.db.name, userObjectCount, run.signal);
-    if (n > 0) {
-      throw new PermanentJobError(
-        `the target's ${JSON.stringify(job.db.name)} database holds ${n} user object(s) (an earlier attempt's, or its own), and pg-migrate restores into it only while it holds none: empty it and run again, or leave it out with --exclude-db`,
-      );
-    }
-  } else if (job.recreate || run.attempt > 1) {
-    await withClient(
-      server,
-      job.maintenanceDb,
-      async (c) => {
-        const { rows } = await c.query<{ n: number }>("SELECT current_setting('server_version_num')::int AS n");
-        await c.query(dropDatabaseSql(job.db.name, rows[0]!.n >= 130000));
-        await c.query(createDatabaseSql(job.db.name, job.create));
-      },
-      run.signal,
-    );
-    run.log.info({ attempt: run.attempt }, "recreated the database before restoring again");
-  }
+  await prepareDatabase(job, run, server);
 
   const progress = startSizeProgress(server, job.maintenanceDb, job.db.name, job.estimatedBytes ?? null, run.progress);
   const started = Date.now();
@@ -74,6 +55,39 @@ export const restore: Handler<"restore"> = async (job, run, ctx) => {
   await withClient(server, job.db.name, analyzeUserTables, run.signal);
   return { kind: "restore", restoreMs, analyzeMs: Date.now() - analyzeStarted };
 };
+
+/**
+ * The database the coordinator created, made ready to be restored into: one that was there before the run (the
+ * maintenance database) only while it holds no user objects; one this run created is dropped and created again when
+ * an earlier attempt or session may have written to it.
+ */
+export async function prepareDatabase(
+  job: Pick<JobOf<"restore">, "db" | "intoExisting" | "recreate" | "maintenanceDb" | "create">,
+  run: JobRun,
+  server: ServerSpec,
+): Promise<void> {
+  if (job.intoExisting) {
+    // Not ours to drop: restored into only while it holds no user objects (an earlier attempt's, or its own).
+    const n = await withClient(server, job.db.name, userObjectCount, run.signal);
+    if (n > 0) {
+      throw new PermanentJobError(
+        `the target's ${JSON.stringify(job.db.name)} database holds ${n} user object(s) (an earlier attempt's, or its own), and pg-migrate restores into it only while it holds none: empty it and run again, or leave it out with --exclude-db`,
+      );
+    }
+  } else if (job.recreate || run.attempt > 1) {
+    await withClient(
+      server,
+      job.maintenanceDb,
+      async (c) => {
+        const { rows } = await c.query<{ n: number }>("SELECT current_setting('server_version_num')::int AS n");
+        await c.query(dropDatabaseSql(job.db.name, rows[0]!.n >= 130000));
+        await c.query(createDatabaseSql(job.db.name, job.create));
+      },
+      run.signal,
+    );
+    run.log.info({ attempt: run.attempt }, "recreated the database before restoring again");
+  }
+}
 
 /**
  * While pg_restore fills the database: its size on the target against the dump's size, and what the target

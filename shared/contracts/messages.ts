@@ -89,7 +89,70 @@ const RestoreJob = z.object({
 });
 const VerifyJob = z.object({ ...jobBase, kind: z.literal("verify"), target: ConnSpec });
 
-const Job = z.discriminatedUnion("kind", [DumpJob, RestoreJob, VerifyJob]);
+const TableRef = z.object({ schema: z.string(), name: z.string() });
+export type TableName = z.infer<typeof TableRef>;
+
+/**
+ * What every job of a streamed database (--via stream) shares: both servers, the snapshot the coordinator's holder
+ * session exported on the source (every read of the database happens inside it), and the schema the run keeps its
+ * slice markers in on the target database until the post job drops it. dumpPath is the worker's own scratch
+ * directory under its dump root (nothing there is shared).
+ */
+const streamBase = {
+  ...jobBase,
+  source: ConnSpec,
+  target: ConnSpec,
+  snapshot: z.string(),
+  markerSchema: z.string(),
+  /** The tables whose data the slices carry: left out of the schema archive's data. */
+  streamed: z.array(TableRef),
+  noOwner: z.boolean().optional(),
+  noTablespaces: z.boolean().optional(),
+  maintenanceDb: z.string(),
+};
+/** The schema step: pre-data restored into a fresh database before any slice runs. */
+const SchemaJob = z.object({
+  ...streamBase,
+  kind: z.literal("schema"),
+  create: CreateSpecSchema,
+  intoExisting: z.boolean().optional(),
+  /** Drop and recreate the (run-created) database first: an earlier attempt or session may have written to it. */
+  recreate: z.boolean(),
+});
+/** One table of a slice: its columns (not generated, not dropped), its COPY format, and for a part its pages. */
+const SliceTable = z.object({
+  schema: z.string(),
+  name: z.string(),
+  columns: z.array(z.string()),
+  binary: z.boolean(),
+  /** With --verify checksum: the columns the hash is built of (every column, generated ones too, in the source's order). */
+  hashColumns: z.array(z.string()).optional(),
+  /** A part of a split table: the heap pages [from, to) it reads (to null: to the end); absent: the whole table. */
+  pages: z.object({ from: z.number().int().nonnegative(), to: z.number().int().positive().nullable() }).optional(),
+});
+export type SliceTable = z.infer<typeof SliceTable>;
+/** A data slice: a table, a batch of small tables, or a part of a big one, streamed in one target transaction. */
+const SliceJob = z.object({
+  ...streamBase,
+  kind: z.literal("slice"),
+  /** The slice's id within its database (its marker on the target): the same for every attempt. */
+  slice: z.string(),
+  tables: z.array(SliceTable).min(1),
+  checksum: z.boolean().optional(),
+});
+/** After the last slice: the rest of the data section and post-data, ANALYZE, the checks, the database's properties. */
+const PostJob = z.object({
+  ...streamBase,
+  kind: z.literal("post"),
+  jobs: z.number().int().positive(),
+  /** Every streamed table's rows (the source's, which each slice's target COPY confirmed) and source checksum. */
+  copied: z.array(
+    z.object({ schema: z.string(), name: z.string(), rows: z.number(), checksum: z.string().optional() }),
+  ),
+  checksum: z.boolean().optional(),
+});
+
+const Job = z.discriminatedUnion("kind", [DumpJob, RestoreJob, VerifyJob, SchemaJob, SliceJob, PostJob]);
 export type Job = z.infer<typeof Job>;
 export type JobOf<K extends Job["kind"]> = Extract<Job, { kind: K }>;
 
@@ -211,7 +274,41 @@ const VerifyResult = z.object({
   /** Relative to the dump root: every table's counts on both sides. */
   detailPath: z.string(),
 });
-const JobResult = z.discriminatedUnion("kind", [DumpResult, RestoreResult, VerifyResult]);
+const SchemaResult = z.object({ kind: z.literal("schema"), ms: z.number() });
+/** Per table of a slice: the rows the source sent and the target's COPY command tag, which must agree. */
+const SliceResult = z.object({
+  kind: z.literal("slice"),
+  tables: z.array(
+    z.object({
+      schema: z.string(),
+      name: z.string(),
+      sent: z.number().int().nonnegative(),
+      copied: z.number().int().nonnegative(),
+      checksum: z.string().optional(),
+    }),
+  ),
+  bytes: z.number(),
+  /** An earlier attempt of this slice had committed on the target (its marker was there): nothing was copied again. */
+  alreadyCommitted: z.boolean().optional(),
+});
+const PostResult = VerifyResult.omit({ kind: true, detailPath: true }).extend({
+  kind: z.literal("post"),
+  restoreMs: z.number(),
+  analyzeMs: z.number(),
+  /** The tables the slices did not carry (materialized views, extension configuration), counted on both sides. */
+  others: z.array(VerifyTable),
+  /** With --verify checksum: the target's hash of each streamed table. */
+  targetChecksums: z.array(z.object({ schema: z.string(), name: z.string(), checksum: z.string() })).optional(),
+});
+
+const JobResult = z.discriminatedUnion("kind", [
+  DumpResult,
+  RestoreResult,
+  VerifyResult,
+  SchemaResult,
+  SliceResult,
+  PostResult,
+]);
 export type JobResult = z.infer<typeof JobResult>;
 
 /** Every table of a verification, written beside the dump by the verify job. */

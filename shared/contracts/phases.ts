@@ -2,6 +2,8 @@
 
 export const DB_PHASES = [
   "planned",
+  /** --via stream: the schema step and the data slices are running (restoring: its post-data step). */
+  "copying",
   "dumping",
   "dumped",
   "restoring",
@@ -12,14 +14,22 @@ export const DB_PHASES = [
 ] as const;
 export type DbPhase = (typeof DB_PHASES)[number];
 
-export const JOB_KINDS = ["dump", "restore", "verify"] as const;
+export const JOB_KINDS = ["dump", "restore", "verify", "schema", "slice", "post"] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
+/** The jobs of the streamed path (--via stream): a database's schema, its data slices, its post-data and checks. */
+export const STREAM_KINDS = ["schema", "slice", "post"] as const satisfies readonly JobKind[];
+export type StreamKind = (typeof STREAM_KINDS)[number];
+export const isStreamKind = (k: JobKind): k is StreamKind => (STREAM_KINDS as readonly JobKind[]).includes(k);
 
 /** The phase a database is in while a job of this kind runs, and the one it reaches when it succeeds. */
 export const JOB_PHASES: { [K in JobKind]: { running: DbPhase; finished: DbPhase } } = {
   dump: { running: "dumping", finished: "dumped" },
   restore: { running: "restoring", finished: "restored" },
   verify: { running: "verifying", finished: "done" },
+  // A streamed database is "copying" from its schema job to its last slice; its post job ends in "done".
+  schema: { running: "copying", finished: "copying" },
+  slice: { running: "copying", finished: "copying" },
+  post: { running: "restoring", finished: "done" },
 };
 
 /** Whether a database has reached the end of its run: verified, or given up on. */
@@ -33,6 +43,8 @@ export function nextJobFor(phase: DbPhase): JobKind | undefined {
     case "planned":
     case "dumping":
       return "dump";
+    case "copying":
+      return "schema";
     case "dumped":
     case "restoring":
       return "restore";

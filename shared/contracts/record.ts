@@ -4,7 +4,7 @@
 // named, never half-read. The report's schema (report.ts) is built from the run record's parts.
 import { z } from "zod";
 import { ContractError, errorMessage } from "../errors.js";
-import { CreateSpecSchema, MismatchSchema, VerifyWarningSchema } from "./messages.js";
+import { CreateSpecSchema, MismatchSchema, VerifyTable, VerifyWarningSchema } from "./messages.js";
 import { DB_PHASES, JOB_KINDS, RUN_STEPS } from "./phases.js";
 
 export const RUN_STATUSES = ["running", "interrupted", "failed", "finished", "abandoned"] as const;
@@ -56,9 +56,20 @@ export const SkippedSchema = z.object({ name: z.string(), reason: z.string() });
 export const UpgradeNoteSchema = z.object({ what: z.enum(UPGRADE_NOTE_KINDS), object: z.string(), note: z.string() });
 export type UpgradeNote = z.infer<typeof UpgradeNoteSchema>;
 
-const PerKind = <T extends z.ZodType>(t: T) => z.object({ dump: t, restore: t, verify: t }).partial();
+const PerKind = <T extends z.ZodType>(t: T) =>
+  z.object({ dump: t, restore: t, verify: t, schema: t, slice: t, post: t }).partial();
 export const TimingsSchema = z
-  .object({ dump: z.number(), restore: z.number(), verify: z.number(), analyze: z.number() })
+  .object({
+    dump: z.number(),
+    restore: z.number(),
+    verify: z.number(),
+    analyze: z.number(),
+    /** --via stream: the schema step, the newest slice job, all of the data (first slice to last), the post job. */
+    schema: z.number(),
+    slice: z.number(),
+    copy: z.number(),
+    post: z.number(),
+  })
   .partial();
 export const AttemptsSchema = PerKind(z.number().int());
 export const WorkersSchema = PerKind(z.string());
@@ -71,6 +82,59 @@ export const PropertiesSchema = z.object({
   none: z.boolean().optional(),
 });
 
+/** One data slice of a streamed database: what it holds, who did it, and what both sides counted. */
+export const SliceStateSchema = z.object({
+  id: z.string(),
+  /** The tables (a batch), or the one table a part belongs to. */
+  tables: z.array(z.object({ schema: z.string(), name: z.string() })),
+  /** A part of a split table: its number (1-based) of how many, and its heap pages [from, to). */
+  part: z
+    .object({ n: z.number().int(), of: z.number().int(), from: z.number().int(), to: z.number().int().nullable() })
+    .optional(),
+  bytes: z.number(),
+  phase: z.enum(["planned", "running", "done", "failed"]),
+  jobId: z.string().optional(),
+  jobSeq: z.number().int().optional(),
+  attempts: z.number().int(),
+  worker: z.string().optional(),
+  ms: z.number().optional(),
+  /** Per table: rows the source sent, the target's COPY tag, and the source checksum (--verify checksum). */
+  counts: z
+    .array(
+      z.object({
+        schema: z.string(),
+        name: z.string(),
+        sent: z.number(),
+        copied: z.number(),
+        checksum: z.string().optional(),
+      }),
+    )
+    .optional(),
+  /** Found committed by an earlier attempt whose result never arrived: kept, not copied again. */
+  alreadyCommitted: z.boolean().optional(),
+});
+export type SliceState = z.infer<typeof SliceStateSchema>;
+
+/** A streamed database's snapshot and slices (--via stream). */
+export const StreamStateSchema = z.object({
+  /** The snapshot the holder session exported; valid only while that session lives. */
+  snapshot: z.string(),
+  /** pg_current_snapshot()'s xmax when it was taken: unchanged later means no write transaction began since. */
+  xmax: z.string(),
+  /** The schema of the slice markers on the target database (dropped by the post job). */
+  markerSchema: z.string(),
+  /** Every table the slices carry, with its columns and COPY format, as the schema and post jobs are told. */
+  streamed: z.array(z.object({ schema: z.string(), name: z.string() })),
+  slices: z.array(SliceStateSchema),
+  /** When the first slice was published. */
+  copyStartedAt: z.string().optional(),
+  /** How many times the database started over with a new snapshot (its holder died, or a session ended). */
+  restarts: z.number().int(),
+  /** Why it last started over, for the report. */
+  restartedBecause: z.string().optional(),
+});
+export type StreamState = z.infer<typeof StreamStateSchema>;
+
 export const DbStateSchema = z.object({
   name: z.string(),
   key: z.string(),
@@ -81,6 +145,13 @@ export const DbStateSchema = z.object({
   create: CreateSpecSchema,
   jobId: z.string().optional(),
   jobSeq: z.number().int().optional(),
+  /** The kind of the job jobId names (absent in a record of an older pg-migrate: the one its phase implies). */
+  jobKind: z.enum(JOB_KINDS).optional(),
+  /** stream: slices through the workers under one snapshot; volume (absent): pg_dump -Fd and pg_restore. */
+  via: z.enum(["volume", "stream"]).optional(),
+  stream: StreamStateSchema.optional(),
+  /** --via stream: every table's counts on both sides (the volume path keeps them in the detail file). */
+  tableCounts: z.array(VerifyTable).optional(),
   /** Attempt directory of the completed dump, relative to the dump root. */
   dumpPath: z.string().optional(),
   dumpBytes: z.number().optional(),

@@ -2,7 +2,7 @@
 // reportVersion; fields are only ever added. Published as docs/schemas/report.schema.json.
 import { z } from "zod";
 import { VerifyTable } from "./messages.js";
-import { DbStateSchema, RunRecordSchema } from "./record.js";
+import { DbStateSchema, RunRecordSchema, SliceStateSchema } from "./record.js";
 
 // The record's parts, as the run record has them: the report restates nothing of it by hand.
 const fromRecord = RunRecordSchema.pick({
@@ -41,7 +41,16 @@ const ReportDatabase = DbStateSchema.pick({
   workers: true,
   error: true,
   stderrTail: true,
+  via: true,
 }).extend({
+  /** --via stream: the database's slices (which worker did each), and whether and why it started over. */
+  stream: z
+    .object({
+      restarts: z.number().int(),
+      restartedBecause: z.string().optional(),
+      slices: z.array(SliceStateSchema.omit({ jobId: true, jobSeq: true })),
+    })
+    .optional(),
   /** true: migrated and every check passed. */
   verified: z.boolean(),
   /** Every table's exact row count on both sides (null: missing on that side). */

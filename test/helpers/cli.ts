@@ -175,7 +175,24 @@ export interface Report {
     workers: Record<string, string>;
     dumpPath?: string;
     detailPath?: string;
+    /** --via stream: the database's slices, which worker did each, and whether it started over. */
+    stream?: {
+      restarts: number;
+      restartedBecause?: string;
+      slices: {
+        id: string;
+        tables: { schema: string; name: string }[];
+        part?: { n: number; of: number };
+        phase: string;
+        attempts: number;
+        worker?: string;
+        alreadyCommitted?: boolean;
+        counts?: { schema: string; name: string; sent: number; copied: number }[];
+      }[];
+    };
     tableCounts: {
+      schema: string;
+      name: string;
       source: number | null;
       target: number | null;
       sourceChecksum?: string | null;

@@ -71,7 +71,7 @@ test("a run record as the coordinator writes it decodes whole; one that does not
     () => decodeRunRecord(JSON.stringify(withoutDatabases)),
     (e: unknown) => e instanceof ContractError && /a run record does not match its contract: databases/.test(e.message),
   );
-  const badPhase = { ...record, databases: [{ ...record.databases[0]!, phase: "copying" }] };
+  const badPhase = { ...record, databases: [{ ...record.databases[0]!, phase: "squashing" }] };
   assert.throws(() => decodeRunRecord(JSON.stringify(badPhase)), /databases\.0\.phase/);
   assert.throws(() => decodeRunRecord("{"), /a run record is not JSON/);
 });
@@ -113,7 +113,7 @@ test("a run record this version cannot read is skipped with a warning, and the o
     const other = {
       ...record,
       runId: "20261202-140000-zzzzzzzz",
-      databases: [{ ...record.databases[0]!, phase: "copying" }],
+      databases: [{ ...record.databases[0]!, phase: "squashing" }],
     };
     for (const r of [record, other]) {
       await mkdir(join(root, r.runId), { recursive: true });
