@@ -117,6 +117,7 @@ function reportedStream(s: NonNullable<RunRecord["databases"][number]["stream"]>
   return {
     restarts: s.restarts,
     ...(s.restartedBecause ? { restartedBecause: s.restartedBecause } : {}),
+    ...(s.keptSlices !== undefined ? { keptSlices: s.keptSlices } : {}),
     slices: s.slices.map(({ jobId: _j, jobSeq: _s, ...slice }) => slice),
   };
 }

@@ -94,6 +94,7 @@ export class Scheduler {
     this.streams = new StreamDatabases(nc, js, state, cfg, key, log, out, {
       publish: (db, kind, resumed) => this.publish(db, kind, resumed),
       fail: (db, reason) => this.fail(db, reason),
+      copying: (db) => this.setPhase(db, "copying"),
     });
   }
 
@@ -114,17 +115,12 @@ export class Scheduler {
     for (const db of record.databases) {
       if (isTerminal(db.phase)) continue;
       if (db.via === "stream" && db.phase !== "planned") {
-        // Its snapshot ended with the earlier session's holder: the database starts over with a new one.
+        // Its snapshot ended with the earlier session's holder: it takes a new one when admitted, and keeps its
+        // finished slices only if the source did not change meanwhile (stream.ts). A post job that had begun may
+        // have restored part of the post-data: that database starts over.
+        if (db.phase === "restoring" && db.stream) db.stream.schemaDone = false;
         db.phase = "planned";
         db.jobId = undefined;
-        if (db.stream) {
-          db.stream.restartedBecause =
-            "the coordinator's session ended, and with it the snapshot holder; the database was copied again under a new snapshot";
-          db.stream.restarts++;
-        }
-        this.out.line(
-          `${JSON.stringify(db.name)}: its snapshot ended with the earlier session; copying it again under a new one`,
-        );
       }
       if (db.phase === "planned") {
         this.queue.push(db);

@@ -14,7 +14,7 @@ import { nanoid } from "nanoid";
 import type pg from "pg";
 import { JOBS_STREAM, subjects } from "../shared/contracts/jetstream.js";
 import { encode, type JobEvent } from "../shared/contracts/messages.js";
-import type { SliceState } from "../shared/contracts/record.js";
+import type { SliceState, StreamState } from "../shared/contracts/record.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 import { connect } from "../shared/pg/connect.js";
@@ -33,6 +33,8 @@ export interface StreamHost {
   publish(db: DbState, kind: "schema" | "post", resumed: boolean): Promise<void>;
   /** The database has failed, for this reason. */
   fail(db: DbState, reason: string): Promise<void>;
+  /** The database goes on with its slices (its schema was restored in an earlier session). */
+  copying(db: DbState): Promise<void>;
 }
 
 interface Holder {
@@ -73,6 +75,8 @@ export class StreamDatabases {
   /** Bytes each running slice has reported so far, by job id. */
   private readonly running = new Map<string, number>();
   private stopped = false;
+  /** How often each database's holder ended under it in this session. */
+  private readonly losses = new Map<string, number>();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -89,7 +93,7 @@ export class StreamDatabases {
    * Opens the database's holder, plans its slices in the holder's snapshot and publishes its schema job.
    * resumed: the target database may hold an earlier attempt's or session's writes (the schema job recreates it).
    */
-  async begin(db: DbState, resumed: boolean): Promise<void> {
+  async begin(db: DbState, resumed: boolean, because?: string): Promise<void> {
     const client = await connect(this.cfg.source, db.name, "pg-migrate snapshot holder");
     const holder: Holder = { client, closing: false };
     this.holders.set(db.key, holder);
@@ -108,16 +112,41 @@ export class StreamDatabases {
       `SELECT pg_export_snapshot() AS id, current_setting('server_version_num')::int AS num,
               txid_current_snapshot()::text AS snap`,
     );
-    const { id: snapshot, snap, num } = rows[0]!;
+    const { id: snapshot, snap: txids, num } = rows[0]!;
     const tables = await this.tables(client);
+    const previous = db.stream;
+    const kept = resumed && previous ? this.keepable(previous, txids, tables) : undefined;
+    if (previous && kept) {
+      // Nothing changed on the source since the earlier snapshot: what the finished slices copied is what this one
+      // shows. They stay; the others run again (one that committed unseen finds its marker and says so).
+      this.plans.set(db.key, new Map(kept.map((s) => [s.id, s])));
+      const done = previous.slices.filter((s) => s.phase === "done").length;
+      for (const s of previous.slices) {
+        if (s.phase === "done") continue;
+        s.phase = "planned";
+        s.jobId = undefined;
+        s.jobSeq = undefined;
+      }
+      db.stream = {
+        ...previous,
+        snapshot,
+        txids,
+        keptSlices: done,
+        restartedBecause: `${because ?? "its snapshot ended with the earlier session"}, but the source had not changed since (its transaction snapshot ${txids} is the same): ${plural(done, "finished slice")} kept, the other ${plural(previous.slices.length - done, "slice")} copied under a new snapshot`,
+      };
+      this.out.line(`${JSON.stringify(db.name)}: ${db.stream.restartedBecause}`);
+      await this.host.copying(db);
+      await this.next(db);
+      return;
+    }
     const slices = planSlices(tables, { jobs: this.cfg.jobs, canSplit: num >= 140000 });
     this.plans.set(db.key, new Map(slices.map((s) => [s.id, s])));
-    const previous = db.stream;
+    const restarts = previous ? previous.restarts + 1 : 0;
     db.via = "stream";
     db.stream = {
       snapshot,
-      xmax: snap.split(":")[1] ?? "",
-      markerSchema: `_pg_migrate_${this.state.runId.replace(/-/g, "_")}_${(previous?.restarts ?? 0) + 1}`,
+      txids,
+      markerSchema: `_pg_migrate_${this.state.runId.replace(/-/g, "_")}_${restarts + 1}`,
       streamed: tables.map((t) => ({ schema: t.schema, name: t.name })),
       slices: slices.map((s) => ({
         id: s.id,
@@ -127,15 +156,41 @@ export class StreamDatabases {
         phase: "planned",
         attempts: 0,
       })),
-      restarts: previous?.restarts ?? 0,
-      ...(previous?.restartedBecause ? { restartedBecause: previous.restartedBecause } : {}),
+      restarts,
+      ...(previous
+        ? {
+            restartedBecause: `${because ?? "its snapshot ended with the earlier session"}, and ${
+              previous.txids !== txids
+                ? `the source had changed since (transaction snapshot ${previous.txids}, now ${txids})`
+                : "its schema was not restored yet, or its post-data had begun"
+            }: copied again under a new snapshot`,
+          }
+        : {}),
     };
+    if (previous && db.stream.restartedBecause)
+      this.out.line(`${JSON.stringify(db.name)}: ${db.stream.restartedBecause}`);
     const split = slices.filter((s) => s.part?.n === 1);
     this.log.info(
       { db: db.name, snapshot, slices: slices.length, split: split.length },
       `${db.name}: snapshot ${snapshot} held; ${slices.length} slices`,
     );
-    await this.host.publish(db, "schema", resumed);
+    await this.host.publish(db, "schema", resumed || previous !== undefined);
+  }
+
+  /**
+   * The earlier plan again, when its finished slices may stay: the schema was restored, the source's transaction
+   * snapshot is the same as the earlier one's, and every table of the plan is still there. undefined: start over.
+   */
+  private keepable(previous: StreamState, txids: string, tables: StreamTable[]): PlannedSlice[] | undefined {
+    if (!previous.schemaDone || previous.txids !== txids) return undefined;
+    const byName = new Map(tables.map((t) => [JSON.stringify([t.schema, t.name]), t]));
+    const plan: PlannedSlice[] = [];
+    for (const s of previous.slices) {
+      const found = s.tables.map((t) => byName.get(JSON.stringify([t.schema, t.name])));
+      if (found.some((t) => t === undefined)) return undefined;
+      plan.push({ id: s.id, tables: found as StreamTable[], ...(s.part ? { part: s.part } : {}), bytes: s.bytes });
+    }
+    return plan;
   }
 
   private async tables(client: pg.Client): Promise<StreamTable[]> {
@@ -166,6 +221,7 @@ export class StreamDatabases {
   /** The schema job is done: the slices go, -j of them at a time. */
   async schemaDone(db: DbState): Promise<void> {
     db.stream!.copyStartedAt = new Date().toISOString();
+    db.stream!.schemaDone = true;
     this.out.line(
       `schema ${JSON.stringify(db.name)} done: ${plural(db.stream!.slices.length, "slice")} of ${plural(db.stream!.streamed.length, "table")} to stream`,
     );
@@ -321,16 +377,16 @@ export class StreamDatabases {
     const stream = db.stream;
     if (!stream || this.stopped || (db.phase !== "copying" && db.phase !== "restoring")) return;
     await this.withdraw(db);
-    if (stream.restarts + 1 >= this.cfg.maxDeliver) {
-      await this.host.fail(db, `${because}, ${plural(stream.restarts + 1, "time")}: given up`);
+    const losses = (this.losses.get(db.key) ?? 0) + 1;
+    this.losses.set(db.key, losses);
+    if (losses >= this.cfg.maxDeliver) {
+      await this.host.fail(db, `${because}, ${plural(losses, "time")}: given up`);
       return;
     }
-    stream.restarts++;
-    stream.restartedBecause = because;
-    this.out.warn(`${JSON.stringify(db.name)}: ${because}; starting it over with a new snapshot`);
+    this.out.warn(`${JSON.stringify(db.name)}: ${because}; taking a new snapshot`);
     db.jobId = undefined;
     try {
-      await this.begin(db, true);
+      await this.begin(db, true, because);
     } catch (err) {
       await this.host.fail(db, `${because}, and a new snapshot could not be taken: ${errorMessage(err)}`);
     }

@@ -81,6 +81,7 @@ interface Counted {
   sent: number;
   copied: number;
   checksum?: string;
+  format: "binary" | "text";
 }
 
 export const slice: Handler<"slice"> = async (job, run, ctx) => {
@@ -121,13 +122,27 @@ export const slice: Handler<"slice"> = async (job, run, ctx) => {
         name: t.name,
         sent,
         copied,
+        format: t.binary ? "binary" : "text",
         ...(job.checksum ? { checksum: await sourceChecksum(source, t) } : {}),
       });
     }
-    await target.query(`INSERT INTO ${markerTable(job.markerSchema)} (slice, counts) VALUES ($1, $2::jsonb)`, [
-      job.slice,
-      JSON.stringify(counted),
-    ]);
+    try {
+      await target.query(`INSERT INTO ${markerTable(job.markerSchema)} (slice, counts) VALUES ($1, $2::jsonb)`, [
+        job.slice,
+        JSON.stringify(counted),
+      ]);
+    } catch (err) {
+      // Another delivery of this slice (a redelivery while this one ran late) committed first: its rows stand, and
+      // this transaction's go.
+      if ((err as { code?: string }).code !== "23505") throw err;
+      await target.query("ROLLBACK");
+      const { rows } = await target.query<{ counts: Counted[] }>(
+        `SELECT counts FROM ${markerTable(job.markerSchema)} WHERE slice = $1`,
+        [job.slice],
+      );
+      run.log.info({ slice: job.slice }, "another delivery of this slice committed first; its counts are reported");
+      return { kind: "slice", tables: rows[0]!.counts, bytes: 0, alreadyCommitted: true };
+    }
     await target.query("COMMIT");
     await source.query("COMMIT");
     run.log.info({ slice: job.slice, tables: total, bytes }, "slice copied");

@@ -285,6 +285,8 @@ const SliceResult = z.object({
       sent: z.number().int().nonnegative(),
       copied: z.number().int().nonnegative(),
       checksum: z.string().optional(),
+      /** The COPY format used: binary where both sides have binary I/O for every column's type, text otherwise. */
+      format: z.enum(["binary", "text"]).optional(),
     }),
   ),
   bytes: z.number(),

@@ -107,6 +107,7 @@ export const SliceStateSchema = z.object({
         sent: z.number(),
         copied: z.number(),
         checksum: z.string().optional(),
+        format: z.enum(["binary", "text"]).optional(),
       }),
     )
     .optional(),
@@ -119,8 +120,13 @@ export type SliceState = z.infer<typeof SliceStateSchema>;
 export const StreamStateSchema = z.object({
   /** The snapshot the holder session exported; valid only while that session lives. */
   snapshot: z.string(),
-  /** pg_current_snapshot()'s xmax when it was taken: unchanged later means no write transaction began since. */
-  xmax: z.string(),
+  /**
+   * The source's transaction snapshot (txid_current_snapshot(): xmin:xmax:in-progress) when it was taken. The same
+   * one later means no transaction has taken an id or ended since: the source shows the very same rows.
+   */
+  txids: z.string(),
+  /** The schema job is done: pre-data and the marker table are on the target. */
+  schemaDone: z.boolean().optional(),
   /** The schema of the slice markers on the target database (dropped by the post job). */
   markerSchema: z.string(),
   /** Every table the slices carry, with its columns and COPY format, as the schema and post jobs are told. */
@@ -132,6 +138,8 @@ export const StreamStateSchema = z.object({
   restarts: z.number().int(),
   /** Why it last started over, for the report. */
   restartedBecause: z.string().optional(),
+  /** A resumed session found the source unchanged and kept this many finished slices (not copied again). */
+  keptSlices: z.number().int().optional(),
 });
 export type StreamState = z.infer<typeof StreamStateSchema>;
 

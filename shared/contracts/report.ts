@@ -48,6 +48,7 @@ const ReportDatabase = DbStateSchema.pick({
     .object({
       restarts: z.number().int(),
       restartedBecause: z.string().optional(),
+      keptSlices: z.number().int().optional(),
       slices: z.array(SliceStateSchema.omit({ jobId: true, jobSeq: true })),
     })
     .optional(),

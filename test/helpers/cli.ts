@@ -179,6 +179,7 @@ export interface Report {
     stream?: {
       restarts: number;
       restartedBecause?: string;
+      keptSlices?: number;
       slices: {
         id: string;
         tables: { schema: string; name: string }[];
@@ -187,7 +188,7 @@ export interface Report {
         attempts: number;
         worker?: string;
         alreadyCommitted?: boolean;
-        counts?: { schema: string; name: string; sent: number; copied: number }[];
+        counts?: { schema: string; name: string; sent: number; copied: number; format?: string }[];
       }[];
     };
     tableCounts: {

@@ -1,7 +1,7 @@
 // Processes as the kernel sees them (/proc), for fault tests: find a tool while it runs, kill its parent, and
 // prove that nothing the run started is left behind.
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { basename } from "node:path";
 
 export interface Proc {
@@ -86,4 +86,30 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The process holding the client end of a loopback TCP connection whose local port is `port` (what the server's
+ * pg_stat_activity calls client_port): the socket's inode in /proc/net/tcp, then the process with that inode open.
+ */
+export function pidOfClientPort(port: number): number {
+  const hex = port.toString(16).toUpperCase().padStart(4, "0");
+  let inode: string | undefined;
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[1]?.endsWith(`:${hex}`)) inode = f[9];
+    }
+  }
+  assert.ok(inode && inode !== "0", `no socket with local port ${port}`);
+  for (const p of listProcesses()) {
+    try {
+      for (const fd of readdirSync(`/proc/${p.pid}/fd`)) {
+        if (readlinkSync(`/proc/${p.pid}/fd/${fd}`) === `socket:[${inode}]`) return p.pid;
+      }
+    } catch {
+      // not ours to look into, or gone
+    }
+  }
+  throw new Error(`no process holds the socket of local port ${port}`);
 }
