@@ -17,7 +17,7 @@ import { encode, type JobEvent } from "../shared/contracts/messages.js";
 import type { SliceState, StreamState } from "../shared/contracts/record.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
-import { connect } from "../shared/pg/connect.js";
+import { connect, serverUnavailable } from "../shared/pg/connect.js";
 import { USER_SCHEMAS } from "../shared/pg/catalog.js";
 import { retry } from "../shared/retry.js";
 import type { SharedKey } from "../shared/secrets.js";
@@ -67,6 +67,9 @@ const STREAM_TABLES_SQL = `
    WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND ${USER_SCHEMAS}
      AND NOT EXISTS (SELECT 1 FROM pg_depend d
                       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+
+/** How long a database whose holder ended waits for the source to take a connection again before it fails. */
+const SOURCE_WAIT_MS = 300_000;
 
 export class StreamDatabases {
   private readonly holders = new Map<string, Holder>();
@@ -385,10 +388,26 @@ export class StreamDatabases {
     }
     this.out.warn(`${JSON.stringify(db.name)}: ${because}; taking a new snapshot`);
     db.jobId = undefined;
-    try {
-      await this.begin(db, true, because);
-    } catch (err) {
-      await this.host.fail(db, `${because}, and a new snapshot could not be taken: ${errorMessage(err)}`);
+    // A source that went away (a restart, a failover) is waited for, as workers wait for their servers.
+    const deadline = Date.now() + SOURCE_WAIT_MS;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.begin(db, true, because);
+        return;
+      } catch (err) {
+        const holder = this.holders.get(db.key);
+        this.holders.delete(db.key);
+        if (holder) {
+          holder.closing = true;
+          await holder.client.end().catch(() => undefined);
+        }
+        if (this.stopped) return;
+        if (!serverUnavailable(err) || Date.now() > deadline) {
+          await this.host.fail(db, `${because}, and a new snapshot could not be taken: ${errorMessage(err)}`);
+          return;
+        }
+        await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** Math.min(attempt, 5))));
+      }
     }
   }
 

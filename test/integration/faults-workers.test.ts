@@ -77,41 +77,49 @@ for (const tool of ["pg_dump", "pg_restore"] as const) {
   );
 }
 
-test("restarting nats-server (same store) mid-run: the run completes", { timeout: 600_000 }, async () => {
-  await withTestEnv(async (env) => {
-    const { source, target, home, nats } = env;
-    await psqlExec(source, "postgres", demoSql({ scale: 3 }));
-    const before = await settingsOf(target);
-    const dumpRoot = join(home, "dumps");
-    const secret = "nats-restart-test-secret";
-    const workers = startWorkers(nats.url, dumpRoot, home, secret, 2);
-    try {
-      const run = startCli(
-        [
-          ...serverArgs(source, target),
-          "--nats-url",
-          nats.url,
-          "--dump-root",
-          dumpRoot,
-          "-m",
-          "2",
-          "--ack-wait",
-          "6",
-          "--retry-delay",
-          "1",
-        ],
-        cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
-      );
-      await run.waitFor(/dump "[^"]+" done/);
-      await nats.restart();
-      const r = await run.result;
-      assert.equal(r.exitCode, 0, r.stderr);
-    } finally {
-      await stopWorkers(workers);
-    }
-    await assertEndState(env, before, demoDatabases);
-  });
-});
+for (const via of ["volume", "stream"] as const)
+  test(
+    `restarting nats-server (same store) mid-run: the run completes (--via ${via})`,
+    { timeout: 600_000 },
+    async () => {
+      await withTestEnv(async (env) => {
+        const { source, target, home, nats } = env;
+        await psqlExec(source, "postgres", demoSql({ scale: 3 }));
+        const before = await settingsOf(target);
+        const dumpRoot = join(home, "dumps");
+        const secret = "nats-restart-test-secret";
+        const workers = startWorkers(nats.url, dumpRoot, home, secret, 2);
+        try {
+          const run = startCli(
+            [
+              ...serverArgs(source, target),
+              "--nats-url",
+              nats.url,
+              "--dump-root",
+              dumpRoot,
+              "-m",
+              "2",
+              "--ack-wait",
+              "6",
+              "--retry-delay",
+              "1",
+              "--via",
+              via,
+            ],
+            cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
+          );
+          // Mid-run: one database's data is across, others' still to come.
+          await run.waitFor(via === "volume" ? /dump "[^"]+" done/ : /copy "[^"]+" done/);
+          await nats.restart();
+          const r = await run.result;
+          assert.equal(r.exitCode, 0, r.stderr);
+        } finally {
+          await stopWorkers(workers);
+        }
+        await assertEndState(env, before, demoDatabases);
+      });
+    },
+  );
 
 test(
   "a 3-node NATS cluster with --nats-replicas 3 loses a node mid-run: the run completes",

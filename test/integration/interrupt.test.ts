@@ -7,11 +7,12 @@ import { basename } from "node:path";
 import { test } from "node:test";
 import { psqlExec } from "../../demo/cluster.js";
 import { demoSql } from "../../demo/generate.js";
-import { cliEnv, readReport, runCli, serverArgs, settingsOf } from "../helpers/cli.js";
+import { cliEnv, query, readReport, runCli, serverArgs, settingsOf } from "../helpers/cli.js";
 import { withTestEnv, type TestEnvWithoutNats } from "../helpers/env.js";
 import { assertMigrated } from "../helpers/faults.js";
 import { assertNoLeftovers, listProcesses, toolsOn, waitFor } from "../helpers/procs.js";
 import { screenLines, startInPty, type PtyCli } from "../helpers/pty.js";
+import { lockOnTarget, sliceWaiting } from "../helpers/slices.js";
 
 const BIG = "big";
 const BIG_ARG = `--dbname=dbname='${BIG}'`;
@@ -231,3 +232,69 @@ function assertCleanScreen(screen: string): void {
     );
   }
 }
+
+test(
+  "--via stream: Ctrl-C on a terminal mid-slice: exit 130 within 10 s, target as before, no session left on either server; the same command resumes, nothing at a second attempt",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(
+      async (env) => {
+        await seed(env);
+        const before = await settingsOf(env.target);
+        const args = [...serverArgs(env.source, env.target), "--workers", "2", "-m", "2", "--via", "stream"];
+        const run = startInPty(args, cliEnv(env.home, env.source, env.target));
+        // Once big's schema is on the target, its table is locked there: its slice waits in the middle of its COPY.
+        const held = await lockOnTarget(env.target, BIG, "facts");
+        try {
+          await sliceWaiting(env.target, BIG);
+          const typedAt = Date.now();
+          run.ctrlC();
+          const ended = await run.result;
+          const screen = (await screenLines(run.raw())).join("\n");
+          assert.equal(ended.exitCode, 130, screen);
+          assert.ok(ended.endedAt - typedAt < 10_000, `exited ${ended.endedAt - typedAt} ms after Ctrl-C`);
+          assert.match(screen, /interrupted: run the same command again to resume run \S+/);
+          assertCleanScreen(screen);
+        } finally {
+          await held.release();
+        }
+        assert.deepEqual(await settingsOf(env.target), before, "target settings as before the run");
+        await assertNoLeftovers(env.home, [env.source.port, env.target.port]);
+        // The snapshot holder and every slice's sessions ended with the run.
+        for (const c of [env.source, env.target])
+          assert.deepEqual(
+            await waitFor(
+              "no pg-migrate session",
+              async () =>
+                (
+                  await query<{ a: string }>(
+                    c,
+                    "postgres",
+                    "SELECT application_name AS a FROM pg_stat_activity WHERE application_name LIKE 'pg-migrate%'",
+                  )
+                ).length === 0 && [],
+              10_000,
+              100,
+            ),
+            [],
+          );
+
+        const resumed = await runCli(args, cliEnv(env.home, env.source, env.target));
+        assert.equal(resumed.exitCode, 0, resumed.stderr);
+        assert.match(resumed.stderr, /resuming run /);
+        const report = await readReport(env.home, resumed.stderr);
+        const big = report.databases.find((d) => d.name === BIG)!;
+        assert.ok(big.verified, resumed.stderr);
+        // Handed back by the stopping worker: the slice's attempt was not used up.
+        assert.ok(
+          big.stream!.slices.every((s) => s.attempts === 1),
+          JSON.stringify(big.stream!.slices),
+        );
+        await assertMigrated(env.source, env.target, DATABASES);
+        assert.deepEqual(await settingsOf(env.target), before);
+        await assertNoLeftovers(env.home, [env.source.port, env.target.port]);
+      },
+      { nats: false },
+    );
+  },
+);

@@ -5,7 +5,6 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { connect as natsConnect } from "@nats-io/transport-node";
 import { execa, type ResultPromise } from "execa";
-import pg from "pg";
 import { psqlExec, type LocalCluster } from "../../demo/cluster.js";
 import {
   BIN,
@@ -24,6 +23,7 @@ import { assertEndState } from "../helpers/faults.js";
 import { schemaDump } from "../helpers/fidelity.js";
 import { startCli } from "../helpers/live.js";
 import { pidOfClientPort, waitFor } from "../helpers/procs.js";
+import { lockOnTarget, sliceWaiting } from "../helpers/slices.js";
 
 /** A table of about 45 MB: -j 4 reads it in parts (PostgreSQL 14 and later split by heap pages). */
 const BIG = `CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
@@ -181,44 +181,14 @@ test(
           ],
           cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
         );
-        // Once the schema is on the target, the test locks the big table there: the next part's COPY waits on it,
-        // in the middle of its slice (source snapshot imported, target transaction open).
-        await waitFor(
-          "the split table on the target",
-          async () =>
-            (await query(target, "postgres", "SELECT 1 FROM pg_database WHERE datname = 'split'")).length > 0 &&
-            (await query(target, "split", "SELECT 1 FROM pg_class WHERE relname = 'big'").catch(() => [])).length > 0,
-          60_000,
-          20,
-        );
-        const locker = new pg.Client({
-          host: target.host,
-          port: target.port,
-          user: target.user,
-          password: target.password,
-          database: "split",
-        });
-        await locker.connect();
-        await locker.query("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE");
-        const waiting = await waitFor(
-          "a slice waiting on the lock",
-          async () =>
-            (
-              await query<{ port: number }>(
-                target,
-                "split",
-                "SELECT client_port AS port FROM pg_stat_activity WHERE application_name = 'pg-migrate slice' AND wait_event_type = 'Lock'",
-              )
-            )[0],
-          60_000,
-          50,
-        );
-        const victim = pidOfClientPort(waiting.port);
+        // The next part's COPY waits on the test's lock, in the middle of its slice.
+        const held = await lockOnTarget(target, "split", "big");
+        const port = await sliceWaiting(target, "split");
+        const victim = pidOfClientPort(port);
         const victimId = [...workers.entries()].find(([, w]) => w.pid === victim)?.[0];
-        assert.ok(victimId, `the slice's connection (port ${waiting.port}) belongs to one of the test's workers`);
+        assert.ok(victimId, `the slice's connection (port ${port}) belongs to one of the test's workers`);
         process.kill(victim, "SIGKILL");
-        await locker.query("COMMIT");
-        await locker.end();
+        await held.release();
 
         const r = await run.result;
         assert.equal(r.exitCode, 0, r.stderr);
@@ -291,14 +261,11 @@ test(
         // Once a slice is done, the test locks the table on the target: the next slice's COPY waits there, so the
         // coordinator is killed with finished and unfinished slices both recorded. The lock goes after the kill.
         await waitFor("a slice done", () => events.done() > seen, 120_000, 5);
-        const locker = new pg.Client({ ...target, database: db });
-        await locker.connect();
-        await locker.query("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE");
+        const held = await lockOnTarget(target, db, "big");
         await new Promise((r) => setTimeout(r, 500)); // the coordinator records what finished
         first.child.kill("SIGKILL");
         await first.result.catch(() => undefined);
-        await locker.query("COMMIT");
-        await locker.end();
+        await held.release();
         await between();
         const r = await runCli(args, env2);
         assert.equal(r.exitCode, 0, r.stderr);

@@ -12,6 +12,7 @@ import { withTestEnv } from "../helpers/env.js";
 import { assertEndState } from "../helpers/faults.js";
 import { startCli } from "../helpers/live.js";
 import { toolsOn, waitFor } from "../helpers/procs.js";
+import { lockOnTarget, sliceWaiting } from "../helpers/slices.js";
 
 /** Holds a lock on one of shop's tables, so that the run waits (its sessions idle) for as long as the test says. */
 async function holdShop(source: {
@@ -179,3 +180,59 @@ test(
     );
   },
 );
+
+for (const side of ["target", "source"] as const)
+  test(
+    side === "target"
+      ? "--via stream: the target stopped (immediate) for 10 s mid-slice: the slice goes back unused, the run finishes, its settings put back"
+      : "--via stream: the source stopped (immediate) for 10 s mid-slice: the database takes a new snapshot once the source is back, and finishes",
+    { timeout: 600_000 },
+    async () => {
+      await withTestEnv(
+        async (env) => {
+          const { source, target, home } = env;
+          await psqlExec(source, "postgres", demoSql({ scale: 0.3 }));
+          await psqlExec(source, "postgres", "CREATE DATABASE big");
+          await psqlExec(
+            source,
+            "big",
+            "CREATE TABLE facts (id bigint PRIMARY KEY, note text); INSERT INTO facts SELECT g, repeat('z', 40) || g FROM generate_series(1, 300000) g;",
+          );
+          const before = await settingsOf(target);
+          const run = startCli(
+            [...serverArgs(source, target), "--workers", "2", "-m", "2", "--via", "stream"],
+            cliEnv(home, source, target),
+          );
+          const held = await lockOnTarget(target, "big", "facts");
+          try {
+            await sliceWaiting(target, "big");
+            if (side === "source") setTimeout(() => void held.release(), 2_000); // the slice then meets the dead source
+            await (side === "target" ? target : source).outage(10_000);
+          } finally {
+            await held.release();
+          }
+          const r = await run.result;
+          assert.equal(r.exitCode, 0, r.stderr);
+          assert.doesNotMatch(r.stderr, /attempt [2-9] of|failed on attempt/);
+          const report = await readReport(home, r.stderr);
+          const big = report.databases.find((d) => d.name === "big")!;
+          assert.ok(big.verified, r.stderr);
+          if (side === "target") {
+            assert.match(
+              r.stderr,
+              /slice s\d+ of "big" \([^)]*\): \S+ handed it back; offered again at once \(attempt 1 was not used up\)/,
+            );
+            assert.ok(
+              big.stream!.slices.every((s) => s.attempts === 1),
+              JSON.stringify(big.stream!.slices),
+            );
+          } else {
+            assert.match(r.stderr, /"big": its snapshot holder session on the source ended .*; taking a new snapshot/);
+            assert.match(big.stream!.restartedBecause ?? "", /its snapshot holder session on the source ended/);
+          }
+          await assertEndState(env, before, [...demoDatabases, "big"]);
+        },
+        { nats: false },
+      );
+    },
+  );
