@@ -2,7 +2,8 @@
 // the approaches alternating run by run. Every run starts from a reset target and ends with every table's row
 // count checked against the source. Prints medians, spreads and ratios, and writes the results as JSON.
 //
-//   npm run bench -- [--scale 16] [--dbs 6] [--tiny 30] [--runs 6] [--only name,name] [--json bench/results.json]
+//   npm run bench -- [--scale 16] [--dbs 6] [--tiny 30] [--realistic 0.25] [--runs 6] [--only name,name]
+//                    [--json bench/results.json]
 //                    [--variant="--compress 0 -m 2"]…   pg-migrate with other flags too, side by side with its defaults
 //   npm run bench -- --mode many     30 and then 300 tiny databases: how time grows with the number of databases
 //   npm run bench -- --mode large    one database of --scale, then one 4× its size: how time grows with size
@@ -23,6 +24,8 @@ const { values: o } = parseArgs({
     scale: { type: "string", default: "16" },
     dbs: { type: "string", default: "6" },
     tiny: { type: "string", default: "30" },
+    /** Realistic (poorly compressible) rows per database as a share of pgbench's accounts rows; 0: pgbench's own rows only. */
+    realistic: { type: "string", default: "0.25" },
     runs: { type: "string", default: "6" },
     only: { type: "string" },
     variant: { type: "string", multiple: true },
@@ -158,7 +161,7 @@ async function standard(): Promise<unknown> {
   const spec: DatasetSpec = {
     pgbenchDbs: num(o.dbs, "dbs"),
     scale: num(o.scale, "scale"),
-    realisticShare: 0.25,
+    realisticShare: num(o.realistic, "realistic"),
     tinyDbs: num(o.tiny, "tiny"),
     roles: 20,
   };

@@ -67,17 +67,20 @@ export const BUILD: { [K in JobKind]: (db: DbState, s: JobSpec) => JobOf<K> } = 
       streamed: [],
       kind: "slice",
       slice: slice.id,
-      tables: slice.tables.map((t) => ({
-        schema: t.schema,
-        name: t.name,
-        columns: t.columns,
-        binary: t.binary,
-        ...(s.cfg.verify === "checksum" ? { hashColumns: t.hashColumns } : {}),
-        ...(slice.part ? { pages: { from: slice.part.from, to: slice.part.to } } : {}),
-      })),
+      tables: sliceTables(slice, s.cfg),
       ...(s.cfg.verify === "checksum" ? { checksum: true } : {}),
     };
   },
+  whole: (db, s) => ({
+    ...streamCommon(db, s),
+    kind: "whole",
+    create: db.create,
+    recreate: s.recreate,
+    ...(db.name === MAINTENANCE_DB ? { intoExisting: true } : {}),
+    jobs: jobsFor(db.sizeBytes, s.cfg.jobs),
+    tables: sliceTables(s.slice, s.cfg),
+    ...(s.cfg.verify === "checksum" ? { checksum: true } : {}),
+  }),
   post: (db, s) => ({
     ...streamCommon(db, s),
     kind: "post",
@@ -86,6 +89,18 @@ export const BUILD: { [K in JobKind]: (db: DbState, s: JobSpec) => JobOf<K> } = 
     ...(s.cfg.verify === "checksum" ? { checksum: true } : {}),
   }),
 };
+
+/** A slice's tables as its job carries them: columns, COPY format, the columns hashed, a part's pages. */
+function sliceTables(slice: PlannedSlice | undefined, cfg: MigrateConfig) {
+  return (slice?.tables ?? []).map((t) => ({
+    schema: t.schema,
+    name: t.name,
+    columns: t.columns,
+    binary: t.binary,
+    ...(cfg.verify === "checksum" ? { hashColumns: t.hashColumns } : {}),
+    ...(slice?.part ? { pages: { from: slice.part.from, to: slice.part.to } } : {}),
+  }));
+}
 
 /** What every job of a streamed database carries: both servers, the holder's snapshot, the marker schema. */
 function streamCommon(db: DbState, s: JobSpec) {

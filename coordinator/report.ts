@@ -90,15 +90,16 @@ export async function writeReport(
 
 export function summaryTable(record: RunRecord): string {
   const table = new Table({
-    head: ["database", "size", "dump", "restore", "analyze", "tables", "rows", "verified", "warnings"],
+    // A streamed database's columns: its copy (schema and slices) and its post job.
+    head: ["database", "size", "dump/copy", "restore/post", "analyze", "tables", "rows", "verified", "warnings"],
     style: { head: [], border: [] },
   });
   for (const d of record.databases) {
     table.push([
       d.name,
       bytes(d.sizeBytes),
-      seconds(d.timings.dump),
-      seconds(d.timings.restore),
+      seconds(d.timings.dump ?? d.timings.copy),
+      seconds(d.timings.restore ?? d.timings.post),
       seconds(d.timings.analyze),
       d.tables ?? "-",
       d.verifiedRows ?? d.rows ?? "-",

@@ -267,6 +267,7 @@ export class Scheduler {
   private async publish(db: DbState, kind: JobKind, resumed: boolean, attemptsBefore = 0): Promise<void> {
     const runId = this.state.runId;
     const jobId = `${kind}-${nanoid(12)}`;
+    const slice = kind === "whole" ? this.streams.onlySlice(db) : undefined;
     const job = BUILD[kind](db, {
       cfg: this.cfg,
       key: this.key,
@@ -275,6 +276,7 @@ export class Scheduler {
       attemptsBefore,
       // A database from an earlier session of this run may hold a partial restore.
       recreate: resumed || this.state.record.resumedAt.length > 0,
+      ...(slice ? { slice } : {}),
     });
     // The intent is saved first: a coordinator that dies right after publishing finds the job by its id.
     db.jobId = jobId;
@@ -418,13 +420,21 @@ export class Scheduler {
         `post ${JSON.stringify(db.name)} done in ${seconds(e.durationMs)} (post-data ${seconds(r.restoreMs)}, ANALYZE ${seconds(r.analyzeMs)})`,
       );
       await this.verified(db, r);
+    } else if (r.kind === "whole") {
+      db.timings.analyze = r.analyzeMs;
+      await this.streams.wholeDone(db, r.copied, e.worker, e.durationMs ?? 0);
+      db.tableCounts = tableCounts(db, r);
+      this.out.line(
+        `copy ${JSON.stringify(db.name)} done in ${seconds(e.durationMs)}: schema, ${plural(db.rows ?? 0, "row")} and post-data in one job on ${e.worker}`,
+      );
+      await this.verified(db, r);
     } else if (r.kind === "verify") {
       await this.verified(db, r);
     }
   }
 
   /** A verification's outcome (the verify job's, or a streamed database's post job's): done, or failed and why. */
-  private async verified(db: DbState, r: Extract<JobResult, { kind: "verify" | "post" }>): Promise<void> {
+  private async verified(db: DbState, r: Extract<JobResult, { kind: "verify" | "post" | "whole" }>): Promise<void> {
     const name = JSON.stringify(db.name);
     db.verifiedRows = r.rows;
     db.sequences = r.sequences;
@@ -533,7 +543,7 @@ const unfinishedAttempts = (db: DbState, kind: JobKind): number => Math.max(0, (
  * A streamed database's table counts for the report: each streamed table's rows as the source sent them and as the
  * target's COPY took them (summed over its slices), and the other tables as the post job counted them.
  */
-function tableCounts(db: DbState, r: Extract<JobResult, { kind: "post" }>): VerifyTable[] {
+function tableCounts(db: DbState, r: Extract<JobResult, { kind: "post" | "whole" }>): VerifyTable[] {
   const sums = new Map((r.targetChecksums ?? []).map((t) => [JSON.stringify([t.schema, t.name]), t.checksum]));
   const byTable = new Map<string, VerifyTable>();
   for (const slice of db.stream?.slices ?? []) {

@@ -38,6 +38,8 @@ export interface StatusSnapshot {
     error: string | null;
     /** The current job's newest progress (bytes against the expected total), while one runs. */
     progress: RunRecord["databases"][number]["progress"] | null;
+    /** --via stream: its data slices, how many are done and running, and the workers running them. */
+    slices: { total: number; done: number; running: number; workers: string[] } | null;
   }[];
   /** Whether a coordinator holds the run's target lock now: "gone" for a running run means it died. */
   coordinator: "alive" | "gone";
@@ -78,7 +80,21 @@ export async function snapshot(
       rows: d.rows ?? null,
       verifiedRows: d.verifiedRows ?? null,
       error: d.error ?? null,
-      progress: d.progress && d.jobId === d.progress.jobId ? d.progress : null,
+      // A streamed database's progress is its slices' (no single job): shown while they run.
+      progress:
+        d.progress && (d.jobId === d.progress.jobId || (d.phase === "copying" && d.progress.kind === "slice"))
+          ? d.progress
+          : null,
+      slices: d.stream
+        ? {
+            total: d.stream.slices.length,
+            done: d.stream.slices.filter((x) => x.phase === "done").length,
+            running: d.stream.slices.filter((x) => x.phase === "running").length,
+            workers: [
+              ...new Set(d.stream.slices.flatMap((x) => (x.phase === "running" && x.worker ? [x.worker] : []))),
+            ],
+          }
+        : null,
     })),
     workers: await liveWorkers(opts.natsUrl ?? r.broker, opts.natsAuth),
     ...(readTarget ? { target: await targetCarries(r) } : {}),
@@ -206,19 +222,30 @@ export function renderStatus(s: StatusSnapshot): string {
     `run ${s.run.runId}: ${s.run.status}${s.run.status === "running" && s.coordinator === "gone" ? " (but its coordinator is gone: run the same command again to resume)" : ""}, started ${s.run.startedAt}${s.run.resumedAt.length ? `, resumed ${s.run.resumedAt.length}×` : ""}, updated ${s.run.updatedAt}`,
   ];
   const dbs = new Table({
-    head: ["database", "phase", "size", "worker", "progress", "dump", "restore", "analyze", "rows verified"],
+    head: ["database", "phase", "size", "worker", "progress", "dump/copy", "restore/post", "analyze", "rows verified"],
     style: { head: [], border: [] },
   });
   for (const d of s.databases) {
-    const worker = d.workers.verify ?? d.workers.restore ?? d.workers.dump ?? "-";
+    const copying = d.phase === "copying" && d.slices?.workers.length;
+    const worker = copying
+      ? d.slices!.workers.join(", ")
+      : (d.workers.post ??
+        d.workers.whole ??
+        d.workers.verify ??
+        d.workers.restore ??
+        d.workers.dump ??
+        d.workers.schema ??
+        "-");
+    const slices = d.slices && d.phase === "copying" ? `${d.slices.done}/${d.slices.total} slices` : "";
+    const progress = progressText(d.progress);
     dbs.push([
       d.name,
       d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : ""),
       bytes(d.sizeBytes),
       worker,
-      progressText(d.progress),
-      seconds(d.timings.dump),
-      seconds(d.timings.restore),
+      slices ? `${slices}${progress === "-" ? "" : `, ${progress}`}` : progress,
+      seconds(d.timings.dump ?? d.timings.copy),
+      seconds(d.timings.restore ?? d.timings.post),
       seconds(d.timings.analyze),
       d.verifiedRows ?? "-",
     ]);

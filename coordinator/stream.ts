@@ -30,7 +30,7 @@ import type { DbState, RunState } from "./state.js";
 /** What the streamed databases ask of the scheduler. */
 export interface StreamHost {
   /** Publishes the database's schema or post job, as the scheduler publishes every database-level job. */
-  publish(db: DbState, kind: "schema" | "post", resumed: boolean): Promise<void>;
+  publish(db: DbState, kind: "schema" | "post" | "whole", resumed: boolean): Promise<void>;
   /** The database has failed, for this reason. */
   fail(db: DbState, reason: string): Promise<void>;
   /** The database goes on with its slices (its schema was restored in an earlier session). */
@@ -177,7 +177,8 @@ export class StreamDatabases {
       { db: db.name, snapshot, slices: slices.length, split: split.length },
       `${db.name}: snapshot ${snapshot} held; ${slices.length} slices`,
     );
-    await this.host.publish(db, "schema", resumed || previous !== undefined);
+    // One slice or none: schema, data and post-data in one job, from one archive, on one worker.
+    await this.host.publish(db, slices.length <= 1 ? "whole" : "schema", resumed || previous !== undefined);
   }
 
   /**
@@ -364,6 +365,27 @@ export class StreamDatabases {
       startedAt: stream.copyStartedAt ?? new Date().toISOString(),
       at: new Date().toISOString(),
     };
+  }
+
+  /** A database's only slice, for its "whole" job (undefined: it has no table to stream). */
+  onlySlice(db: DbState): PlannedSlice | undefined {
+    const plan = this.plans.get(db.key);
+    return plan && plan.size === 1 ? [...plan.values()][0] : undefined;
+  }
+
+  /** A database's "whole" job is done: its one slice's counts recorded, its holder ended. */
+  async wholeDone(db: DbState, counts: NonNullable<SliceState["counts"]>, worker: string, ms: number): Promise<void> {
+    const slice = db.stream?.slices[0];
+    if (slice) {
+      slice.phase = "done";
+      slice.counts = counts;
+      slice.worker = worker;
+      slice.ms = ms;
+      slice.attempts = Math.max(1, slice.attempts);
+    }
+    db.rows = counts.reduce((n, c) => n + c.copied, 0);
+    db.tables = db.stream?.streamed.length ?? 0;
+    await this.end(db);
   }
 
   /** The slice whose job has this JOBS stream sequence (a max-deliveries advisory names only that). */

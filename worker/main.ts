@@ -24,9 +24,9 @@ import { serverFor, type Handlers, type WorkerContext } from "./context.js";
 import { dump } from "./dump.js";
 import { restore } from "./restore.js";
 import { verify } from "./verify.js";
-import { post, schema, slice } from "./stream.js";
+import { post, schema, slice, whole } from "./stream.js";
 
-const handlers: Handlers = { dump, restore, verify, schema, slice, post };
+const handlers: Handlers = { dump, restore, verify, schema, slice, post, whole };
 
 export interface WorkerOptions {
   /** Delay before a failed job is offered again. */
@@ -213,7 +213,7 @@ export class Worker {
         : ([
             "target",
             job.target,
-            job.kind === "restore" || job.kind === "schema" ? job.maintenanceDb : job.db.name,
+            job.kind === "restore" || job.kind === "schema" || job.kind === "whole" ? job.maintenanceDb : job.db.name,
           ] as const);
     const deadline = Date.now() + SERVER_WAIT_MS;
     for (let attempt = 1; !this.stopping.signal.aborted && Date.now() < deadline; attempt++) {

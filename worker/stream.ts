@@ -105,27 +105,7 @@ export const slice: Handler<"slice"> = async (job, run, ctx) => {
       run.log.info({ slice: job.slice }, "an earlier attempt of this slice committed; its counts are reported again");
       return { kind: "slice", tables: earlier.rows[0].counts, bytes: 0, alreadyCommitted: true };
     }
-    await source.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
-    await source.query(`SET TRANSACTION SNAPSHOT ${literal(job.snapshot)}`);
-    // Every row, as pg_dump reads them: a source user subject to row security gets an error, not a subset.
-    await source.query("SET LOCAL row_security = off");
-    if (job.checksum) await setChecksumSession(source);
-    const counted: Counted[] = [];
-    for (const t of job.tables) {
-      const { sent, copied } = await copyTable(source, target, t, run, (n) => (bytes += n));
-      if (sent !== copied)
-        throw new Error(
-          `${qualified(t.schema, t.name)}: the source sent ${sent} rows but the target's COPY took ${copied}`,
-        );
-      counted.push({
-        schema: t.schema,
-        name: t.name,
-        sent,
-        copied,
-        format: t.binary ? "binary" : "text",
-        ...(job.checksum ? { checksum: await sourceChecksum(source, t) } : {}),
-      });
-    }
+    const counted = await copyTables(source, target, job, run, (n) => (bytes += n));
     try {
       await target.query(`INSERT INTO ${markerTable(job.markerSchema)} (slice, counts) VALUES ($1, $2::jsonb)`, [
         job.slice,
@@ -155,6 +135,41 @@ export const slice: Handler<"slice"> = async (job, run, ctx) => {
     await target?.end().catch(() => undefined);
   }
 };
+
+/**
+ * The slice's tables, each streamed from the source (in the snapshot, row security off, as pg_dump reads) into the
+ * target inside the target transaction the caller opened; each table's rows as both sides counted them.
+ */
+async function copyTables(
+  source: pg.Client,
+  target: pg.Client,
+  job: { snapshot: string; tables: SliceTable[]; checksum?: boolean | undefined },
+  run: JobRun,
+  onBytes: (n: number) => void,
+): Promise<Counted[]> {
+  await source.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+  await source.query(`SET TRANSACTION SNAPSHOT ${literal(job.snapshot)}`);
+  // Every row, as pg_dump reads them: a source user subject to row security gets an error, not a subset.
+  await source.query("SET LOCAL row_security = off");
+  if (job.checksum) await setChecksumSession(source);
+  const counted: Counted[] = [];
+  for (const t of job.tables) {
+    const { sent, copied } = await copyTable(source, target, t, run, onBytes);
+    if (sent !== copied)
+      throw new Error(
+        `${qualified(t.schema, t.name)}: the source sent ${sent} rows but the target's COPY took ${copied}`,
+      );
+    counted.push({
+      schema: t.schema,
+      name: t.name,
+      sent,
+      copied,
+      format: t.binary ? "binary" : "text",
+      ...(job.checksum ? { checksum: await sourceChecksum(source, t) } : {}),
+    });
+  }
+  return counted;
+}
 
 /** The rows a slice's table (or part) reads: the whole table without its children, or its pages [from, to). */
 function rangeOf(t: SliceTable): string {
@@ -210,67 +225,154 @@ export const post: Handler<"post"> = async (job, run, ctx) => {
   try {
     const archive = await dumpArchive(ctx, job, dir, run, { largeObjects: true });
     const list = join(dir, "post.list");
-    await writeFile(list, await postList(ctx, archive, run), { mode: 0o600 });
-    await runTool(
-      ctx.tools,
-      "pg_restore",
-      [
-        `--use-list=${list}`,
-        `--jobs=${job.jobs}`,
-        "--exit-on-error",
-        ...restoreFlags(job),
-        dbnameArg(job.db.name),
-        archive,
-      ],
-      { conn: target, signal: run.signal, appName: "pg-migrate pg_restore" },
-    );
-    await withClient(
-      target,
-      job.db.name,
-      (c) => c.query(`DROP SCHEMA IF EXISTS ${ident(job.markerSchema)} CASCADE`),
-      run.signal,
-    );
-    const restoreMs = Date.now() - started;
-    const analyzeStarted = Date.now();
-    await withClient(target, job.db.name, analyzeUserTables, run.signal);
-    const analyzeMs = Date.now() - analyzeStarted;
-
-    const checked = await check(job, run, ctx, target);
-    let properties: { applied: boolean; why?: string; skipped?: string[]; none?: boolean } = { applied: true };
-    const { mismatches: failed, skipped } = await applyDatabaseProperties(
-      ctx.tools,
-      archive,
-      target,
-      job.db.name,
-      run.signal,
-      checked.known,
-      dir,
-    );
-    checked.mismatches.push(...failed);
-    if (failed.length)
-      properties = {
-        applied: false,
-        why: `${failed.length} of its statements failed (listed as database-property mismatches)`,
-      };
-    if (skipped.length) properties.skipped = skipped;
-    return {
-      kind: "post",
-      ok: checked.mismatches.length === 0,
-      tables: checked.tables,
-      rows: checked.rows,
-      sequences: checked.sequences,
-      mismatches: checked.mismatches.slice(0, 100),
-      warnings: checked.warnings.slice(0, 100),
-      properties,
-      restoreMs,
-      analyzeMs,
-      others: checked.others,
-      ...(checked.targetChecksums ? { targetChecksums: checked.targetChecksums } : {}),
-    };
+    await writeFile(list, await postList(ctx, archive, run, { largeObjects: true }), { mode: 0o600 });
+    // An earlier attempt may have built part of the post-data: what it made is dropped and made again.
+    await restorePostData(ctx, job, run, target, archive, list, run.attempt > 1);
+    return { kind: "post", ...(await finish(job, run, ctx, target, archive, dir, started)) };
   } finally {
     await removeTree(dir);
   }
 };
+
+/**
+ * A streamed database that is one slice: pre-data, the slice, then the rest, from one archive on this worker. The
+ * database is fresh (a retry recreates it), so nothing needs a marker.
+ */
+export const whole: Handler<"whole"> = async (job, run, ctx) => {
+  const target = serverFor("target", job.target, ctx);
+  await prepareDatabase(job, run, target);
+  const dir = join(ctx.dumpRoot, job.dumpPath, `whole-${run.attempt}`);
+  const started = Date.now();
+  let bytes = 0;
+  const progress = setInterval(() => run.progress({ bytes, totalBytes: null }), PROGRESS_EVERY_MS);
+  try {
+    const archive = await dumpArchive(ctx, job, dir, run, { largeObjects: true });
+    await runTool(
+      ctx.tools,
+      "pg_restore",
+      ["--section=pre-data", "--exit-on-error", ...restoreFlags(job), dbnameArg(job.db.name), archive],
+      { conn: target, signal: run.signal, appName: "pg-migrate pg_restore" },
+    );
+    const source = await connect(serverFor("source", job.source, ctx), job.db.name, "pg-migrate slice");
+    const unblockSource = endOnAbort(source, run.signal);
+    let copied: Counted[];
+    try {
+      copied = await withClient(
+        target,
+        job.db.name,
+        async (c) => {
+          await c.query("BEGIN");
+          const counted = await copyTables(source, c, job, run, (n) => (bytes += n));
+          await c.query("COMMIT");
+          return counted;
+        },
+        run.signal,
+      );
+      await source.query("COMMIT");
+    } finally {
+      unblockSource();
+      await source.end().catch(() => undefined);
+    }
+    const list = join(dir, "post.list");
+    await writeFile(list, await postList(ctx, archive, run, { largeObjects: false }), { mode: 0o600 });
+    await restorePostData(ctx, job, run, target, archive, list, false);
+    const sums = new Map(copied.map((c) => [key(c), c]));
+    const asPost = {
+      ...job,
+      copied: job.tables.map((t) => {
+        const c = sums.get(key(t))!;
+        return { schema: t.schema, name: t.name, rows: c.copied, ...(c.checksum ? { checksum: c.checksum } : {}) };
+      }),
+    };
+    return { kind: "whole", copied, ...(await finish(asPost, run, ctx, target, archive, dir, started)) };
+  } finally {
+    clearInterval(progress);
+    await removeTree(dir);
+  }
+};
+
+/** pg_restore of the listed data-section and post-data entries, -j; clean: drop what an earlier attempt made first. */
+async function restorePostData(
+  ctx: WorkerContext,
+  job: JobOf<"post"> | JobOf<"whole">,
+  run: JobRun,
+  target: ServerSpec,
+  archive: string,
+  list: string,
+  clean: boolean,
+): Promise<void> {
+  await runTool(
+    ctx.tools,
+    "pg_restore",
+    [
+      `--use-list=${list}`,
+      `--jobs=${job.jobs}`,
+      ...(clean ? ["--clean", "--if-exists"] : []),
+      "--exit-on-error",
+      ...restoreFlags(job),
+      dbnameArg(job.db.name),
+      archive,
+    ],
+    { conn: target, signal: run.signal, appName: "pg-migrate pg_restore" },
+  );
+}
+
+/** After the post-data: the marker schema dropped, ANALYZE, the checks, then the database's own properties. */
+async function finish(
+  job: Checked,
+  run: JobRun,
+  ctx: WorkerContext,
+  target: ServerSpec,
+  archive: string,
+  dir: string,
+  started: number,
+) {
+  await withClient(
+    target,
+    job.db.name,
+    (c) => c.query(`DROP SCHEMA IF EXISTS ${ident(job.markerSchema)} CASCADE`),
+    run.signal,
+  );
+  const restoreMs = Date.now() - started;
+  const analyzeStarted = Date.now();
+  await withClient(target, job.db.name, analyzeUserTables, run.signal);
+  const analyzeMs = Date.now() - analyzeStarted;
+
+  const checked = await check(job, run, ctx, target);
+  let properties: { applied: boolean; why?: string; skipped?: string[]; none?: boolean } = { applied: true };
+  const { mismatches: failed, skipped } = await applyDatabaseProperties(
+    ctx.tools,
+    archive,
+    target,
+    job.db.name,
+    run.signal,
+    checked.known,
+    dir,
+  );
+  checked.mismatches.push(...failed);
+  if (failed.length)
+    properties = {
+      applied: false,
+      why: `${failed.length} of its statements failed (listed as database-property mismatches)`,
+    };
+  if (skipped.length) properties.skipped = skipped;
+  return {
+    ok: checked.mismatches.length === 0,
+    tables: checked.tables,
+    rows: checked.rows,
+    sequences: checked.sequences,
+    mismatches: checked.mismatches.slice(0, 100),
+    warnings: checked.warnings.slice(0, 100),
+    properties,
+    restoreMs,
+    analyzeMs,
+    others: checked.others,
+    ...(checked.targetChecksums ? { targetChecksums: checked.targetChecksums } : {}),
+  };
+}
+
+/** What the checks need of a job: its servers, its snapshot, and the streamed tables' counts. */
+type Checked = Pick<JobOf<"post">, "db" | "source" | "snapshot" | "markerSchema" | "copied" | "checksum">;
 
 /**
  * The checks of a streamed database, without a count scan: the table lists and columns of both sides (the source's
@@ -278,7 +380,7 @@ export const post: Handler<"post"> = async (job, run, ctx) => {
  * views, extension configuration) counted on both, sequences and large objects; with --verify checksum every table's
  * hash on the target against the sum of its slices' hashes on the source.
  */
-async function check(job: JobOf<"post">, run: JobRun, ctx: WorkerContext, target: ServerSpec) {
+async function check(job: Checked, run: JobRun, ctx: WorkerContext, target: ServerSpec) {
   const copied = new Map(job.copied.map((t) => [key(t), t]));
   const streamed = (t: TableName) => copied.has(key(t));
   const sourceSide = await withClient(
@@ -385,17 +487,26 @@ const key = (t: TableName) => JSON.stringify([t.schema, t.name]);
  * extension configuration) and post-data, and the large objects themselves with their comments and grants, which
  * pg_dump keeps in pre-data and the schema step left out.
  */
-async function postList(ctx: WorkerContext, archive: string, run: JobRun): Promise<string> {
+async function postList(
+  ctx: WorkerContext,
+  archive: string,
+  run: JobRun,
+  opts: { largeObjects: boolean },
+): Promise<string> {
   const listed = async (args: string[]) =>
     (await runTool(ctx.tools, "pg_restore", ["--list", ...args, archive], { signal: run.signal })).stdout
       .split("\n")
       .filter((line) => /^\d+;/.test(line));
   const wanted = new Set(await listed(["--section=data", "--section=post-data"]));
-  return (await listed([])).filter((line) => wanted.has(line) || LARGE_OBJECT_ENTRY.test(line)).join("\n") + "\n";
+  return (
+    (await listed([]))
+      .filter((line) => wanted.has(line) || (opts.largeObjects && LARGE_OBJECT_ENTRY.test(line)))
+      .join("\n") + "\n"
+  );
 }
 
 /** pg_restore's flags a streamed database's job asks for. */
-function restoreFlags(job: JobOf<"schema"> | JobOf<"post">): string[] {
+function restoreFlags(job: { noOwner?: boolean | undefined; noTablespaces?: boolean | undefined }): string[] {
   return [...(job.noOwner ? ["--no-owner"] : []), ...(job.noTablespaces ? ["--no-tablespaces"] : [])];
 }
 
@@ -405,7 +516,7 @@ function restoreFlags(job: JobOf<"schema"> | JobOf<"post">): string[] {
  */
 async function dumpArchive(
   ctx: WorkerContext,
-  job: JobOf<"schema"> | JobOf<"post">,
+  job: JobOf<"schema"> | JobOf<"post"> | JobOf<"whole">,
   dir: string,
   run: JobRun,
   opts: { largeObjects: boolean },

@@ -152,7 +152,22 @@ const PostJob = z.object({
   checksum: z.boolean().optional(),
 });
 
-const Job = z.discriminatedUnion("kind", [DumpJob, RestoreJob, VerifyJob, SchemaJob, SliceJob, PostJob]);
+/**
+ * A streamed database that is one slice: the schema, the slice and the post-data in one job on one worker, from one
+ * archive (no marker: a retry recreates the database).
+ */
+const WholeJob = z.object({
+  ...streamBase,
+  kind: z.literal("whole"),
+  create: CreateSpecSchema,
+  intoExisting: z.boolean().optional(),
+  recreate: z.boolean(),
+  jobs: z.number().int().positive(),
+  tables: z.array(SliceTable),
+  checksum: z.boolean().optional(),
+});
+
+const Job = z.discriminatedUnion("kind", [DumpJob, RestoreJob, VerifyJob, SchemaJob, SliceJob, PostJob, WholeJob]);
 export type Job = z.infer<typeof Job>;
 export type JobOf<K extends Job["kind"]> = Extract<Job, { kind: K }>;
 
@@ -303,6 +318,12 @@ const PostResult = VerifyResult.omit({ kind: true, detailPath: true }).extend({
   targetChecksums: z.array(z.object({ schema: z.string(), name: z.string(), checksum: z.string() })).optional(),
 });
 
+const WholeResult = PostResult.extend({
+  kind: z.literal("whole"),
+  /** The slice's counts, as a slice job reports them. */
+  copied: SliceResult.shape.tables,
+});
+
 const JobResult = z.discriminatedUnion("kind", [
   DumpResult,
   RestoreResult,
@@ -310,6 +331,7 @@ const JobResult = z.discriminatedUnion("kind", [
   SchemaResult,
   SliceResult,
   PostResult,
+  WholeResult,
 ]);
 export type JobResult = z.infer<typeof JobResult>;
 

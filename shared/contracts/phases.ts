@@ -14,10 +14,13 @@ export const DB_PHASES = [
 ] as const;
 export type DbPhase = (typeof DB_PHASES)[number];
 
-export const JOB_KINDS = ["dump", "restore", "verify", "schema", "slice", "post"] as const;
+export const JOB_KINDS = ["dump", "restore", "verify", "schema", "slice", "post", "whole"] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
-/** The jobs of the streamed path (--via stream): a database's schema, its data slices, its post-data and checks. */
-export const STREAM_KINDS = ["schema", "slice", "post"] as const satisfies readonly JobKind[];
+/**
+ * The jobs of the streamed path (--via stream): a database's schema, its data slices, its post-data and checks; or,
+ * for a database that is one slice, all of it in one job.
+ */
+export const STREAM_KINDS = ["schema", "slice", "post", "whole"] as const satisfies readonly JobKind[];
 export type StreamKind = (typeof STREAM_KINDS)[number];
 export const isStreamKind = (k: JobKind): k is StreamKind => (STREAM_KINDS as readonly JobKind[]).includes(k);
 
@@ -30,6 +33,8 @@ export const JOB_PHASES: { [K in JobKind]: { running: DbPhase; finished: DbPhase
   schema: { running: "copying", finished: "copying" },
   slice: { running: "copying", finished: "copying" },
   post: { running: "restoring", finished: "done" },
+  // A streamed database small enough for one slice: schema, data and post-data in one job.
+  whole: { running: "copying", finished: "done" },
 };
 
 /** Whether a database has reached the end of its run: verified, or given up on. */

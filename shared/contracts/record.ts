@@ -57,7 +57,7 @@ export const UpgradeNoteSchema = z.object({ what: z.enum(UPGRADE_NOTE_KINDS), ob
 export type UpgradeNote = z.infer<typeof UpgradeNoteSchema>;
 
 const PerKind = <T extends z.ZodType>(t: T) =>
-  z.object({ dump: t, restore: t, verify: t, schema: t, slice: t, post: t }).partial();
+  z.object({ dump: t, restore: t, verify: t, schema: t, slice: t, post: t, whole: t }).partial();
 export const TimingsSchema = z
   .object({
     dump: z.number(),
@@ -69,6 +69,7 @@ export const TimingsSchema = z
     slice: z.number(),
     copy: z.number(),
     post: z.number(),
+    whole: z.number(),
   })
   .partial();
 export const AttemptsSchema = PerKind(z.number().int());

@@ -18,64 +18,81 @@ import { alive, toolsOn, waitFor } from "../helpers/procs.js";
 
 const SHOP = "--dbname=dbname='shop'";
 
-for (const tool of ["pg_dump", "pg_restore"] as const) {
-  test(
-    `SIGKILL a worker while it runs ${tool}: the job is redelivered and the run completes`,
-    { timeout: 600_000 },
-    async () => {
-      await withTestEnv(
-        async (env) => {
-          const { source, target, home } = env;
-          await psqlExec(source, "postgres", demoSql({ scale: 3 }));
-          const before = await settingsOf(target);
-          const run = startCli(
-            [
-              ...serverArgs(source, target),
-              "--workers",
-              "2",
-              "-m",
-              "2",
-              "--ack-wait",
-              "4",
-              "--retry-delay",
-              "1",
-              "--fast-restore",
-              "full",
-            ],
-            cliEnv(home, source, target),
-          );
-          const port = tool === "pg_dump" ? source.port : target.port;
-          // The leader, not one of its parallel workers: its parent is the pg-migrate worker.
-          const proc = await waitFor(`${tool} of shop`, () =>
-            toolsOn(port, tool).find(
-              (p) => p.argv.includes(SHOP) && !toolsOn(port, tool).some((q) => q.pid === p.ppid),
-            ),
-          );
-          process.kill(proc.pid, "SIGSTOP"); // holds it mid-run while we find and kill its worker
-          const worker = workerOf(proc);
-          process.kill(worker.pid, "SIGKILL");
-          await waitFor(`${tool} to end with its worker`, () => !alive(proc.pid), 5_000, 50);
+for (const via of ["volume", "stream"] as const)
+  for (const tool of ["pg_dump", "pg_restore"] as const) {
+    // Streamed, a small database (shop) goes in one "whole" job, whose pg_dump is killed here; a database of several
+    // slices (big) has its post-data in a post job, whose pg_restore (--use-list) is killed, and redone with --clean.
+    const kind = via === "volume" ? (tool === "pg_dump" ? "dump" : "restore") : tool === "pg_dump" ? "whole" : "post";
+    const db = kind === "post" ? "big" : "shop";
+    test(
+      `SIGKILL a worker while it runs ${tool}: the job is redelivered and the run completes${via === "stream" ? ` (--via stream: its ${kind} job)` : ""}`,
+      { timeout: 600_000 },
+      async () => {
+        await withTestEnv(
+          async (env) => {
+            const { source, target, home } = env;
+            await psqlExec(source, "postgres", demoSql({ scale: 3 }));
+            if (db === "big") {
+              await psqlExec(source, "postgres", "CREATE DATABASE big");
+              await psqlExec(
+                source,
+                "big",
+                "CREATE TABLE facts (id bigint PRIMARY KEY, note text); CREATE INDEX ON facts (note); INSERT INTO facts SELECT g, repeat('z', 40) || g FROM generate_series(1, 300000) g;",
+              );
+            }
+            const before = await settingsOf(target);
+            const run = startCli(
+              [
+                ...serverArgs(source, target),
+                "--workers",
+                "2",
+                "-m",
+                "2",
+                "--ack-wait",
+                "4",
+                "--retry-delay",
+                "1",
+                "--fast-restore",
+                "full",
+                "--via",
+                via,
+              ],
+              cliEnv(home, source, target),
+            );
+            const port = tool === "pg_dump" ? source.port : target.port;
+            // The leader, not one of its parallel workers: its parent is the pg-migrate worker.
+            const proc = await waitFor(`${tool} of ${db}`, () =>
+              toolsOn(port, tool).find(
+                (p) =>
+                  p.argv.includes(`--dbname=dbname='${db}'`) &&
+                  (kind !== "post" || p.argv.some((a) => a.startsWith("--use-list="))) &&
+                  !toolsOn(port, tool).some((q) => q.pid === p.ppid),
+              ),
+            );
+            process.kill(proc.pid, "SIGSTOP"); // holds it mid-run while we find and kill its worker
+            const worker = workerOf(proc);
+            process.kill(worker.pid, "SIGKILL");
+            await waitFor(`${tool} to end with its worker`, () => !alive(proc.pid), 5_000, 50);
 
-          const r = await run.result;
-          assert.equal(r.exitCode, 0, r.stderr);
-          const kind = tool === "pg_dump" ? "dump" : "restore";
-          const first = new RegExp(`${kind} "shop" started on (\\S+) \\(attempt 1 `).exec(r.stderr)?.[1];
-          assert.ok(first, r.stderr);
-          const report = await readReport(home, r.stderr);
-          const shop = report.databases.find((d) => d.name === "shop")!;
-          assert.ok(
-            (shop.attempts[kind] ?? 0) >= 2,
-            `${kind} of shop delivered again: ${JSON.stringify(shop.attempts)}`,
-          );
-          assert.notEqual(shop.workers[kind], first, "another worker finished the job");
-          assert.ok(shop.verified);
-          await assertEndState(env, before, demoDatabases);
-        },
-        { nats: false },
-      );
-    },
-  );
-}
+            const r = await run.result;
+            assert.equal(r.exitCode, 0, r.stderr);
+            const first = new RegExp(`${kind} "${db}" started on (\\S+) \\(attempt 1 `).exec(r.stderr)?.[1];
+            assert.ok(first, r.stderr);
+            const report = await readReport(home, r.stderr);
+            const killed = report.databases.find((d) => d.name === db)!;
+            assert.ok(
+              (killed.attempts[kind] ?? 0) >= 2,
+              `${kind} of ${db} delivered again: ${JSON.stringify(killed.attempts)}`,
+            );
+            assert.notEqual(killed.workers[kind], first, "another worker finished the job");
+            assert.ok(killed.verified);
+            await assertEndState(env, before, db === "big" ? [...demoDatabases, "big"] : demoDatabases);
+          },
+          { nats: false },
+        );
+      },
+    );
+  }
 
 for (const via of ["volume", "stream"] as const)
   test(
