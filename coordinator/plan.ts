@@ -95,7 +95,11 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     w(conns.toString());
 
     w();
-    if (pf.compression) {
+    if (cfg.via === "stream") {
+      w(
+        `data: streamed (--via stream): per database one snapshot, its tables in slices of -j ${pf.parallelism.jobs} at a time from the source straight into the target; ${cfg.dumpRoot} holds only each worker's scratch copy of a schema archive (${bytes(pf.volume.freeBytes)} free)`,
+      );
+    } else if (pf.compression) {
       const how = pf.compression;
       const smaller =
         how.arg === "0" || how.arg === "none"

@@ -23,6 +23,7 @@ import { connect, endOnAbort, withClient, type ServerSpec } from "../shared/pg/c
 import {
   analyzeUserTables,
   countRows,
+  hasDatabaseProperties,
   largeObjectCount,
   listTables,
   sequenceValues,
@@ -224,8 +225,7 @@ export const post: Handler<"post"> = async (job, run, ctx) => {
   const started = Date.now();
   try {
     const archive = await dumpArchive(ctx, job, dir, run, { largeObjects: true });
-    const list = join(dir, "post.list");
-    await writeFile(list, await postList(ctx, archive, run, { largeObjects: true }), { mode: 0o600 });
+    const list = await postList(ctx, archive, dir, run);
     // An earlier attempt may have built part of the post-data: what it made is dropped and made again.
     await restorePostData(ctx, job, run, target, archive, list, run.attempt > 1);
     return { kind: "post", ...(await finish(job, run, ctx, target, archive, dir, started)) };
@@ -273,9 +273,8 @@ export const whole: Handler<"whole"> = async (job, run, ctx) => {
       unblockSource();
       await source.end().catch(() => undefined);
     }
-    const list = join(dir, "post.list");
-    await writeFile(list, await postList(ctx, archive, run, { largeObjects: false }), { mode: 0o600 });
-    await restorePostData(ctx, job, run, target, archive, list, false);
+    // Its large objects came with the pre-data from this very archive: the rest is the two later sections.
+    await restorePostData(ctx, job, run, target, archive, undefined, false);
     const sums = new Map(copied.map((c) => [key(c), c]));
     const asPost = {
       ...job,
@@ -291,21 +290,24 @@ export const whole: Handler<"whole"> = async (job, run, ctx) => {
   }
 };
 
-/** pg_restore of the listed data-section and post-data entries, -j; clean: drop what an earlier attempt made first. */
+/**
+ * pg_restore -j of the data section and post-data (or of the entries a list file names); clean: what an earlier
+ * attempt made is dropped first.
+ */
 async function restorePostData(
   ctx: WorkerContext,
   job: JobOf<"post"> | JobOf<"whole">,
   run: JobRun,
   target: ServerSpec,
   archive: string,
-  list: string,
+  list: string | undefined,
   clean: boolean,
 ): Promise<void> {
   await runTool(
     ctx.tools,
     "pg_restore",
     [
-      `--use-list=${list}`,
+      ...(list ? [`--use-list=${list}`] : ["--section=data", "--section=post-data"]),
       `--jobs=${job.jobs}`,
       ...(clean ? ["--clean", "--if-exists"] : []),
       "--exit-on-error",
@@ -327,35 +329,45 @@ async function finish(
   dir: string,
   started: number,
 ) {
+  let restoreMs = 0;
+  let analyzeStarted = 0;
   await withClient(
     target,
     job.db.name,
-    (c) => c.query(`DROP SCHEMA IF EXISTS ${ident(job.markerSchema)} CASCADE`),
+    async (c) => {
+      await c.query(`DROP SCHEMA IF EXISTS ${ident(job.markerSchema)} CASCADE`);
+      restoreMs = Date.now() - started;
+      analyzeStarted = Date.now();
+      await analyzeUserTables(c);
+    },
     run.signal,
   );
-  const restoreMs = Date.now() - started;
-  const analyzeStarted = Date.now();
-  await withClient(target, job.db.name, analyzeUserTables, run.signal);
   const analyzeMs = Date.now() - analyzeStarted;
 
   const checked = await check(job, run, ctx, target);
-  let properties: { applied: boolean; why?: string; skipped?: string[]; none?: boolean } = { applied: true };
-  const { mismatches: failed, skipped } = await applyDatabaseProperties(
-    ctx.tools,
-    archive,
-    target,
-    job.db.name,
-    run.signal,
-    checked.known,
-    dir,
-  );
-  checked.mismatches.push(...failed);
-  if (failed.length)
-    properties = {
-      applied: false,
-      why: `${failed.length} of its statements failed (listed as database-property mismatches)`,
-    };
-  if (skipped.length) properties.skipped = skipped;
+  // A database with none of its own (the source says so) spares the listing of the archive.
+  let properties: { applied: boolean; why?: string; skipped?: string[]; none?: boolean } = {
+    applied: true,
+    ...(checked.hasProperties ? {} : { none: true }),
+  };
+  if (checked.hasProperties) {
+    const { mismatches: failed, skipped } = await applyDatabaseProperties(
+      ctx.tools,
+      archive,
+      target,
+      job.db.name,
+      run.signal,
+      checked.known,
+      dir,
+    );
+    checked.mismatches.push(...failed);
+    if (failed.length)
+      properties = {
+        applied: false,
+        why: `${failed.length} of its statements failed (listed as database-property mismatches)`,
+      };
+    if (skipped.length) properties.skipped = skipped;
+  }
   return {
     ok: checked.mismatches.length === 0,
     tables: checked.tables,
@@ -397,7 +409,13 @@ async function check(job: Checked, run: JobRun, ctx: WorkerContext, target: Serv
         tables.filter((t) => !streamed(t)),
         { checksum: job.checksum ?? false },
       );
-      return { tables, others, sequences: await sequenceValues(c), largeObjects: await largeObjectCount(c) };
+      return {
+        tables,
+        others,
+        sequences: await sequenceValues(c),
+        largeObjects: await largeObjectCount(c),
+        hasProperties: await hasDatabaseProperties(c),
+      };
     },
     run.signal,
   );
@@ -468,6 +486,7 @@ async function check(job: Checked, run: JobRun, ctx: WorkerContext, target: Serv
     warnings,
     others,
     known: targetSide.known,
+    hasProperties: sourceSide.hasProperties,
     ...(job.checksum
       ? {
           targetChecksums: targetSide.checksummed.map((t) => ({
@@ -483,26 +502,24 @@ async function check(job: Checked, run: JobRun, ctx: WorkerContext, target: Serv
 const key = (t: TableName) => JSON.stringify([t.schema, t.name]);
 
 /**
- * What the post job restores, in the archive's order: its data section (sequence values, large objects' contents,
- * extension configuration) and post-data, and the large objects themselves with their comments and grants, which
- * pg_dump keeps in pre-data and the schema step left out.
+ * What the post job restores when the database has large objects: a list file, in the archive's order, of its data
+ * section (sequence values, large objects' contents, extension configuration) and post-data, and the large objects
+ * themselves with their comments and grants, which pg_dump keeps in pre-data and the schema step left out.
+ * Without large objects: undefined, the two sections are restored as they are.
  */
-async function postList(
-  ctx: WorkerContext,
-  archive: string,
-  run: JobRun,
-  opts: { largeObjects: boolean },
-): Promise<string> {
+async function postList(ctx: WorkerContext, archive: string, dir: string, run: JobRun): Promise<string | undefined> {
   const listed = async (args: string[]) =>
     (await runTool(ctx.tools, "pg_restore", ["--list", ...args, archive], { signal: run.signal })).stdout
       .split("\n")
       .filter((line) => /^\d+;/.test(line));
+  const all = await listed([]);
+  if (!all.some((line) => LARGE_OBJECT_ENTRY.test(line))) return undefined;
   const wanted = new Set(await listed(["--section=data", "--section=post-data"]));
-  return (
-    (await listed([]))
-      .filter((line) => wanted.has(line) || (opts.largeObjects && LARGE_OBJECT_ENTRY.test(line)))
-      .join("\n") + "\n"
-  );
+  const file = join(dir, "post.list");
+  await writeFile(file, `${all.filter((line) => wanted.has(line) || LARGE_OBJECT_ENTRY.test(line)).join("\n")}\n`, {
+    mode: 0o600,
+  });
+  return file;
 }
 
 /** pg_restore's flags a streamed database's job asks for. */
