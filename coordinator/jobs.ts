@@ -119,19 +119,35 @@ function streamCommon(db: DbState, s: JobSpec) {
   };
 }
 
-/** Each streamed table's rows as its slices counted them (summed over its parts), with its source checksum. */
-export function copiedTables(db: DbState): { schema: string; name: string; rows: number; checksum?: string }[] {
-  const byTable = new Map<string, { schema: string; name: string; rows: number; checksum?: string }>();
+/** Per streamed table, its slices' counts summed over its parts: rows sent, rows copied, the source checksum. */
+export function sliceSums(
+  db: DbState,
+): { key: string; schema: string; name: string; sent: number; copied: number; checksum?: string }[] {
+  const byTable = new Map<
+    string,
+    { key: string; schema: string; name: string; sent: number; copied: number; checksum?: string }
+  >();
   for (const slice of db.stream?.slices ?? []) {
     for (const c of slice.counts ?? []) {
-      const k = JSON.stringify([c.schema, c.name]);
-      const t = byTable.get(k) ?? { schema: c.schema, name: c.name, rows: 0 };
-      t.rows += c.copied;
+      const key = JSON.stringify([c.schema, c.name]);
+      const t = byTable.get(key) ?? { key, schema: c.schema, name: c.name, sent: 0, copied: 0 };
+      t.sent += c.sent;
+      t.copied += c.copied;
       if (c.checksum !== undefined) t.checksum = (BigInt(t.checksum ?? "0") + BigInt(c.checksum)).toString();
-      byTable.set(k, t);
+      byTable.set(key, t);
     }
   }
   return [...byTable.values()];
+}
+
+/** Each streamed table's rows as its slices counted them, with its source checksum: what the post job checks. */
+function copiedTables(db: DbState): { schema: string; name: string; rows: number; checksum?: string }[] {
+  return sliceSums(db).map((t) => ({
+    schema: t.schema,
+    name: t.name,
+    rows: t.copied,
+    ...(t.checksum !== undefined ? { checksum: t.checksum } : {}),
+  }));
 }
 
 function common(db: DbState, s: JobSpec) {

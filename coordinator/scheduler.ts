@@ -30,7 +30,7 @@ import type { Logger } from "../shared/log.js";
 import type { SharedKey } from "../shared/secrets.js";
 import type { MigrateConfig } from "./config.js";
 import { EventsReader } from "./events-reader.js";
-import { BUILD } from "./jobs.js";
+import { BUILD, sliceSums } from "./jobs.js";
 import { bytes, plural, seconds, type Output } from "./output.js";
 import type { DbState, RunState } from "./state.js";
 import { Watchdog } from "./watchdog.js";
@@ -544,20 +544,13 @@ const unfinishedAttempts = (db: DbState, kind: JobKind): number => Math.max(0, (
  * target's COPY took them (summed over its slices), and the other tables as the post job counted them.
  */
 function tableCounts(db: DbState, r: Extract<JobResult, { kind: "post" | "whole" }>): VerifyTable[] {
-  const sums = new Map((r.targetChecksums ?? []).map((t) => [JSON.stringify([t.schema, t.name]), t.checksum]));
-  const byTable = new Map<string, VerifyTable>();
-  for (const slice of db.stream?.slices ?? []) {
-    for (const c of slice.counts ?? []) {
-      const k = JSON.stringify([c.schema, c.name]);
-      const t = byTable.get(k) ?? { schema: c.schema, name: c.name, source: 0, target: 0 };
-      t.source! += c.sent;
-      t.target! += c.copied;
-      if (c.checksum !== undefined) {
-        t.sourceChecksum = (BigInt(t.sourceChecksum ?? "0") + BigInt(c.checksum)).toString();
-        t.targetChecksum = sums.get(k) ?? null;
-      }
-      byTable.set(k, t);
-    }
-  }
-  return [...byTable.values(), ...r.others];
+  const targetSums = new Map((r.targetChecksums ?? []).map((t) => [JSON.stringify([t.schema, t.name]), t.checksum]));
+  const streamed = sliceSums(db).map((t) => ({
+    schema: t.schema,
+    name: t.name,
+    source: t.sent,
+    target: t.copied,
+    ...(t.checksum !== undefined ? { sourceChecksum: t.checksum, targetChecksum: targetSums.get(t.key) ?? null } : {}),
+  }));
+  return [...streamed, ...r.others];
 }

@@ -401,7 +401,7 @@ export class StreamDatabases {
   private async startOver(db: DbState, because: string): Promise<void> {
     const stream = db.stream;
     if (!stream || this.stopped || (db.phase !== "copying" && db.phase !== "restoring")) return;
-    await this.withdraw(db);
+    await this.end(db);
     const losses = (this.losses.get(db.key) ?? 0) + 1;
     this.losses.set(db.key, losses);
     if (losses >= this.cfg.maxDeliver) {
@@ -417,12 +417,7 @@ export class StreamDatabases {
         await this.begin(db, true, because);
         return;
       } catch (err) {
-        const holder = this.holders.get(db.key);
-        this.holders.delete(db.key);
-        if (holder) {
-          holder.closing = true;
-          await holder.client.end().catch(() => undefined);
-        }
+        await this.endHolder(db);
         if (this.stopped) return;
         if (!serverUnavailable(err) || Date.now() > deadline) {
           await this.host.fail(db, `${because}, and a new snapshot could not be taken: ${errorMessage(err)}`);
@@ -433,18 +428,18 @@ export class StreamDatabases {
     }
   }
 
-  /** Withdraws the database's queued slice jobs and ends its holder (its end, failed or done). */
-  async end(db: DbState): Promise<void> {
-    await this.withdraw(db);
-  }
-
-  private async withdraw(db: DbState): Promise<void> {
+  /** Ends the database's holder on purpose (its end is then no loss). */
+  private async endHolder(db: DbState): Promise<void> {
     const holder = this.holders.get(db.key);
     this.holders.delete(db.key);
-    if (holder) {
-      holder.closing = true;
-      await holder.client.end().catch(() => undefined);
-    }
+    if (!holder) return;
+    holder.closing = true;
+    await holder.client.end().catch(() => undefined);
+  }
+
+  /** Ends the database's holder and withdraws its queued slice jobs (its end, failed or done; or a new snapshot). */
+  async end(db: DbState): Promise<void> {
+    await this.endHolder(db);
     const jsm = await jetstreamManager(this.nc).catch(() => undefined);
     for (const s of db.stream?.slices ?? []) {
       if (s.jobId) this.running.delete(s.jobId);
@@ -461,12 +456,8 @@ export class StreamDatabases {
   async close(): Promise<void> {
     this.stopped = true;
     await Promise.all(
-      [...this.holders.values()].map(async (h) => {
-        h.closing = true;
-        await h.client.end().catch(() => undefined);
-      }),
+      this.state.record.databases.filter((db) => this.holders.has(db.key)).map((db) => this.endHolder(db)),
     );
-    this.holders.clear();
   }
 }
 
