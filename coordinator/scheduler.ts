@@ -214,11 +214,8 @@ export class Scheduler {
           await this.fail(db, failed);
           continue;
         }
-        try {
-          await this.streams.begin(db, db.created && this.state.record.resumedAt.length > 0);
-        } catch (err) {
-          await this.fail(db, `its snapshot could not be taken on the source: ${errorMessage(err)}`);
-        }
+        // Not awaited: a source that is away is waited for there, and the events of the others go on meanwhile.
+        void this.streams.start(db, db.created && this.state.record.resumedAt.length > 0);
       }
       return;
     }

@@ -96,7 +96,7 @@ export class StreamDatabases {
    * Opens the database's holder, plans its slices in the holder's snapshot and publishes its schema job.
    * resumed: the target database may hold an earlier attempt's or session's writes (the schema job recreates it).
    */
-  async begin(db: DbState, resumed: boolean, because?: string): Promise<void> {
+  private async begin(db: DbState, resumed: boolean, because?: string): Promise<void> {
     const client = await connect(this.cfg.source, db.name, "pg-migrate snapshot holder");
     const holder: Holder = { client, closing: false };
     this.holders.set(db.key, holder);
@@ -410,17 +410,30 @@ export class StreamDatabases {
     }
     this.out.warn(`${JSON.stringify(db.name)}: ${because}; taking a new snapshot`);
     db.jobId = undefined;
-    // A source that went away (a restart, a failover) is waited for, as workers wait for their servers.
+    await this.start(db, true, because);
+  }
+
+  /**
+   * The database's snapshot taken and its first job published (begin), a source that went away (a restart, a
+   * failover) waited for up to SOURCE_WAIT_MS as workers wait for their servers — whether the database is admitted
+   * or takes a new snapshot after its holder ended. Never throws: a database whose snapshot cannot be had fails.
+   */
+  async start(db: DbState, resumed: boolean, because?: string): Promise<void> {
     const deadline = Date.now() + SOURCE_WAIT_MS;
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.begin(db, true, because);
+        await this.begin(db, resumed, because);
         return;
       } catch (err) {
         await this.endHolder(db);
         if (this.stopped) return;
         if (!serverUnavailable(err) || Date.now() > deadline) {
-          await this.host.fail(db, `${because}, and a new snapshot could not be taken: ${errorMessage(err)}`);
+          await this.host.fail(
+            db,
+            because
+              ? `${because}, and a new snapshot could not be taken: ${errorMessage(err)}`
+              : `its snapshot could not be taken on the source: ${errorMessage(err)}`,
+          );
           return;
         }
         await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** Math.min(attempt, 5))));
