@@ -21,7 +21,8 @@ const SHOP = "--dbname=dbname='shop'";
 for (const via of ["volume", "stream"] as const)
   for (const tool of ["pg_dump", "pg_restore"] as const) {
     // Streamed, a small database (shop) goes in one "whole" job, whose pg_dump is killed here; a database of several
-    // slices (big) has its post-data in a post job, whose pg_restore (--use-list) is killed, and redone with --clean.
+    // slices (big) has its post-data in a post job, whose pg_restore (--section=post-data, or --use-list with large
+    // objects) is killed, and redone with --clean.
     const kind = via === "volume" ? (tool === "pg_dump" ? "dump" : "restore") : tool === "pg_dump" ? "whole" : "post";
     const db = kind === "post" ? "big" : "shop";
     test(
@@ -65,7 +66,7 @@ for (const via of ["volume", "stream"] as const)
               toolsOn(port, tool).find(
                 (p) =>
                   p.argv.includes(`--dbname=dbname='${db}'`) &&
-                  (kind !== "post" || p.argv.some((a) => a.startsWith("--use-list="))) &&
+                  (kind !== "post" || p.argv.some((a) => a.startsWith("--use-list=") || a === "--section=post-data")) &&
                   !toolsOn(port, tool).some((q) => q.pid === p.ppid),
               ),
             );
