@@ -65,8 +65,9 @@ export const schema: Handler<"schema"> = async (job, run, ctx) => {
       target,
       job.db.name,
       (c) =>
+        // A synchronous commit: it flushes the pre-data's commits too, so the slices never meet a schema a crash lost.
         c.query(
-          `CREATE SCHEMA ${ident(job.markerSchema)}; CREATE TABLE ${markerTable(job.markerSchema)} (slice text PRIMARY KEY, counts jsonb NOT NULL)`,
+          `BEGIN; SET LOCAL synchronous_commit = on; CREATE SCHEMA ${ident(job.markerSchema)}; CREATE TABLE ${markerTable(job.markerSchema)} (slice text PRIMARY KEY, counts jsonb NOT NULL); COMMIT`,
         ),
       run.signal,
     );
@@ -96,7 +97,9 @@ export const slice: Handler<"slice"> = async (job, run, ctx) => {
   try {
     target = await connect(serverFor("target", job.target, ctx), job.db.name, "pg-migrate slice");
     unblockTarget = endOnAbort(target, run.signal);
-    await target.query("BEGIN");
+    // A slice's rows are counted once, by its COPY tag: its commit must be on disk before it is reported, whatever
+    // fast-restore mode says (synchronous_commit=off could lose it in a crash of the target, unseen).
+    await target.query("BEGIN; SET LOCAL synchronous_commit = on");
     const earlier = await target.query<{ counts: Counted[] }>(
       `SELECT counts FROM ${markerTable(job.markerSchema)} WHERE slice = $1`,
       [job.slice],
@@ -261,7 +264,7 @@ export const whole: Handler<"whole"> = async (job, run, ctx) => {
         target,
         job.db.name,
         async (c) => {
-          await c.query("BEGIN");
+          await c.query("BEGIN; SET LOCAL synchronous_commit = on");
           const counted = await copyTables(source, c, job, run, (n) => (bytes += n));
           await c.query("COMMIT");
           return counted;

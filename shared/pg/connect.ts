@@ -84,7 +84,8 @@ async function connectWith(
 
 /**
  * Whether an error says the server itself is away for now (stopped, restarting, in recovery, or the connection cut
- * by it), rather than anything about the statement: worth waiting for, never a failed attempt.
+ * by it, also as the driver says it of a client whose connection broke), rather than anything about the statement:
+ * worth waiting for, never a failed attempt.
  */
 export function serverUnavailable(err: unknown): boolean {
   const code = (err as { code?: string }).code ?? "";
@@ -92,7 +93,7 @@ export function serverUnavailable(err: unknown): boolean {
   return (
     /^(57P0[1-3]|08)/.test(code) ||
     ["ECONNREFUSED", "ECONNRESET", "EPIPE"].includes(code) ||
-    /connection refused|Connection terminated unexpectedly|the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)|terminating connection (due to administrator command|because of crash of another server process)|server closed the connection unexpectedly|no connection to the server/i.test(
+    /connection refused|Connection terminated unexpectedly|the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)|terminating connection (due to administrator command|because of crash of another server process)|server closed the connection unexpectedly|no connection to the server|Client has encountered a connection error and is not queryable/i.test(
       text,
     )
   );
