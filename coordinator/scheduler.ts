@@ -110,7 +110,7 @@ export class Scheduler {
 
     // Every unfinished database: queue it, adopt its live job, or publish its next step.
     const adopted = new Set<string>();
-    const undecided: { db: DbState; jobId: string }[] = [];
+    const undecided: { db: DbState; kind: JobKind; jobId: string }[] = [];
     const next: { db: DbState; kind: JobKind }[] = [];
     for (const db of record.databases) {
       if (isTerminal(db.phase)) continue;
@@ -145,7 +145,7 @@ export class Scheduler {
         db.jobSeq = live.seq;
         this.watchdog.heard(db.key);
         this.out.line(`${kind} ${JSON.stringify(db.name)}: adopting its job from the earlier session (${db.jobId})`);
-      } else undecided.push({ db, jobId: db.jobId });
+      } else undecided.push({ db, kind, jobId: db.jobId });
     }
     // Whatever else of this run is still queued belongs to nobody now.
     const info = await this.jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.jobsOfRun(runId) });
@@ -172,9 +172,10 @@ export class Scheduler {
       // Only now: silence is judged on events as they arrive, not on old ones read again.
       this.watchdog.start(this.jsm, this.inFlight);
 
-      for (const { db, jobId } of undecided) {
-        if (db.jobId !== jobId || this.stopped) continue; // the replayed events settled it
-        const kind = nextJobFor(db.phase)!;
+      for (const { db, kind, jobId } of undecided) {
+        // Settled by the replayed events: a new job, or the step done. A dump found done keeps its job id while it
+        // waits in the restore queue, so the phase is what tells: republishing then would restore it twice.
+        if (this.stopped || db.jobId !== jobId || db.phase !== JOB_PHASES[kind].running) continue;
         const attempt = unfinishedAttempts(db, kind) + 1;
         this.out.line(
           this.cfg.natsUrl

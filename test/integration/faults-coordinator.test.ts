@@ -1,5 +1,5 @@
-// Faults on the coordinator's side and in the data: the coordinator SIGKILLed mid-run and started again, the
-// settings put back by hand and a run started over, a database whose restore always fails, a dump volume too
+// Faults on the coordinator's side and in the data: the coordinator SIGKILLed mid-run and started again (also with
+// a finished dump it never read, found again in the events), the settings put back by hand and a run started over, a database whose restore always fails, a dump volume too
 // small, and a second coordinator against a target that is being migrated.
 import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
@@ -158,6 +158,75 @@ test(
       } finally {
         worker.kill("SIGTERM");
         await worker;
+      }
+      await assertEndState(env, before, demoDatabases);
+    });
+  },
+);
+
+test(
+  "distributed: a dump whose result the killed coordinator never read waits for its restore slot when resumed, and is restored once",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(async (env) => {
+      const { source, target, home, nats } = env;
+      await psqlExec(source, "postgres", demoSql({ scale: 0.3 }));
+      const before = await settingsOf(target);
+      const dumpRoot = join(home, "dumps");
+      const secret = "distributed-replay-test-secret";
+      // Two workers: one holds the frozen restore, the other dumps.
+      const workers = ["one", "two"].map((id) =>
+        execa(process.execPath, [BIN, "worker", "--nats-url", nats.url, "--dump-root", dumpRoot, "--id", id], {
+          env: { HOME: home, PGMIGRATE_SECRET: secret },
+          reject: false,
+        }),
+      );
+      const dbOf = (argv: string[]) =>
+        /^--dbname=dbname='([^']+)'/.exec(argv.find((a) => a.startsWith("--dbname=")) ?? "")?.[1];
+      try {
+        // -m 1: one database restores while the next one dumps.
+        const args = [...serverArgs(source, target), "--nats-url", nats.url, "--dump-root", dumpRoot, "-m", "1"];
+        const env1 = cliEnv(home, source, target, { PGMIGRATE_SECRET: secret });
+        const first = startCli(args, env1);
+        const restore = await waitFor("the first pg_restore", () => toolsOn(target.port, "pg_restore")[0], 180_000, 20);
+        process.kill(restore.pid, "SIGSTOP"); // holds the only restore slot
+        const restoring = dbOf(restore.argv);
+        const dump = await waitFor(
+          "the next pg_dump",
+          () => toolsOn(source.port, "pg_dump").find((p) => dbOf(p.argv) !== restoring),
+          120_000,
+          20,
+        );
+        const dumped = dbOf(dump.argv)!;
+        // The coordinator is frozen while that dump finishes, then killed: its record still says "dumping", and the
+        // dump's result waits in the events for the next coordinator to read again.
+        process.kill(first.child.pid!, "SIGSTOP");
+        await waitFor(
+          "the end of the pg_dump",
+          () => !toolsOn(source.port, "pg_dump").some((p) => p.pid === dump.pid),
+          120_000,
+          20,
+        );
+        await new Promise((r) => setTimeout(r, 2_000));
+        first.child.kill("SIGKILL");
+        await first.result;
+
+        const second = startCli(args, env1);
+        await second.waitFor(new RegExp(`dump "${dumped}" done`));
+        // The replayed result puts it in the restore queue behind the frozen restore; nothing publishes it meanwhile.
+        await new Promise((r) => setTimeout(r, 4_000));
+        assert.doesNotMatch(second.stderr(), new RegExp(`restore "${dumped}" started`), second.stderr());
+        assert.equal(toolsOn(target.port, "pg_restore").filter((p) => dbOf(p.argv) === dumped).length, 0);
+        process.kill(restore.pid, "SIGCONT");
+        const r = await second.result;
+        assert.equal(r.exitCode, 0, r.stderr);
+        assert.equal(started(r.stderr, "restore").filter((n) => n === dumped).length, 1, r.stderr);
+        assert.doesNotMatch(r.stderr, /attempt [2-9] of/);
+        const report = await readReport(home, r.stderr);
+        assert.equal(report.databases.find((d) => d.name === dumped)?.attempts.restore, 1);
+      } finally {
+        for (const w of workers) w.kill("SIGTERM");
+        await Promise.all(workers);
       }
       await assertEndState(env, before, demoDatabases);
     });
