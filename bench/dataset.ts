@@ -68,6 +68,54 @@ export async function generate(source: LocalCluster, spec: DatasetSpec, log: (li
   await psqlExec(source, "postgres", "CHECKPOINT");
 }
 
+/**
+ * One database holding one table of about `bytes` (heap, realistic rows that gzip poorly) with two indexes: the
+ * cluster whose weight sits in one table. Returns the table's size with its TOAST and the indexes' size.
+ */
+export async function generateOneTable(
+  source: LocalCluster,
+  bytes: number,
+  log: (line: string) => void,
+): Promise<{ tableBytes: number; indexBytes: number }> {
+  const t0 = Date.now();
+  await psqlExec(source, "postgres", `CREATE DATABASE ${ONE_TABLE_DB}`);
+  // About 130 bytes a row on the heap (tuple header included); filled in chunks so no one statement runs for long.
+  const rows = Math.max(1, Math.round(bytes / 130));
+  const chunk = 1_000_000;
+  await psqlExec(
+    source,
+    ONE_TABLE_DB,
+    "CREATE TABLE big (id bigint NOT NULL, account int NOT NULL, note text, amount numeric(14,4), at timestamptz)",
+  );
+  for (let from = 1; from <= rows; from += chunk) {
+    const to = Math.min(rows, from + chunk - 1);
+    await psqlExec(
+      source,
+      ONE_TABLE_DB,
+      `INSERT INTO big SELECT g, (random() * 1e6)::int, md5(random()::text) || ' ' || md5(random()::text),
+              round((random() * 1e9)::numeric, 4), now() - random() * interval '3 years'
+         FROM generate_series(${from}, ${to}) g`,
+    );
+  }
+  await psqlExec(
+    source,
+    ONE_TABLE_DB,
+    "ALTER TABLE big ADD PRIMARY KEY (id); CREATE INDEX ON big (account); VACUUM ANALYZE big; CHECKPOINT;",
+  );
+  const sizes = await withClient(source, ONE_TABLE_DB, async (client) => {
+    const r = await client.query<{ t: string; i: string }>(
+      "SELECT pg_table_size('big')::bigint AS t, pg_indexes_size('big')::bigint AS i",
+    );
+    return { tableBytes: Number(r.rows[0]!.t), indexBytes: Number(r.rows[0]!.i) };
+  });
+  log(
+    `generated ${ONE_TABLE_DB}: ${rows} rows, table ${(sizes.tableBytes / 2 ** 30).toFixed(2)} GiB, indexes ${(sizes.indexBytes / 2 ** 30).toFixed(2)} GiB, in ${((Date.now() - t0) / 1000).toFixed(1)}s`,
+  );
+  return sizes;
+}
+
+export const ONE_TABLE_DB = "one_table";
+
 /** User databases of a cluster. */
 export async function userDatabases(c: LocalCluster): Promise<string[]> {
   return withClient(c, "postgres", async (client) =>

@@ -7,6 +7,7 @@
 //                    [--variant="--compress 0 -m 2"]…   pg-migrate with other flags too, side by side with its defaults
 //   npm run bench -- --mode many     30 and then 300 tiny databases: how time grows with the number of databases
 //   npm run bench -- --mode large    one database of --scale, then one 4× its size: how time grows with size
+//   npm run bench -- --mode table [--table-gb 1.5]   one database of one big table with two indexes
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
@@ -15,12 +16,21 @@ import Table from "cli-table3";
 import { execa } from "execa";
 import { postgresBinDir, startCluster, type LocalCluster } from "../demo/cluster.js";
 import { APPROACHES, pgMigrate, type Approach, type BenchContext, type RunResult } from "./approaches.js";
-import { generate, resetTarget, rowCounts, userDatabases, withClient, type DatasetSpec } from "./dataset.js";
+import {
+  generate,
+  generateOneTable,
+  resetTarget,
+  rowCounts,
+  userDatabases,
+  withClient,
+  type DatasetSpec,
+} from "./dataset.js";
 import { summarize, type Summary } from "./stats.js";
 
 const { values: o } = parseArgs({
   options: {
     mode: { type: "string", default: "standard" },
+    "table-gb": { type: "string", default: "1.5" },
     scale: { type: "string", default: "16" },
     dbs: { type: "string", default: "6" },
     tiny: { type: "string", default: "30" },
@@ -290,6 +300,22 @@ async function large(): Promise<unknown> {
   return { runs, sizes: out };
 }
 
+/** One database whose weight is one table (heap of --table-gb GiB, two indexes): the case slices split. */
+async function oneTable(): Promise<unknown> {
+  const runs = Math.max(1, Math.min(num(o.runs, "runs"), 3));
+  return withBench(async (ctx) => {
+    const sizes = await generateOneTable(ctx.source, num(o["table-gb"], "table-gb") * 2 ** 30, log);
+    ctx.databases = await userDatabases(ctx.source);
+    const approaches = (await available(APPROACHES)).filter(
+      (a) => a.name.startsWith("pg-migrate") || a.name.startsWith("shell loop") || a.name.startsWith("floor"),
+    );
+    const results = await measure(ctx, approaches, runs, await rowCounts(ctx.source));
+    const summaries = summarize(results, "shell loop: pg_dump", "floor:");
+    print(summaries, undefined);
+    return { ...sizes, runs, summaries };
+  });
+}
+
 function print(summaries: Summary[], tiny: Summary[] | undefined): void {
   const t = new Table({
     head: ["approach", "median", "min", "max", "× shell loop", "× floor", "peak RSS coord / worker"],
@@ -316,7 +342,14 @@ function print(summaries: Summary[], tiny: Summary[] | undefined): void {
 
 const started = new Date();
 const mode = o.mode ?? "standard";
-const body = mode === "many" ? await many() : mode === "large" ? await large() : await standard();
+const body =
+  mode === "many"
+    ? await many()
+    : mode === "large"
+      ? await large()
+      : mode === "table"
+        ? await oneTable()
+        : await standard();
 const machine = {
   cpus: cpus().length,
   cpuModel: cpus()[0]?.model,
