@@ -239,10 +239,10 @@ export function buildProgram(): Command {
     .addOption(
       new Option(
         "--via <path>",
-        "how the data moves: volume (pg_dump -Fd into the dump root, pg_restore from it) or stream (table slices COPYed from source to target under one snapshot per database; nothing shared but NATS)",
+        "how the data moves: volume (pg_dump -Fd into the dump root, pg_restore from it), stream (table slices COPYed from source to target under one snapshot per database; nothing shared but NATS), or auto: a database that is big and a 1/-m share of the cluster streams, the rest go through the volume",
       )
         .choices(VIAS)
-        .default("volume")
+        .default("auto")
         .env("PGMIGRATE_VIA"),
     )
     .addOption(

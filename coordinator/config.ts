@@ -3,7 +3,7 @@
 import { describeAuth, withoutCredentials, type NatsAuth } from "../shared/nats.js";
 import type { ServerSpec } from "../shared/pg/connect.js";
 
-export const VIAS = ["volume", "stream"] as const;
+export const VIAS = ["auto", "volume", "stream"] as const;
 export type Via = (typeof VIAS)[number];
 
 export const FAST_RESTORE_MODES = ["safe", "full", "off"] as const;
@@ -22,7 +22,10 @@ export interface MigrateConfig {
   /** Whether -j / -m were given (a given value that does not fit the servers' connections is refused, a default shrinks). */
   parallelismGiven: { jobs: boolean; maxParallel: boolean };
   dumpRoot: string;
-  /** How the data moves: volume (pg_dump -Fd into the dump root, pg_restore from it) or stream (table slices under one snapshot). */
+  /**
+   * How the data moves: volume (pg_dump -Fd into the dump root, pg_restore from it), stream (table slices under one
+   * snapshot), or auto: per database, whichever the bench found faster for it (via.ts).
+   */
   via: Via;
   migrateGlobals: boolean;
   /** false (--no-role-passwords): roles without their password verifiers, for sources that hide pg_authid. */

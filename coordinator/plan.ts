@@ -14,6 +14,7 @@ import { bytes, plural, type Output } from "./output.js";
 import { preflight, refusalLine } from "./preflight.js";
 import { noteLine } from "./upgrade-notes.js";
 import { EXIT } from "./run-context.js";
+import { viaLine } from "./via.js";
 
 export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
   const pf = await preflight(cfg, appDir(), () => createLogger({ level: "silent" }));
@@ -95,11 +96,14 @@ export async function plan(cfg: MigrateConfig, out: Output): Promise<number> {
     w(conns.toString());
 
     w();
-    if (cfg.via === "stream") {
+    const vias = [...pf.vias.values()];
+    if (vias.length > 0 && vias.every((v) => v === "stream")) {
       w(
-        `data: streamed (--via stream): per database one snapshot, its tables in slices of -j ${pf.parallelism.jobs} at a time from the source straight into the target; ${cfg.dumpRoot} holds only each worker's scratch copy of a schema archive (${bytes(pf.volume.freeBytes)} free)`,
+        `data: streamed (--via ${cfg.via}): per database one snapshot, its tables in slices of -j ${pf.parallelism.jobs} at a time from the source straight into the target; ${cfg.dumpRoot} holds only each worker's scratch copy of a schema archive (${bytes(pf.volume.freeBytes)} free)`,
       );
     } else if (pf.compression) {
+      const mixed = viaLine(pf.vias, cfg.via);
+      if (mixed) w(`data: ${mixed}`);
       const how = pf.compression;
       const smaller =
         how.arg === "0" || how.arg === "none"

@@ -32,6 +32,7 @@ import { existingDatabases, MAINTENANCE_DB, subscriptionsOf } from "./discovery.
 import { findNatsServer } from "./embedded.js";
 import { readTargetRecord } from "./fast-restore.js";
 import { heldBy, heldInKv, targetLockKey } from "./lock.js";
+import { chooseVia, type DbVia } from "./via.js";
 import { connectionsNeeded, FREE_CONNECTIONS_SQL, fitConnections, type Parallelism } from "./parallelism.js";
 import { checkSourceDatabases } from "./source-check.js";
 import { RunState } from "./state.js";
@@ -57,7 +58,10 @@ export interface Preflight {
   /** -j and -m fitted to both servers' free connections, with what each server has and what the run needs. */
   parallelism: Parallelism;
   connections: { source: number; target: number; needed: number; formula: string };
+  /** sourceBytes: the databases that go through the volume (a streamed one needs no room for its data). */
   volume: VolumeProbe & { sourceBytes: number };
+  /** Each selected database's path (--via; auto decides per database). */
+  vias: Map<string, DbVia>;
   /** What --compress comes to on this volume (undefined when the volume cannot be written). */
   compression: Compression | undefined;
   /** Embedded: the nats-server to start; given: the connection the preflight opened, and the runs bucket if any. */
@@ -257,10 +261,15 @@ export async function preflight(
     refusals.push(...needs.refusals);
     warnings.push(...needs.warnings);
 
-    const sourceBytes = surveyed.selected.reduce((s, d) => s + d.sizeBytes, 0);
-    const probe = await probeVolume(cfg.dumpRoot);
+    const vias = chooseVia(surveyed.selected, {
+      via: cfg.via,
+      maxParallel: parallelism.maxParallel,
+      sourceVersionNum: src.info.versionNum,
+    });
     // Streamed, the dump root holds only each worker's scratch copy of a schema archive: no room for the data is asked.
-    const volume = volumeVerdict(cfg.dumpRoot, probe, cfg.via === "stream" ? 0 : sourceBytes);
+    const sourceBytes = surveyed.selected.reduce((s, d) => s + (vias.get(d.name) === "stream" ? 0 : d.sizeBytes), 0);
+    const probe = await probeVolume(cfg.dumpRoot);
+    const volume = volumeVerdict(cfg.dumpRoot, probe, sourceBytes);
     refusals.push(...volume.refusals);
     warnings.push(...volume.warnings);
 
@@ -276,6 +285,7 @@ export async function preflight(
       parallelism,
       connections,
       volume: { ...probe, sourceBytes },
+      vias,
       compression: probe.notWritable ? undefined : chooseCompression(cfg.compress, tools.major, probe.networkFs),
       broker,
       carried,

@@ -36,6 +36,7 @@ import {
   type RunContext,
 } from "./run-context.js";
 import { Scheduler, type TargetDatabases } from "./scheduler.js";
+import { viaLine } from "./via.js";
 import { sessionLost, TargetSession } from "./target-session.js";
 import { noteLine } from "./upgrade-notes.js";
 import type { DbState } from "./state.js";
@@ -308,6 +309,16 @@ async function runJobs(ctx: RunContext): Promise<void> {
   const broker = brokerOf(ctx);
   const state = stateOf(ctx);
   const create = await databaseCreator(ctx);
+  // Each database not begun yet takes the path this run's --via gives it; one begun keeps the one it began on.
+  const vias = preflightOf(ctx).vias;
+  for (const db of state.record.databases) {
+    if (db.phase !== "planned") continue;
+    const via = vias.get(db.name) ?? "volume";
+    if (via !== (db.via ?? "volume")) delete db.stream;
+    db.via = via;
+  }
+  const line = viaLine(vias, ctx.cfg.via);
+  if (line) ctx.out.line(line);
   await new Scheduler(broker.nc, jetstream(broker.nc), state, ctx.cfg, broker.key, ctx.log, ctx.out, create).run(
     ctx.signal,
   );

@@ -200,15 +200,24 @@ export class Scheduler {
   }
 
   /**
-   * Restores first (the target is the scarce side), then dumps while fewer than --max-parallel databases are
-   * dumping or dumped and waiting: the dump volume never holds more than that many dumps nobody is restoring yet.
+   * Restores first (the target is the scarce side), then new databases, largest first. Through the volume a
+   * database dumps while fewer than --max-parallel are dumping or dumped and waiting: the dump volume never holds
+   * more than that many dumps nobody is restoring yet. A streamed one holds a snapshot and -j slices from its first
+   * job to its last, so it takes a restore slot and a dump slot for all that time.
    */
   private async admit(): Promise<void> {
     const m = this.cfg.maxParallel;
-    if (this.cfg.via === "stream") {
-      // A streamed database holds a snapshot and -j slices from its first job to its last: -m of them at once.
-      while (!this.stopped && this.queue.length && this.inFlight.size < m) {
-        const db = this.queue.shift()!;
+    while (!this.stopped && this.restoreQueue.length && this.running("restoring") + this.streaming() < m) {
+      const db = this.restoreQueue.shift()!;
+      const failed = await this.created(db);
+      if (failed) await this.fail(db, failed);
+      else await this.publish(db, "restore", false);
+    }
+    while (!this.stopped && this.queue.length) {
+      const db = this.queue[0]!;
+      if (db.via === "stream") {
+        if (this.streaming() + this.running("restoring") >= m) break;
+        this.queue.shift();
         this.inFlight.add(db.key);
         const failed = await this.created(db);
         if (failed) {
@@ -217,20 +226,13 @@ export class Scheduler {
         }
         // Not awaited: a source that is away is waited for there, and the events of the others go on meanwhile.
         void this.streams.start(db, db.created && this.state.record.resumedAt.length > 0);
+      } else {
+        if (this.running("dumping") + this.restoreQueue.length + this.streaming() >= m) break;
+        this.queue.shift();
+        this.inFlight.add(db.key);
+        void this.created(db); // created on the target while its dump runs
+        await this.publish(db, "dump", false);
       }
-      return;
-    }
-    while (!this.stopped && this.restoreQueue.length && this.running("restoring") < m) {
-      const db = this.restoreQueue.shift()!;
-      const failed = await this.created(db);
-      if (failed) await this.fail(db, failed);
-      else await this.publish(db, "restore", false);
-    }
-    while (!this.stopped && this.queue.length && this.running("dumping") + this.restoreQueue.length < m) {
-      const db = this.queue.shift()!;
-      this.inFlight.add(db.key);
-      void this.created(db); // created on the target while its dump runs
-      await this.publish(db, "dump", false);
     }
   }
 
@@ -248,9 +250,17 @@ export class Scheduler {
     for (const db of this.state.record.databases) if (this.inFlight.has(db.key)) yield db;
   }
 
+  /** Databases in flight through the volume at this phase. */
   private running(phase: DbPhase): number {
     let n = 0;
-    for (const key of this.inFlight) if (this.state.db(key)?.phase === phase) n++;
+    for (const db of this.inFlightDatabases()) if (db.via !== "stream" && db.phase === phase) n++;
+    return n;
+  }
+
+  /** Streamed databases in flight, whatever their phase. */
+  private streaming(): number {
+    let n = 0;
+    for (const db of this.inFlightDatabases()) if (db.via === "stream") n++;
     return n;
   }
 

@@ -175,6 +175,8 @@ export interface Report {
     workers: Record<string, string>;
     dumpPath?: string;
     detailPath?: string;
+    /** "stream" for a streamed database (absent: through the dump volume). */
+    via?: "stream";
     /** --via stream: the database's slices, which worker did each, and whether it started over. */
     stream?: {
       restarts: number;

@@ -1,11 +1,12 @@
 // The streamed path (--via stream) on what a row copy tends to miss, on a table split into parts across two
-// workers, and under faults: a worker SIGKILLed mid-slice of a split table, the coordinator SIGKILLed mid-database.
+// workers, beside the volume path in one run (--via auto), and under faults: a worker SIGKILLed mid-slice of a split table, the coordinator SIGKILLed mid-database.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { test } from "node:test";
 import { connect as natsConnect } from "@nats-io/transport-node";
 import { execa, type ResultPromise } from "execa";
 import { psqlExec, type LocalCluster } from "../../demo/cluster.js";
+import { demoDatabases, demoSql } from "../../demo/generate.js";
 import {
   BIN,
   cliEnv,
@@ -135,6 +136,54 @@ test(
       );
       assert.doesNotMatch(r.stderr, /\bdump "/);
       await assertEndState(env, before, ["oddities"]);
+    });
+  },
+);
+
+test(
+  "--via auto, the default: the database whose weight is one big table streams in parts, the small ones go through the dump volume, in one run",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(async (env) => {
+      const { source, target, home } = env;
+      await psqlExec(source, "postgres", demoSql({ scale: 0.3 }));
+      // About 300 MB: over --via auto's 256 MiB floor and more than half the cluster (-m 2).
+      await psqlExec(source, "postgres", "CREATE DATABASE weighty");
+      await psqlExec(
+        source,
+        "weighty",
+        `CREATE TABLE wide (id bigint PRIMARY KEY, pad text NOT NULL);
+         INSERT INTO wide SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 1250000) g;`,
+      );
+      const before = await settingsOf(target);
+      const r = await runCli(
+        [...serverArgs(source, target), "--workers", "2", "-m", "2", "-j", "2"],
+        cliEnv(home, source, target),
+      );
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.match(
+        r.stderr,
+        /--via auto: database "weighty" streamed in table slices .*; 4 others through the dump volume/,
+      );
+      assert.match(r.stderr, /copy "weighty" done in .*: \d+ slices/);
+      assert.doesNotMatch(r.stderr, /dump "weighty"/);
+      for (const db of demoDatabases)
+        assert.match(r.stderr, new RegExp(`dump ${JSON.stringify(db).replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} done`));
+      const report = await readReport(home, r.stderr);
+      const weighty = report.databases.find((d) => d.name === "weighty")!;
+      assert.equal(weighty.via, "stream");
+      const parts = weighty.stream!.slices.filter((s) => s.part);
+      assert.ok(parts.length >= 2, `wide in ${parts.length} parts`);
+      assert.equal(
+        weighty.stream!.slices.flatMap((s) => s.counts ?? []).reduce((n, c) => n + c.copied, 0),
+        1_250_000,
+      );
+      for (const d of report.databases.filter((x) => x.name !== "weighty")) {
+        assert.notEqual(d.via, "stream", d.name);
+        assert.equal(d.attempts.restore, 1, d.name);
+      }
+      assert.ok(report.databases.every((d) => d.verified));
+      await assertEndState(env, before, [...demoDatabases, "weighty"]);
     });
   },
 );
