@@ -15,7 +15,7 @@ import { findExecutable, pathDirs } from "../shared/tools.js";
 import { makeDirSync } from "../shared/dirs.js";
 
 /** The node flag the local workers run with (the container image sets the same through NODE_OPTIONS). */
-export const WORKER_SEMI_SPACE = "--max-semi-space-size=4";
+const WORKER_SEMI_SPACE = "--max-semi-space-size=4";
 
 const BIN = fileURLToPath(new URL("../../bin/pg-migrate.js", import.meta.url));
 
@@ -171,8 +171,8 @@ export class LocalWorkers {
     const out = openSync(join(this.opts.logDir, `worker-${index}.log`), "a", 0o600);
     const args = [
       // A small young generation: a streaming worker's garbage is mostly short-lived COPY chunks, and with V8's
-      // default 16 MiB semi-spaces it held up to 155 MB at its peak on one big table (bench/RESULTS.md); with
-      // 4 MiB about 25 MB less, at the same speed.
+      // default 16 MiB semi-spaces it held up to 148 MB at its peak on one big table, with 4 MiB 97-100 MB, at
+      // the same speed (bench/RESULTS.md).
       WORKER_SEMI_SPACE,
       BIN,
       "worker",

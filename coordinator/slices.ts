@@ -1,6 +1,9 @@
 // How a streamed database's tables become data slices (pure): big tables are split into parts by heap pages, small
 // ones batched, so that -j slices keep busy whatever the shape of the database — also one whose weight is one table.
 
+/** The first major whose tables can be read in parts (ctid ranges that scan only their pages: TID range scans). */
+export const SPLIT_FROM_VERSION = 140000;
+
 /** A table the slices carry, as the holder's snapshot shows it on the source. */
 export interface StreamTable {
   schema: string;

@@ -24,7 +24,7 @@ import type { SharedKey } from "../shared/secrets.js";
 import type { MigrateConfig } from "./config.js";
 import { BUILD } from "./jobs.js";
 import { bytes, plural, seconds, type Output } from "./output.js";
-import { planSlices, type PlannedSlice, type StreamTable } from "./slices.js";
+import { planSlices, SPLIT_FROM_VERSION, type PlannedSlice, type StreamTable } from "./slices.js";
 import type { DbState, RunState } from "./state.js";
 
 /** What the streamed databases ask of the scheduler. */
@@ -142,7 +142,7 @@ export class StreamDatabases {
       await this.next(db);
       return;
     }
-    const slices = planSlices(tables, { jobs: this.cfg.jobs, canSplit: num >= 140000 });
+    const slices = planSlices(tables, { jobs: this.cfg.jobs, canSplit: num >= SPLIT_FROM_VERSION });
     this.plans.set(db.key, new Map(slices.map((s) => [s.id, s])));
     const restarts = previous ? previous.restarts + 1 : 0;
     db.via = "stream";

@@ -4,14 +4,12 @@
 // several mid-sized databases is faster through the volume, whose -m databases at once already keep every core
 // busy, and a small database costs more streamed (its snapshot holder, a schema archive and two pg_restore runs).
 import type { Via } from "./config.js";
+import { SPLIT_FROM_VERSION } from "./slices.js";
 
 export type DbVia = Exclude<Via, "auto">;
 
 /** The smallest database --via auto streams: below it the streamed path's fixed cost is more than it saves. */
 export const STREAM_MIN_BYTES = 256 * 2 ** 20;
-
-/** The first major whose tables can be read in parts (ctid ranges that scan only their pages). */
-export const SPLIT_FROM_VERSION = 140000;
 
 /**
  * Pure: each database's path. auto streams a database that is big (STREAM_MIN_BYTES) and holds at least a
