@@ -1,8 +1,9 @@
 // What every fault test ends with: every database on the target with every table's count equal to the
 // source's, the target's settings as they were before the run, and no process of the run left behind.
 import assert from "node:assert/strict";
+import { execa } from "execa";
 import type { LocalCluster } from "../../demo/cluster.js";
-import { databasesOf, settingsOf, tableCounts, type TestCluster } from "./cli.js";
+import { BIN, databasesOf, settingsOf, tableCounts, type TestCluster } from "./cli.js";
 import { assertNoLeftovers, listProcesses, type Proc } from "./procs.js";
 
 export async function assertMigrated(source: TestCluster, target: TestCluster, databases: string[]): Promise<void> {
@@ -31,4 +32,27 @@ export function workerOf(tool: Proc): Proc {
     `parent of ${tool.pid} is a pg-migrate worker: ${parent?.argv.join(" ")}`,
   );
   return parent;
+}
+
+/** n pg-migrate workers of the test's own (ids w1…), on one dump root. */
+export function startWorkers(natsUrl: string, dumpRoot: string, home: string, secret: string, n: number) {
+  return Array.from({ length: n }, (_, i) =>
+    execa(
+      process.execPath,
+      [BIN, "worker", "--nats-url", natsUrl, "--dump-root", dumpRoot, "--id", `w${i + 1}`, "--retry-delay", "1"],
+      {
+        env: { HOME: home, PGMIGRATE_SECRET: secret },
+        reject: false,
+      },
+    ),
+  );
+}
+
+/** SIGTERM: each worker must stop its tool, hand its job back and exit 0 within a few seconds. */
+export async function stopWorkers(workers: ReturnType<typeof startWorkers>): Promise<void> {
+  const started = Date.now();
+  for (const w of workers) w.kill("SIGTERM");
+  const ended = await Promise.all(workers);
+  for (const e of ended) assert.equal(e.exitCode, 0, `worker exit ${e.exitCode} ${e.signal ?? ""}\n${e.stderr}`);
+  assert.ok(Date.now() - started < 10_000, `workers stopped in ${Date.now() - started} ms`);
 }

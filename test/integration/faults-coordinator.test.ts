@@ -11,7 +11,7 @@ import { psqlExec } from "../../demo/cluster.js";
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, databasesOf, errorLines, readReport, runCli, serverArgs, settingsOf } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
-import { assertEndState } from "../helpers/faults.js";
+import { assertEndState, startWorkers, stopWorkers } from "../helpers/faults.js";
 import { startCli } from "../helpers/live.js";
 import { assertNoLeftovers, toolsOn, waitFor } from "../helpers/procs.js";
 
@@ -178,12 +178,7 @@ test(
       const dumpRoot = join(home, "dumps");
       const secret = "distributed-replay-test-secret";
       // Two workers: one holds the frozen restore, the other dumps.
-      const workers = ["one", "two"].map((id) =>
-        execa(process.execPath, [BIN, "worker", "--nats-url", nats.url, "--dump-root", dumpRoot, "--id", id], {
-          env: { HOME: home, PGMIGRATE_SECRET: secret },
-          reject: false,
-        }),
-      );
+      const workers = startWorkers(nats.url, dumpRoot, home, secret, 2);
       const dbOf = (argv: string[]) =>
         /^--dbname=dbname='([^']+)'/.exec(argv.find((a) => a.startsWith("--dbname=")) ?? "")?.[1];
       try {
@@ -228,8 +223,7 @@ test(
         const report = await readReport(home, r.stderr);
         assert.equal(report.databases.find((d) => d.name === dumped)?.attempts.restore, 1);
       } finally {
-        for (const w of workers) w.kill("SIGTERM");
-        await Promise.all(workers);
+        await stopWorkers(workers);
       }
       await assertEndState(env, before, demoDatabases);
     });

@@ -12,7 +12,7 @@ import { freePort, psqlExec, startNats, type LocalNats } from "../../demo/cluste
 import { demoDatabases, demoSql } from "../../demo/generate.js";
 import { BIN, cliEnv, readReport, serverArgs, settingsOf } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
-import { assertEndState, workerOf } from "../helpers/faults.js";
+import { assertEndState, startWorkers, stopWorkers, workerOf } from "../helpers/faults.js";
 import { startCli } from "../helpers/live.js";
 import { alive, toolsOn, waitFor } from "../helpers/procs.js";
 
@@ -256,28 +256,6 @@ test(
     });
   },
 );
-
-function startWorkers(natsUrl: string, dumpRoot: string, home: string, secret: string, n: number) {
-  return Array.from({ length: n }, (_, i) =>
-    execa(
-      process.execPath,
-      [BIN, "worker", "--nats-url", natsUrl, "--dump-root", dumpRoot, "--id", `w${i + 1}`, "--retry-delay", "1"],
-      {
-        env: { HOME: home, PGMIGRATE_SECRET: secret },
-        reject: false,
-      },
-    ),
-  );
-}
-
-/** SIGTERM: each worker must stop its tool, hand its job back and exit 0 within a few seconds. */
-async function stopWorkers(workers: ReturnType<typeof startWorkers>): Promise<void> {
-  const started = Date.now();
-  for (const w of workers) w.kill("SIGTERM");
-  const ended = await Promise.all(workers);
-  for (const e of ended) assert.equal(e.exitCode, 0, `worker exit ${e.exitCode} ${e.signal ?? ""}\n${e.stderr}`);
-  assert.ok(Date.now() - started < 10_000, `workers stopped in ${Date.now() - started} ms`);
-}
 
 /** Three JetStream nodes routed to each other on loopback; resolves once JetStream answers through them. */
 async function startNatsCluster(size: number): Promise<LocalNats[]> {
