@@ -224,6 +224,8 @@ export class Scheduler {
           await this.fail(db, failed);
           continue;
         }
+        // Copying from now on, as status shows it: its snapshot's planning may wait (on a lock, on a source away).
+        await this.setPhase(db, "copying");
         // Not awaited: a source that is away is waited for there, and the events of the others go on meanwhile.
         void this.streams.start(db, db.created && this.state.record.resumedAt.length > 0);
       } else {
@@ -291,6 +293,7 @@ export class Scheduler {
     db.jobKind = kind;
     db.jobSeq = undefined;
     db.attempts[kind] = attemptsBefore;
+    const was = db.phase;
     db.phase = JOB_PHASES[kind].running;
     this.watchdog.forget(db.key);
     await this.state.save();
@@ -298,7 +301,13 @@ export class Scheduler {
       this.js.publish(subjects.job(kind, runId, jobId), encode(job), { msgID: jobId }),
     );
     db.jobSeq = ack.seq;
-    await this.setPhase(db, db.phase);
+    // A phase event says the phase changed: not again for a job published anew in the same phase (a retry, a
+    // streamed database's schema job after its admission).
+    if (was !== db.phase) await this.setPhase(db, db.phase);
+    else
+      void this.state
+        .save()
+        .catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "run record not saved"));
   }
 
   /**
