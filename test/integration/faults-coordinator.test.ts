@@ -230,161 +230,183 @@ test(
   },
 );
 
-test(
-  "revert-settings puts a killed run's settings back; --restart asks for --yes, then drops what the old run created and starts over",
-  { timeout: 600_000 },
-  async () => {
-    await withTestEnv(
-      async (env) => {
-        const { source, target, home } = env;
-        await psqlExec(source, "postgres", demoSql());
-        const before = await settingsOf(target);
-        const args = [...serverArgs(source, target), "-m", "1", "--workers", "1", "--fast-restore", "full"];
-        const env1 = cliEnv(home, source, target);
-
-        const first = startCli(args, env1);
-        const oldRun = (await first.waitFor(/run (\S+): logs in/))[1]!;
-        await first.waitFor(/restore "[^"]+" done/);
-        first.child.kill("SIGKILL");
-        await first.result;
-        await assertNoLeftovers(home, [source.port, target.port]);
-        assert.notDeepEqual(await settingsOf(target), before);
-        const createdByOld = await databasesOf(target);
-        assert.ok(createdByOld.length > 0);
-
-        const targetFlags = ["--to-host", target.host, "--to-port", String(target.port)];
-        const reverted = await runCli(["revert-settings", ...targetFlags], env1);
-        assert.equal(reverted.exitCode, 0, reverted.stderr);
-        assert.match(reverted.stderr, new RegExp(`run ${oldRun}: reverted .*fsync=on.* and checkpointed`));
-        assert.deepEqual(await settingsOf(target), before, "revert-settings put the settings back");
-        const again = await runCli(["revert-settings", ...targetFlags], env1);
-        assert.equal(again.exitCode, 0, again.stderr);
-        assert.match(again.stderr, /nothing to revert/);
-
-        // One of them dropped by hand meanwhile: --restart no longer offers to drop it.
-        const gone = createdByOld.length > 1 ? createdByOld.pop() : undefined;
-        if (gone) await psqlExec(target, "postgres", `DROP DATABASE "${gone}"`);
-        const unconfirmed = await runCli([...args, "--restart"], env1);
-        assert.equal(unconfirmed.exitCode, 3, unconfirmed.stderr); // refused by the preflight, as plan says
-        const question = errorLines(unconfirmed.stderr)[0] ?? "";
-        assert.match(question, /--restart drops the \d+ databases? run \S+ created on the target .*add --yes/);
-        assert.ok(
-          question.includes(`(${createdByOld.map((n) => JSON.stringify(n)).join(", ")})`),
-          `names what is there: ${question}`,
-        );
-        assert.deepEqual(await databasesOf(target), createdByOld, "nothing dropped without confirmation");
-
-        const restarted = await runCli([...args, "--restart", "--yes"], env1);
-        assert.equal(restarted.exitCode, 0, restarted.stderr);
-        assert.match(restarted.stderr, new RegExp(`dropped \\d+ databases? run ${oldRun} had created`));
-        assert.match(restarted.stderr, new RegExp(`run ${oldRun} abandoned`));
-        const newRun = /run (\S+): logs in/.exec(restarted.stderr)?.[1];
-        assert.ok(newRun && newRun !== oldRun, "a new run");
-        assert.equal(
-          started(restarted.stderr, "dump").length,
-          demoDatabases.length,
-          `every database dumped again:\n${restarted.stderr}`,
-        );
-        await assertEndState(env, before, demoDatabases);
-      },
-      { nats: false },
-    );
-  },
-);
-
-test(
-  "a database whose restore always fails is reported failed with the reason; the others are verified",
-  { timeout: 600_000 },
-  async () => {
-    await withTestEnv(
-      async (env) => {
-        const { source, target, home } = env;
-        // Without the globals step the role "ghost" never reaches the target, and pg_restore cannot give it its table.
-        await psqlExec(
-          source,
-          "postgres",
-          "CREATE ROLE ghost; CREATE DATABASE good_one; CREATE DATABASE good_two; CREATE DATABASE haunted; CREATE DATABASE haunted_too;",
-        );
-        for (const db of ["good_one", "good_two"])
-          await psqlExec(source, db, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 500) g;");
-        for (const db of ["haunted", "haunted_too"])
-          await psqlExec(
-            source,
-            db,
-            "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; ALTER TABLE t OWNER TO ghost;",
-          );
-        const before = await settingsOf(target);
-        const r = await runCli(
-          [
+for (const via of ["volume", "stream"] as const)
+  test(
+    `revert-settings puts a killed run's settings back; --restart asks for --yes, then drops what the old run created and starts over (--via ${via})`,
+    { timeout: 600_000 },
+    async () => {
+      await withTestEnv(
+        async (env) => {
+          const { source, target, home } = env;
+          await psqlExec(source, "postgres", demoSql());
+          const before = await settingsOf(target);
+          const args = [
             ...serverArgs(source, target),
-            "--no-migrate-globals",
+            "-m",
+            "1",
             "--workers",
-            "2",
-            "--max-deliver",
-            "2",
-            "--retry-delay",
             "1",
             "--fast-restore",
             "full",
-          ],
-          cliEnv(home, source, target),
-        );
-        assert.equal(r.exitCode, 1, r.stderr);
-        // A role that does not exist stays so: the restore is not retried.
-        assert.match(
-          r.stderr,
-          /"haunted" failed: restore failed after 1 attempt, not retried \(no retry can mend it\): pg_restore exited with code 1: .*role "ghost" does not exist/,
-        );
-        assert.doesNotMatch(r.stderr, /restore "haunted" failed on attempt 1 of 2, will retry/);
-        const report = await readReport(home, r.stderr);
-        const byName = new Map(report.databases.map((d) => [d.name, d]));
-        assert.equal(byName.get("haunted")!.phase, "failed");
-        assert.match(byName.get("haunted")!.error!, /role "ghost" does not exist/);
-        assert.match(
-          byName.get("haunted")!.stderrTail!,
-          /pg_restore: error: could not execute query: ERROR:  role "ghost" does not exist/,
-        );
-        assert.equal(byName.get("good_one")!.verified, true);
-        assert.equal(byName.get("good_two")!.verified, true);
-        await assertEndState(env, before, ["good_one", "good_two"]);
+            "--via",
+            via,
+          ];
+          const env1 = cliEnv(home, source, target);
+          // Streamed, each of these small databases is one whole job: schema, data and post-data.
+          const first_job = via === "volume" ? "dump" : "whole";
 
-        // The resumed run takes this command's selection: haunted left out by --exclude-db, haunted_too gone from the
-        // source since; both leave the run, named, and what is left of the run finishes.
-        await psqlExec(source, "postgres", "DROP DATABASE haunted_too");
-        const resumed = await runCli(
-          [
-            ...serverArgs(source, target),
-            "--no-migrate-globals",
-            "--workers",
-            "2",
-            "--max-deliver",
-            "2",
-            "--retry-delay",
-            "1",
-            "--exclude-db",
-            "haunted",
-          ],
-          cliEnv(home, source, target),
-        );
-        assert.equal(resumed.exitCode, 0, resumed.stderr);
-        assert.match(resumed.stderr, /resuming run /);
-        assert.match(
-          resumed.stderr,
-          /warning: "haunted" excluded by --exclude-db "haunted", on resume: it left the run before it was verified; what this run restored of it so far stays on the target/,
-        );
-        assert.match(
-          resumed.stderr,
-          /warning: "haunted_too" no longer on the source, on resume: it left the run before it was verified/,
-        );
-        assert.match(resumed.stderr, /all 2 databases migrated and verified/);
-        const after = await readReport(home, resumed.stderr);
-        assert.deepEqual(after.databases.map((d) => d.name).sort(), ["good_one", "good_two"]);
-        assert.deepEqual(after.skipped.map((x) => x.name).sort(), ["haunted", "haunted_too"]);
-      },
-      { nats: false },
-    );
-  },
-);
+          const first = startCli(args, env1);
+          const oldRun = (await first.waitFor(/run (\S+): logs in/))[1]!;
+          await first.waitFor(via === "volume" ? /restore "[^"]+" done/ : /copy "[^"]+" done/);
+          first.child.kill("SIGKILL");
+          await first.result;
+          await assertNoLeftovers(home, [source.port, target.port]);
+          assert.notDeepEqual(await settingsOf(target), before);
+          const createdByOld = await databasesOf(target);
+          assert.ok(createdByOld.length > 0);
+
+          const targetFlags = ["--to-host", target.host, "--to-port", String(target.port)];
+          const reverted = await runCli(["revert-settings", ...targetFlags], env1);
+          assert.equal(reverted.exitCode, 0, reverted.stderr);
+          assert.match(reverted.stderr, new RegExp(`run ${oldRun}: reverted .*fsync=on.* and checkpointed`));
+          assert.deepEqual(await settingsOf(target), before, "revert-settings put the settings back");
+          const again = await runCli(["revert-settings", ...targetFlags], env1);
+          assert.equal(again.exitCode, 0, again.stderr);
+          assert.match(again.stderr, /nothing to revert/);
+
+          // One of them dropped by hand meanwhile: --restart no longer offers to drop it.
+          const gone = createdByOld.length > 1 ? createdByOld.pop() : undefined;
+          if (gone) await psqlExec(target, "postgres", `DROP DATABASE "${gone}"`);
+          const unconfirmed = await runCli([...args, "--restart"], env1);
+          assert.equal(unconfirmed.exitCode, 3, unconfirmed.stderr); // refused by the preflight, as plan says
+          const question = errorLines(unconfirmed.stderr)[0] ?? "";
+          assert.match(question, /--restart drops the \d+ databases? run \S+ created on the target .*add --yes/);
+          assert.ok(
+            question.includes(`(${createdByOld.map((n) => JSON.stringify(n)).join(", ")})`),
+            `names what is there: ${question}`,
+          );
+          assert.deepEqual(await databasesOf(target), createdByOld, "nothing dropped without confirmation");
+
+          const restarted = await runCli([...args, "--restart", "--yes"], env1);
+          assert.equal(restarted.exitCode, 0, restarted.stderr);
+          assert.match(restarted.stderr, new RegExp(`dropped \\d+ databases? run ${oldRun} had created`));
+          assert.match(restarted.stderr, new RegExp(`run ${oldRun} abandoned`));
+          const newRun = /run (\S+): logs in/.exec(restarted.stderr)?.[1];
+          assert.ok(newRun && newRun !== oldRun, "a new run");
+          assert.equal(
+            started(restarted.stderr, first_job).length,
+            demoDatabases.length,
+            `every database dumped again:\n${restarted.stderr}`,
+          );
+          await assertEndState(env, before, demoDatabases);
+        },
+        { nats: false },
+      );
+    },
+  );
+
+for (const via of ["volume", "stream"] as const)
+  test(
+    `a database whose restore always fails is reported failed with the reason; the others are verified (--via ${via})`,
+    { timeout: 600_000 },
+    async () => {
+      await withTestEnv(
+        async (env) => {
+          const { source, target, home } = env;
+          // Without the globals step the role "ghost" never reaches the target, and pg_restore cannot give it its table.
+          await psqlExec(
+            source,
+            "postgres",
+            "CREATE ROLE ghost; CREATE DATABASE good_one; CREATE DATABASE good_two; CREATE DATABASE haunted; CREATE DATABASE haunted_too;",
+          );
+          for (const db of ["good_one", "good_two"])
+            await psqlExec(source, db, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 500) g;");
+          for (const db of ["haunted", "haunted_too"])
+            await psqlExec(
+              source,
+              db,
+              "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; ALTER TABLE t OWNER TO ghost;",
+            );
+          const before = await settingsOf(target);
+          const r = await runCli(
+            [
+              ...serverArgs(source, target),
+              "--no-migrate-globals",
+              "--workers",
+              "2",
+              "--max-deliver",
+              "2",
+              "--retry-delay",
+              "1",
+              "--fast-restore",
+              "full",
+              "--via",
+              via,
+            ],
+            cliEnv(home, source, target),
+          );
+          assert.equal(r.exitCode, 1, r.stderr);
+          // A role that does not exist stays so: the restore is not retried.
+          // Streamed, its one whole job restores the schema first, and fails there.
+          const kind = via === "volume" ? "restore" : "whole";
+          assert.match(
+            r.stderr,
+            new RegExp(
+              `"haunted" failed: ${kind} failed after 1 attempt, not retried \\(no retry can mend it\\): pg_restore exited with code 1: .*role "ghost" does not exist`,
+            ),
+          );
+          assert.doesNotMatch(r.stderr, new RegExp(`${kind} "haunted" failed on attempt 1 of 2, will retry`));
+          const report = await readReport(home, r.stderr);
+          const byName = new Map(report.databases.map((d) => [d.name, d]));
+          assert.equal(byName.get("haunted")!.phase, "failed");
+          assert.match(byName.get("haunted")!.error!, /role "ghost" does not exist/);
+          assert.match(
+            byName.get("haunted")!.stderrTail!,
+            /pg_restore: error: could not execute query: ERROR:  role "ghost" does not exist/,
+          );
+          assert.equal(byName.get("good_one")!.verified, true);
+          assert.equal(byName.get("good_two")!.verified, true);
+          await assertEndState(env, before, ["good_one", "good_two"]);
+
+          // The resumed run takes this command's selection: haunted left out by --exclude-db, haunted_too gone from the
+          // source since; both leave the run, named, and what is left of the run finishes.
+          await psqlExec(source, "postgres", "DROP DATABASE haunted_too");
+          const resumed = await runCli(
+            [
+              ...serverArgs(source, target),
+              "--no-migrate-globals",
+              "--workers",
+              "2",
+              "--max-deliver",
+              "2",
+              "--retry-delay",
+              "1",
+              "--exclude-db",
+              "haunted",
+              "--via",
+              via,
+            ],
+            cliEnv(home, source, target),
+          );
+          assert.equal(resumed.exitCode, 0, resumed.stderr);
+          assert.match(resumed.stderr, /resuming run /);
+          assert.match(
+            resumed.stderr,
+            /warning: "haunted" excluded by --exclude-db "haunted", on resume: it left the run before it was verified; what this run restored of it so far stays on the target/,
+          );
+          assert.match(
+            resumed.stderr,
+            /warning: "haunted_too" no longer on the source, on resume: it left the run before it was verified/,
+          );
+          assert.match(resumed.stderr, /all 2 databases migrated and verified/);
+          const after = await readReport(home, resumed.stderr);
+          assert.deepEqual(after.databases.map((d) => d.name).sort(), ["good_one", "good_two"]);
+          assert.deepEqual(after.skipped.map((x) => x.name).sort(), ["haunted", "haunted_too"]);
+        },
+        { nats: false },
+      );
+    },
+  );
 
 test(
   "a dump volume too small: refused before any change, or the dump that fills it fails with the volume named",
