@@ -78,7 +78,9 @@ export async function finish(ctx: RunContext, failure: unknown, timeSoFar: () =>
   if (!failed.length) await state.forgetEmbeddedSecret();
   await emitRun(ctx, record.status === "finished" ? "finished" : "failed");
   const dumpDir = join(cfg.dumpRoot, state.runId);
-  const dumps = failed.length
+  // A streamed database has no dump: for it there is nothing to keep, nor to name.
+  const dumped = failed.filter((x) => x.via !== "stream");
+  const dumps = dumped.length
     ? { path: dumpDir, kept: true, why: "databases failed: a resumed run restores from them" }
     : cfg.keepDumps
       ? { path: dumpDir, kept: true, why: "--keep-dumps" }
@@ -90,7 +92,7 @@ export async function finish(ctx: RunContext, failure: unknown, timeSoFar: () =>
   if (!dumps.kept) await rm(dumpDir, { recursive: true, force: true });
   if (failed.length) {
     out.line(
-      `${failed.length} of ${plural(record.databases.length, "database")} failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}; the dumps are kept under ${dumpDir}`,
+      `${failed.length} of ${plural(record.databases.length, "database")} failed: ${failed.map((x) => JSON.stringify(x.name)).join(", ")}${dumped.length ? `; the dumps are kept under ${dumpDir}` : ""}`,
     );
     return EXIT.failed;
   }

@@ -1,5 +1,7 @@
 // Exit code 1 for a mismatch: a row removed from (or, with --verify checksum, changed in) a target table while pg_restore is still at work on it (after its
-// COPY, before verify) makes verification name that table, and the run exits 1 with the others verified.
+// COPY, before verify) makes verification name that table, and the run exits 1 with the others verified. Streamed
+// (--via stream), a slice whose target COPY took fewer rows than the source sent fails its database, and with
+// --verify checksum a row changed on the target after its slice is found by the post job's scan.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import pg from "pg";
@@ -126,6 +128,123 @@ test(
         assert.equal(row.source, row.target, "same count");
         assert.notEqual(row.sourceChecksum, row.targetChecksum, "different content");
         for (const d of report.databases) assert.equal(d.verified, d.name !== "shop", d.name);
+      },
+      { nats: false },
+    );
+  },
+);
+
+test(
+  "--via stream: a row the target's COPY did not take, and one changed on the target after its slice, each fail their database by name, exit 1",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(
+      async ({ source, target, home }) => {
+        // About 45 MB each: with -j 1, big is read in parts, one after the other.
+        const big = `CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
+          INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;`;
+        for (const db of ["skipping", "changed", "fine"]) await psqlExec(source, "postgres", `CREATE DATABASE ${db}`);
+        await psqlExec(source, "skipping", big);
+        await psqlExec(source, "changed", big);
+        await psqlExec(source, "fine", "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 500) g");
+        const run = startCli(
+          [
+            ...serverArgs(source, target),
+            "--via",
+            "stream",
+            "-m",
+            "3",
+            "-j",
+            "1",
+            "--workers",
+            "2",
+            "--verify",
+            "checksum",
+            "--max-deliver",
+            "2",
+            "--retry-delay",
+            "1",
+          ],
+          cliEnv(home, source, target),
+        );
+        /** A session in db on the target, once the run has created it (a pg.Client cannot connect twice). */
+        const connectTo = (db: string) =>
+          waitFor(
+            `${db} on the target`,
+            async () => {
+              const c = new pg.Client({ ...target, database: db });
+              return c.connect().then(
+                () => c,
+                () => undefined,
+              );
+            },
+            120_000,
+            5,
+          );
+        // As soon as the schema step has created big in "skipping": a trigger there drops its last row, which a
+        // later part carries (its id is the highest, and parts are page ranges).
+        const skipping = (async () => {
+          const c = await connectTo("skipping");
+          try {
+            await waitFor(
+              "big in skipping",
+              async () => (await c.query("SELECT to_regclass('big') AS t")).rows[0].t !== null,
+              120_000,
+              5,
+            );
+            await c.query(`BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE;
+              CREATE FUNCTION drop_last() RETURNS trigger LANGUAGE plpgsql AS
+                $$BEGIN IF NEW.id = 400000 THEN RETURN NULL; END IF; RETURN NEW; END$$;
+              CREATE TRIGGER drop_last BEFORE INSERT ON big FOR EACH ROW EXECUTE FUNCTION drop_last();
+              COMMIT`);
+          } finally {
+            await c.end();
+          }
+        })();
+        // Once the first part of big in "changed" has committed: one value of a copied row changed, the count the same.
+        const changed = (async () => {
+          const c = await connectTo("changed");
+          try {
+            await waitFor(
+              "rows in changed.big",
+              async () =>
+                (
+                  await c
+                    .query("SELECT to_regclass('big') IS NOT NULL AND EXISTS (SELECT FROM big) AS e")
+                    .catch(() => ({ rows: [{ e: false }] }))
+                ).rows[0].e === true,
+              120_000,
+              5,
+            );
+            await c.query("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE");
+            const { rowCount } = await c.query(
+              "UPDATE big SET pad = pad || ' (changed)' WHERE ctid = (SELECT ctid FROM big LIMIT 1)",
+            );
+            assert.equal(rowCount, 1);
+            await c.query("COMMIT");
+          } finally {
+            await c.end();
+          }
+        })();
+        await Promise.all([skipping, changed]);
+        const r = await run.result;
+        assert.equal(r.exitCode, 1, r.stderr);
+        const [, sent, took] =
+          /"skipping" failed: .*"public"\."big": the source sent (\d+) rows but the target's COPY took (\d+)/.exec(
+            r.stderr,
+          ) ?? [];
+        assert.ok(sent && took, r.stderr);
+        assert.equal(Number(took), Number(sent) - 1);
+        assert.match(
+          r.stderr,
+          /"changed" failed: verification found 1 difference: checksum public\.big \(source -?\d+, target -?\d+\)/,
+        );
+        const report = await readReport(home, r.stderr);
+        assert.equal(report.status, "failed");
+        for (const d of report.databases) assert.equal(d.verified, d.name === "fine", d.name);
+        // Streamed, there is no dump to keep, and the last line does not say there is.
+        assert.match(r.stderr, /2 of 3 databases failed: "changed", "skipping"$/m);
+        assert.doesNotMatch(r.stderr, /the dumps are kept/);
       },
       { nats: false },
     );
