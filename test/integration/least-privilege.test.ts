@@ -77,58 +77,59 @@ const args = (source: LocalCluster, target: LocalCluster) => [
   "2",
 ];
 
-test(
-  "a pg_read_all_data source user and a CREATEDB CREATEROLE target user migrate with owners kept",
-  { timeout: 600_000 },
-  async () => {
-    await withTestEnv(async ({ source, target, home }) => {
-      await seed(source, false);
-      await psqlExec(source, "postgres", `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}' IN ROLE pg_read_all_data`);
-      await psqlExec(target, "postgres", `CREATE ROLE migrator LOGIN PASSWORD '${MIGRATOR_PW}' CREATEDB CREATEROLE`);
-      const settingsBefore = await settingsOf(target);
+for (const via of ["volume", "stream"] as const)
+  test(
+    `a pg_read_all_data source user and a CREATEDB CREATEROLE target user migrate with owners kept (--via ${via})`,
+    { timeout: 600_000 },
+    async () => {
+      await withTestEnv(async ({ source, target, home }) => {
+        await seed(source, false);
+        await psqlExec(source, "postgres", `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}' IN ROLE pg_read_all_data`);
+        await psqlExec(target, "postgres", `CREATE ROLE migrator LOGIN PASSWORD '${MIGRATOR_PW}' CREATEDB CREATEROLE`);
+        const settingsBefore = await settingsOf(target);
 
-      const r = await runCli(args(source, target), env(home));
-      assert.equal(r.exitCode, 0, r.stderr);
-      assert.match(r.stderr, /warning: fast-restore mode skipped: the target user is not a superuser/);
-      assert.match(r.stderr, /joined \d+ migrated roles? for the run/);
-      assert.match(r.stderr, /owner "postgres" of "legacy" is a superuser on the target, .* "migrator" will own it/);
-      assert.match(r.stderr, /left the \d+ roles? joined for run/);
+        const r = await runCli([...args(source, target), "--via", via], env(home));
+        assert.equal(r.exitCode, 0, r.stderr);
+        assert.match(r.stderr, /warning: fast-restore mode skipped: the target user is not a superuser/);
+        assert.match(r.stderr, /joined \d+ migrated roles? for the run/);
+        assert.match(r.stderr, /owner "postgres" of "legacy" is a superuser on the target, .* "migrator" will own it/);
+        assert.match(r.stderr, /left the \d+ roles? joined for run/);
 
-      for (const db of ["app", "legacy"])
-        assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), `row counts of ${db}`);
-      assert.deepEqual(await ownersOf(target, "app"), await ownersOf(source, "app"), "every object keeps its owner");
-      assert.deepEqual(await ownersOf(target, "legacy"), await ownersOf(source, "legacy"));
-      const dbOwners = await query<{ d: string; o: string }>(
-        target,
-        "postgres",
-        "SELECT datname AS d, pg_get_userbyid(datdba) AS o FROM pg_database WHERE datname IN ('app', 'legacy') ORDER BY 1",
-      );
-      assert.deepEqual(dbOwners, [
-        { d: "app", o: "app_owner" },
-        { d: "legacy", o: "migrator" },
-      ]);
-      // The memberships were for the run only.
-      const member = await query<{ r: string }>(
-        target,
-        "postgres",
-        "SELECT b.rolname AS r FROM pg_auth_members m JOIN pg_roles a ON a.oid = m.member JOIN pg_roles b ON b.oid = m.roleid WHERE a.rolname = 'migrator'",
-      );
-      assert.deepEqual(member, [], "the migration user is a member of no role after the run");
-      // The writer's password verifier came across (pg_read_all_data can read pg_authid).
-      const writer = new pg.Client({
-        host: target.host,
-        port: target.port,
-        user: "app_writer",
-        password: WRITER_PW,
-        database: "app",
+        for (const db of ["app", "legacy"])
+          assert.deepEqual(await tableCounts(target, db), await tableCounts(source, db), `row counts of ${db}`);
+        assert.deepEqual(await ownersOf(target, "app"), await ownersOf(source, "app"), "every object keeps its owner");
+        assert.deepEqual(await ownersOf(target, "legacy"), await ownersOf(source, "legacy"));
+        const dbOwners = await query<{ d: string; o: string }>(
+          target,
+          "postgres",
+          "SELECT datname AS d, pg_get_userbyid(datdba) AS o FROM pg_database WHERE datname IN ('app', 'legacy') ORDER BY 1",
+        );
+        assert.deepEqual(dbOwners, [
+          { d: "app", o: "app_owner" },
+          { d: "legacy", o: "migrator" },
+        ]);
+        // The memberships were for the run only.
+        const member = await query<{ r: string }>(
+          target,
+          "postgres",
+          "SELECT b.rolname AS r FROM pg_auth_members m JOIN pg_roles a ON a.oid = m.member JOIN pg_roles b ON b.oid = m.roleid WHERE a.rolname = 'migrator'",
+        );
+        assert.deepEqual(member, [], "the migration user is a member of no role after the run");
+        // The writer's password verifier came across (pg_read_all_data can read pg_authid).
+        const writer = new pg.Client({
+          host: target.host,
+          port: target.port,
+          user: "app_writer",
+          password: WRITER_PW,
+          database: "app",
+        });
+        await writer.connect();
+        await writer.end();
+        assert.deepEqual(await settingsOf(target), settingsBefore, "no setting changed");
+        assert.deepEqual(await databasesOf(target), ["app", "legacy"]);
       });
-      await writer.connect();
-      await writer.end();
-      assert.deepEqual(await settingsOf(target), settingsBefore, "no setting changed");
-      assert.deepEqual(await databasesOf(target), ["app", "legacy"]);
-    });
-  },
-);
+    },
+  );
 
 test(
   "a source user that cannot read pg_authid: refused with the flag to use, then --no-role-passwords (with --no-owner and --no-tablespaces) lists the roles left without one",
