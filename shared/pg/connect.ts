@@ -1,4 +1,5 @@
 // Connections with errors a user can act on: which server, which user, what to fix.
+import { connect as netConnect } from "node:net";
 import pg from "pg";
 import { ConnectError, errorMessage } from "../errors.js";
 import { libpqPassword } from "./passwords.js";
@@ -135,10 +136,17 @@ export async function withClient<T>(
   }
 }
 
-/** Closes the client when signal aborts (a query waiting on a lock must not keep a stopping worker alive). */
+/**
+ * Closes the client when signal aborts (a query waiting on a lock must not keep a stopping worker alive). What the
+ * session runs is cancelled first: a backend waiting on a lock does not read its socket, so a closed connection
+ * alone would leave it on the server, waiting, until the lock went.
+ */
 export function endOnAbort(client: pg.Client, signal: AbortSignal | undefined): () => void {
   if (!signal) return () => undefined;
-  const end = () => void client.end().catch(() => undefined);
+  const end = () =>
+    void cancelRunning(client)
+      .then(() => client.end())
+      .catch(() => undefined);
   if (signal.aborted) end();
   signal.addEventListener("abort", end, { once: true });
   return () => signal.removeEventListener("abort", end);
@@ -170,3 +178,35 @@ function explain(err: unknown, s: ServerSpec): string {
     return `the server does not accept TLS connections: enable ssl there, or use ${flag}-sslmode prefer or disable`;
   return errorMessage(err);
 }
+
+/** The wire protocol's CancelRequest code (PostgreSQL's frontend/backend protocol, "Canceling Requests"). */
+const CANCEL_REQUEST_CODE = 80877102;
+
+/**
+ * Asks the server to cancel whatever the client's session is running, as libpq's PQcancel does: a CancelRequest
+ * with the session's process id and secret key, on a connection of its own, which the server reads before any
+ * authentication or TLS. Resolves within CANCEL_WAIT_MS whatever happens; a session running nothing ignores it.
+ */
+export function cancelRunning(client: pg.Client): Promise<void> {
+  const c = client as unknown as { processID: number | null; secretKey: number | null; host: string; port: number };
+  if (c.processID === null || c.secretKey === null || !c.host) return Promise.resolve();
+  return new Promise((resolve) => {
+    const sock = c.host.startsWith("/") ? netConnect(`${c.host}/.s.PGSQL.${c.port}`) : netConnect(c.port, c.host);
+    const done = () => {
+      sock.destroy();
+      resolve();
+    };
+    sock.setTimeout(CANCEL_WAIT_MS, done);
+    sock.on("error", done);
+    sock.on("close", done);
+    sock.on("connect", () => {
+      const packet = Buffer.alloc(16);
+      packet.writeInt32BE(16, 0);
+      packet.writeInt32BE(CANCEL_REQUEST_CODE, 4);
+      packet.writeInt32BE(c.processID!, 8);
+      packet.writeInt32BE(c.secretKey!, 12);
+      sock.end(packet);
+    });
+  });
+}
+const CANCEL_WAIT_MS = 2_000;

@@ -268,6 +268,69 @@ test(
   },
 );
 
+test(
+  "--via stream: SIGTERM on a worker mid-slice: its COPY ended, the slice handed back at once without using an attempt, the worker gone within seconds",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(async ({ source, target, nats, home }) => {
+      await psqlExec(source, "postgres", "CREATE DATABASE split");
+      await psqlExec(source, "split", BIG);
+      const secret = "stream-sigterm-secret";
+      const workers = new Map([
+        ["w-one", startWorker(nats.url, home, "w-one", secret)],
+        ["w-two", startWorker(nats.url, home, "w-two", secret)],
+      ]);
+      try {
+        // The default ack wait (60 s): only the hand-back gets the slice to the other worker in time.
+        const run = startCli(
+          [...serverArgs(source, target), "--nats-url", nats.url, "--via", "stream", "-m", "1", "-j", "2"],
+          cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
+        );
+        const held = await lockOnTarget(target, "split", "big");
+        const port = await sliceWaiting(target, "split");
+        const victim = pidOfClientPort(port);
+        const victimId = [...workers.entries()].find(([, w]) => w.pid === victim)?.[0];
+        assert.ok(victimId, `the slice's connection (port ${port}) belongs to one of the test's workers`);
+        const stopped = Date.now();
+        process.kill(victim, "SIGTERM");
+        const ended = await workers.get(victimId)!;
+        assert.equal(ended.exitCode, 0, String(ended.stderr));
+        assert.ok(Date.now() - stopped < 8_000, `the worker exited ${Date.now() - stopped} ms after SIGTERM`);
+        // Its session on the target ends with it (cancelled, not left waiting on the lock until it goes).
+        await waitFor(
+          "the stopped worker's session on the target to end",
+          async () =>
+            (await query(target, "split", "SELECT pid FROM pg_stat_activity WHERE client_port = $1", [port])).length ===
+            0,
+          3_000,
+          50,
+        );
+        await run.waitFor(
+          /slice s\d+ of "split" \([^)]*\): \S+ handed it back; offered again at once \(attempt 1 was not used up\)/,
+          1,
+          20_000,
+        );
+        await held.release();
+        const r = await run.result;
+        assert.equal(r.exitCode, 0, r.stderr);
+        assert.ok(Date.now() - stopped < 50_000, "finished before the 60 s ack wait could have redelivered it");
+        assert.doesNotMatch(r.stderr, /attempt [2-9] of/);
+        assert.deepEqual(await tableCounts(target, "split"), await tableCounts(source, "split"));
+        const report = await readReport(home, r.stderr);
+        const split = report.databases.find((d) => d.name === "split")!;
+        assert.ok(split.verified, split.error);
+        assert.ok(
+          split.stream!.slices.every((s) => s.phase === "done" && s.attempts === 1),
+          JSON.stringify(split.stream!.slices),
+        );
+      } finally {
+        for (const w of workers.values()) w.kill("SIGTERM");
+        await Promise.all(workers.values());
+      }
+    });
+  },
+);
+
 /** Counts the run's finished slices as their events arrive. */
 async function countSlicesDone(url: string): Promise<{ done: () => number; close: () => Promise<void> }> {
   const nc = await natsConnect({ servers: url });
