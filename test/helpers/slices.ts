@@ -4,7 +4,7 @@
 import pg from "pg";
 import type { LocalCluster } from "../../demo/cluster.js";
 import { query } from "./cli.js";
-import { waitFor } from "./procs.js";
+import { pidOfClientPort, waitFor } from "./procs.js";
 
 export interface HeldTable {
   /** Ends the lock (and its connection); safe to call twice, and after the target went away. */
@@ -50,5 +50,25 @@ export async function sliceWaiting(target: LocalCluster, db: string): Promise<nu
       )[0]?.port,
     60_000,
     20,
+  );
+}
+
+/**
+ * A slice of db held on the test's lock, and the process at the client end of its target session: found again
+ * until both are seen together (a session seen waiting may be gone by the time its socket is looked up).
+ */
+export async function heldSlice(target: LocalCluster, db: string): Promise<{ port: number; pid: number }> {
+  return waitFor(
+    `a slice of ${db} held, and its process`,
+    async () => {
+      const port = await sliceWaiting(target, db);
+      try {
+        return { port, pid: pidOfClientPort(port) };
+      } catch {
+        return undefined;
+      }
+    },
+    60_000,
+    50,
   );
 }

@@ -23,8 +23,8 @@ import { withTestEnv } from "../helpers/env.js";
 import { assertEndState } from "../helpers/faults.js";
 import { schemaDump } from "../helpers/fidelity.js";
 import { startCli } from "../helpers/live.js";
-import { pidOfClientPort, waitFor } from "../helpers/procs.js";
-import { lockOnTarget, sliceWaiting } from "../helpers/slices.js";
+import { waitFor } from "../helpers/procs.js";
+import { heldSlice, lockOnTarget } from "../helpers/slices.js";
 
 /** A table of about 45 MB: -j 4 reads it in parts (PostgreSQL 14 and later split by heap pages). */
 const BIG = `CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
@@ -237,8 +237,7 @@ test(
         );
         // The next part's COPY waits on the test's lock, in the middle of its slice.
         const held = await lockOnTarget(target, "split", "big");
-        const port = await sliceWaiting(target, "split");
-        const victim = pidOfClientPort(port);
+        const { port, pid: victim } = await heldSlice(target, "split");
         const victimId = [...workers.entries()].find(([, w]) => w.pid === victim)?.[0];
         assert.ok(victimId, `the slice's connection (port ${port}) belongs to one of the test's workers`);
         process.kill(victim, "SIGKILL");
@@ -287,8 +286,7 @@ test(
           cliEnv(home, source, target, { PGMIGRATE_SECRET: secret }),
         );
         const held = await lockOnTarget(target, "split", "big");
-        const port = await sliceWaiting(target, "split");
-        const victim = pidOfClientPort(port);
+        const { port, pid: victim } = await heldSlice(target, "split");
         const victimId = [...workers.entries()].find(([, w]) => w.pid === victim)?.[0];
         assert.ok(victimId, `the slice's connection (port ${port}) belongs to one of the test's workers`);
         const stopped = Date.now();
