@@ -78,13 +78,16 @@ export async function finish(ctx: RunContext, failure: unknown, timeSoFar: () =>
   if (!failed.length) await state.forgetEmbeddedSecret();
   await emitRun(ctx, record.status === "finished" ? "finished" : "failed");
   const dumpDir = join(cfg.dumpRoot, state.runId);
-  // A streamed database has no dump: for it there is nothing to keep, nor to name.
-  const dumped = failed.filter((x) => x.via !== "stream");
+  // Only a finished dump is kept for a resumed run: a streamed database, or one that failed before its dump was
+  // done, has none to keep, nor to name.
+  const dumped = failed.filter((x) => x.dumpPath !== undefined);
   const dumps = dumped.length
     ? { path: dumpDir, kept: true, why: "databases failed: a resumed run restores from them" }
     : cfg.keepDumps
       ? { path: dumpDir, kept: true, why: "--keep-dumps" }
-      : { path: dumpDir, kept: false, why: "every database verified; --keep-dumps keeps them" };
+      : failed.length
+        ? { path: dumpDir, kept: false, why: "no failed database has a finished dump to restore from" }
+        : { path: dumpDir, kept: false, why: "every database verified; --keep-dumps keeps them" };
   const reportPath = await writeReport(appDir(), record, cfg.dumpRoot, dumps, cfg.reportPath);
   process.stdout.write(summaryTable(record) + "\n");
   out.line(`report: ${reportPath}`);

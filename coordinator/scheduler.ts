@@ -23,7 +23,14 @@ import {
   type VerifyTable,
 } from "../shared/contracts/messages.js";
 import type { MaxDeliveries } from "../shared/contracts/record.js";
-import { isTerminal, JOB_PHASES, nextJobFor, type DbPhase, type JobKind } from "../shared/contracts/phases.js";
+import {
+  isStreamKind,
+  isTerminal,
+  JOB_PHASES,
+  nextJobFor,
+  type DbPhase,
+  type JobKind,
+} from "../shared/contracts/phases.js";
 import { errorMessage } from "../shared/errors.js";
 import { retry } from "../shared/retry.js";
 import type { Logger } from "../shared/log.js";
@@ -58,6 +65,8 @@ export class Scheduler {
   private readonly creating = new Map<string, Promise<string | undefined>>();
   /** Databases being failed: fail() runs once for each, whoever else saw its job end. */
   private readonly failing = new Set<string>();
+  /** Streamed databases admitted whose first job (schema or whole) is not published yet: nothing restored in them. */
+  private readonly planning = new Set<string>();
   private stopped = false;
   private settle: (() => void) | undefined;
   private jsm: JetStreamManager | undefined;
@@ -94,7 +103,7 @@ export class Scheduler {
     this.streams = new StreamDatabases(nc, js, state, cfg, key, log, out, {
       publish: (db, kind, resumed) => this.publish(db, kind, resumed),
       fail: (db, reason) => this.fail(db, reason),
-      copying: (db) => this.setPhase(db, "copying"),
+      copying: (db) => (db.phase === "copying" ? Promise.resolve() : this.setPhase(db, "copying")),
     });
   }
 
@@ -225,6 +234,8 @@ export class Scheduler {
           continue;
         }
         // Copying from now on, as status shows it: its snapshot's planning may wait (on a lock, on a source away).
+        // Until its first job is published nothing was restored into it (fail() drops the empty database).
+        this.planning.add(db.key);
         await this.setPhase(db, "copying");
         // Not awaited: a source that is away is waited for there, and the events of the others go on meanwhile.
         void this.streams.start(db, db.created && this.state.record.resumedAt.length > 0);
@@ -301,9 +312,11 @@ export class Scheduler {
       this.js.publish(subjects.job(kind, runId, jobId), encode(job), { msgID: jobId }),
     );
     db.jobSeq = ack.seq;
+    if (isStreamKind(kind)) this.planning.delete(db.key);
     // A phase event says the phase changed: not again for a job published anew in the same phase (a retry, a
-    // streamed database's schema job after its admission).
-    if (was !== db.phase) await this.setPhase(db, db.phase);
+    // streamed database's schema job after its admission) — but again on resume, in case the earlier session died
+    // between saving the phase and publishing its event.
+    if (was !== db.phase || resumed) await this.setPhase(db, db.phase);
     else
       void this.state
         .save()
@@ -515,9 +528,13 @@ export class Scheduler {
     if (db.via === "stream") await this.streams.end(db);
     // Before any restore was published, the database this run created on the target is empty: it goes again.
     const creating = this.creating.get(db.key);
+    const unpublished = this.planning.delete(db.key); // a streamed database admitted, its first job not yet out
     if (
       creating &&
-      (db.phase === "planned" || db.phase === JOB_PHASES.dump.running || db.phase === JOB_PHASES.dump.finished)
+      (unpublished ||
+        db.phase === "planned" ||
+        db.phase === JOB_PHASES.dump.running ||
+        db.phase === JOB_PHASES.dump.finished)
     ) {
       await creating;
       try {

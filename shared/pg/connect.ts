@@ -200,12 +200,16 @@ export function cancelRunning(client: pg.Client): Promise<void> {
     sock.on("error", done);
     sock.on("close", done);
     sock.on("connect", () => {
-      const packet = Buffer.alloc(16);
-      packet.writeInt32BE(16, 0);
-      packet.writeInt32BE(CANCEL_REQUEST_CODE, 4);
-      packet.writeInt32BE(c.processID!, 8);
-      packet.writeInt32BE(c.secretKey!, 12);
-      sock.end(packet);
+      try {
+        const packet = Buffer.alloc(16);
+        packet.writeInt32BE(16, 0);
+        packet.writeInt32BE(CANCEL_REQUEST_CODE, 4);
+        packet.writeInt32BE(c.processID!, 8);
+        packet.writeInt32BE(c.secretKey!, 12); // pg-protocol reads it as a signed int32
+        sock.end(packet);
+      } catch {
+        done(); // a key of another shape (a later protocol): no cancel, the connection is closed all the same
+      }
     });
   });
 }

@@ -224,3 +224,63 @@ test(
     );
   },
 );
+
+test(
+  "--via stream: a database whose snapshot cannot be taken fails at once with its cause, and leaves no empty database",
+  { timeout: 600_000 },
+  async () => {
+    await withTestEnv(
+      async (env) => {
+        const { source, target, home } = env;
+        await psqlExec(
+          source,
+          "postgres",
+          `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}'; CREATE DATABASE first; CREATE DATABASE second;`,
+        );
+        await psqlExec(
+          source,
+          "first",
+          "CREATE TABLE facts AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g; GRANT SELECT ON facts TO reader;",
+        );
+        await psqlExec(
+          source,
+          "second",
+          "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; GRANT SELECT ON t TO reader;",
+        );
+        const before = await settingsOf(target);
+        const run = startCli(
+          [...readerArgs(source, target), "--workers", "1", "-m", "1", "--max-deliver", "3", "--via", "stream"],
+          readerEnv(home, target),
+        );
+        // The larger database goes first: while its schema's pg_dump is held, the other loses the right to connect,
+        // so its snapshot holder cannot open (the target database is created as it is admitted).
+        const dump = await waitFor(
+          "the schema dump of first",
+          () => toolsOn(source.port, "pg_dump").find((p) => p.argv.includes("--dbname=dbname='first'")),
+          120_000,
+          20,
+        );
+        process.kill(dump.pid, "SIGSTOP");
+        await psqlExec(source, "postgres", "REVOKE CONNECT ON DATABASE second FROM PUBLIC");
+        process.kill(dump.pid, "SIGCONT");
+        const r = await run.result;
+
+        assert.equal(r.exitCode, 1, r.stderr);
+        assert.match(
+          r.stderr,
+          /"second" failed: its snapshot could not be taken on the source: .*permission denied for database "?second"?.*; no restore had begun, so the empty database this run created was dropped from the target/,
+        );
+        assert.ok(!(await databasesOf(target)).includes("second"), "no empty database left");
+        await assertMigrated(source, target, ["first"]);
+        // Nothing was dumped for a streamed database: the last line names no dumps to keep.
+        assert.doesNotMatch(r.stderr, /the dumps are kept/);
+        const report = await readReport(home, r.stderr);
+        assert.equal(report.databases.find((d) => d.name === "second")!.phase, "failed");
+        assert.equal(report.dumps.kept, false);
+        assert.deepEqual(await settingsOf(target), before);
+        await assertNoLeftovers(home, [source.port, target.port]);
+      },
+      { nats: false },
+    );
+  },
+);
