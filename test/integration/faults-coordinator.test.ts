@@ -328,23 +328,20 @@ for (const via of ["volume", "stream"] as const)
               "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; ALTER TABLE t OWNER TO ghost;",
             );
           const before = await settingsOf(target);
-          const r = await runCli(
-            [
-              ...serverArgs(source, target),
-              "--no-migrate-globals",
-              "--workers",
-              "2",
-              "--max-deliver",
-              "2",
-              "--retry-delay",
-              "1",
-              "--fast-restore",
-              "full",
-              "--via",
-              via,
-            ],
-            cliEnv(home, source, target),
-          );
+          // Both sessions: no globals (so "ghost" stays missing), two deliveries, this path.
+          const common = [
+            ...serverArgs(source, target),
+            "--no-migrate-globals",
+            "--workers",
+            "2",
+            "--max-deliver",
+            "2",
+            "--retry-delay",
+            "1",
+            "--via",
+            via,
+          ];
+          const r = await runCli([...common, "--fast-restore", "full"], cliEnv(home, source, target));
           assert.equal(r.exitCode, 1, r.stderr);
           // A role that does not exist stays so: the restore is not retried.
           // Streamed, its one whole job restores the schema first, and fails there.
@@ -371,23 +368,7 @@ for (const via of ["volume", "stream"] as const)
           // The resumed run takes this command's selection: haunted left out by --exclude-db, haunted_too gone from the
           // source since; both leave the run, named, and what is left of the run finishes.
           await psqlExec(source, "postgres", "DROP DATABASE haunted_too");
-          const resumed = await runCli(
-            [
-              ...serverArgs(source, target),
-              "--no-migrate-globals",
-              "--workers",
-              "2",
-              "--max-deliver",
-              "2",
-              "--retry-delay",
-              "1",
-              "--exclude-db",
-              "haunted",
-              "--via",
-              via,
-            ],
-            cliEnv(home, source, target),
-          );
+          const resumed = await runCli([...common, "--exclude-db", "haunted"], cliEnv(home, source, target));
           assert.equal(resumed.exitCode, 0, resumed.stderr);
           assert.match(resumed.stderr, /resuming run /);
           assert.match(

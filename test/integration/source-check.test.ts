@@ -165,6 +165,25 @@ test(
   },
 );
 
+/** A reader role, a larger database "first" and a tiny "second", each table readable by the reader. */
+async function seedFirstAndSecond(source: LocalCluster): Promise<void> {
+  await psqlExec(
+    source,
+    "postgres",
+    `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}'; CREATE DATABASE first; CREATE DATABASE second;`,
+  );
+  await psqlExec(
+    source,
+    "first",
+    "CREATE TABLE facts AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g; GRANT SELECT ON facts TO reader;",
+  );
+  await psqlExec(
+    source,
+    "second",
+    "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; GRANT SELECT ON t TO reader;",
+  );
+}
+
 test(
   "a privilege revoked mid-run fails that database at once with its cause, not pg_dump's snapshot error, and leaves no empty database",
   { timeout: 600_000 },
@@ -172,21 +191,7 @@ test(
     await withTestEnv(
       async (env) => {
         const { source, target, home } = env;
-        await psqlExec(
-          source,
-          "postgres",
-          `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}'; CREATE DATABASE first; CREATE DATABASE second;`,
-        );
-        await psqlExec(
-          source,
-          "first",
-          "CREATE TABLE facts AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g; GRANT SELECT ON facts TO reader;",
-        );
-        await psqlExec(
-          source,
-          "second",
-          "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; GRANT SELECT ON t TO reader;",
-        );
+        await seedFirstAndSecond(source);
         const before = await settingsOf(target);
         const run = startCli(
           [...readerArgs(source, target), "--workers", "1", "-m", "1", "--max-deliver", "3"],
@@ -232,21 +237,7 @@ test(
     await withTestEnv(
       async (env) => {
         const { source, target, home } = env;
-        await psqlExec(
-          source,
-          "postgres",
-          `CREATE ROLE reader LOGIN PASSWORD '${READER_PW}'; CREATE DATABASE first; CREATE DATABASE second;`,
-        );
-        await psqlExec(
-          source,
-          "first",
-          "CREATE TABLE facts AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g; GRANT SELECT ON facts TO reader;",
-        );
-        await psqlExec(
-          source,
-          "second",
-          "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g; GRANT SELECT ON t TO reader;",
-        );
+        await seedFirstAndSecond(source);
         const before = await settingsOf(target);
         const run = startCli(
           [...readerArgs(source, target), "--workers", "1", "-m", "1", "--max-deliver", "3", "--via", "stream"],
