@@ -255,29 +255,30 @@ test(
           assert.ok(ended.endedAt - typedAt < 10_000, `exited ${ended.endedAt - typedAt} ms after Ctrl-C`);
           assert.match(screen, /interrupted: run the same command again to resume run \S+/);
           assertCleanScreen(screen);
+          // The snapshot holder and every slice's sessions ended with the run — the slice's target session too, while
+          // the lock it waited on is still held (cancelled, not left to notice its closed connection later).
+          for (const c of [env.source, env.target])
+            assert.deepEqual(
+              await waitFor(
+                "no pg-migrate session",
+                async () =>
+                  (
+                    await query<{ a: string }>(
+                      c,
+                      "postgres",
+                      "SELECT application_name AS a FROM pg_stat_activity WHERE application_name LIKE 'pg-migrate%'",
+                    )
+                  ).length === 0 && [],
+                10_000,
+                100,
+              ),
+              [],
+            );
         } finally {
           await held.release();
         }
         assert.deepEqual(await settingsOf(env.target), before, "target settings as before the run");
         await assertNoLeftovers(env.home, [env.source.port, env.target.port]);
-        // The snapshot holder and every slice's sessions ended with the run.
-        for (const c of [env.source, env.target])
-          assert.deepEqual(
-            await waitFor(
-              "no pg-migrate session",
-              async () =>
-                (
-                  await query<{ a: string }>(
-                    c,
-                    "postgres",
-                    "SELECT application_name AS a FROM pg_stat_activity WHERE application_name LIKE 'pg-migrate%'",
-                  )
-                ).length === 0 && [],
-              10_000,
-              100,
-            ),
-            [],
-          );
 
         const resumed = await runCli(args, cliEnv(env.home, env.source, env.target));
         assert.equal(resumed.exitCode, 0, resumed.stderr);
