@@ -317,10 +317,12 @@ export class Scheduler {
     // streamed database's schema job after its admission) — but again on resume, in case the earlier session died
     // between saving the phase and publishing its event.
     if (was !== db.phase || resumed) await this.setPhase(db, db.phase);
-    else
-      void this.state
-        .save()
-        .catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "run record not saved"));
+    else this.saveSoon();
+  }
+
+  /** Saves the run record without waiting for the write (a failed write is logged; the next save carries it). */
+  private saveSoon(): void {
+    void this.state.save().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "run record not saved"));
   }
 
   /**
@@ -331,7 +333,7 @@ export class Scheduler {
   private async setPhase(db: DbState, phase: DbPhase, error?: string): Promise<void> {
     db.phase = phase;
     if (error !== undefined) db.error = error;
-    void this.state.save().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "run record not saved"));
+    this.saveSoon();
     await this.js
       .publish(
         subjects.event(this.state.runId, "db", phase),

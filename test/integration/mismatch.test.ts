@@ -5,36 +5,51 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import pg from "pg";
-import { psqlExec } from "../../demo/cluster.js";
+import { psqlExec, type LocalCluster } from "../../demo/cluster.js";
 import { demoSql } from "../../demo/generate.js";
 import { cliEnv, readReport, serverArgs } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
 import { startCli } from "../helpers/live.js";
 import { waitFor } from "../helpers/procs.js";
 
-/** Once pg_restore has created `leaf` and committed its COPY (verification comes only after the whole restore and
- * ANALYZE), change it on the target under an exclusive lock with `change`, which must touch exactly one row. */
+/** A session in db on the target, once the run has created it (a pg.Client cannot connect twice). */
+function connectWhenCreated(target: LocalCluster, db: string): Promise<pg.Client> {
+  return waitFor(
+    `${db} on the target`,
+    async () => {
+      const c = new pg.Client({ ...target, database: db });
+      return c.connect().then(
+        () => c,
+        () => undefined,
+      );
+    },
+    60_000,
+    5,
+  );
+}
+
+/** Waits until the run has created `table` in the database of c. */
+function tableCreated(c: pg.Client, table: string): Promise<boolean> {
+  return waitFor(
+    "the restore to create the table",
+    async () => (await c.query("SELECT to_regclass($1) AS t", [table])).rows[0].t !== null,
+    60_000,
+    5,
+  );
+}
+
+/** Once the run has created `leaf` and committed its COPY (verification comes only after the whole restore and
+ * ANALYZE; streamed, after the post job's scan), change it on the target under an exclusive lock with `change`,
+ * which must touch exactly one row. */
 async function tamperAfterCopy(
-  target: { host: string; port: number; user: string; password: string },
+  target: LocalCluster,
   db: string,
   leaf: string,
   change: (c: pg.Client) => Promise<number | null>,
 ): Promise<void> {
-  const c = new pg.Client({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    database: db,
-  });
-  await c.connect();
+  const c = await connectWhenCreated(target, db);
   try {
-    await waitFor(
-      "the restore to create the table",
-      async () => (await c.query("SELECT to_regclass($1) AS t", [leaf])).rows[0].t !== null,
-      60_000,
-      5,
-    );
+    await tableCreated(c, leaf);
     await waitFor(
       "the COPY into it to commit",
       async () => (await c.query(`SELECT EXISTS (SELECT FROM ${leaf}) AS e`)).rows[0].e === true,
@@ -167,31 +182,12 @@ test(
           ],
           cliEnv(home, source, target),
         );
-        /** A session in db on the target, once the run has created it (a pg.Client cannot connect twice). */
-        const connectTo = (db: string) =>
-          waitFor(
-            `${db} on the target`,
-            async () => {
-              const c = new pg.Client({ ...target, database: db });
-              return c.connect().then(
-                () => c,
-                () => undefined,
-              );
-            },
-            120_000,
-            5,
-          );
         // As soon as the schema step has created big in "skipping": a trigger there drops its last row, which a
         // later part carries (its id is the highest, and parts are page ranges).
         const skipping = (async () => {
-          const c = await connectTo("skipping");
+          const c = await connectWhenCreated(target, "skipping");
           try {
-            await waitFor(
-              "big in skipping",
-              async () => (await c.query("SELECT to_regclass('big') AS t")).rows[0].t !== null,
-              120_000,
-              5,
-            );
+            await tableCreated(c, "big");
             await c.query(`BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE;
               CREATE FUNCTION drop_last() RETURNS trigger LANGUAGE plpgsql AS
                 $$BEGIN IF NEW.id = 400000 THEN RETURN NULL; END IF; RETURN NEW; END$$;
@@ -202,30 +198,14 @@ test(
           }
         })();
         // Once the first part of big in "changed" has committed: one value of a copied row changed, the count the same.
-        const changed = (async () => {
-          const c = await connectTo("changed");
-          try {
-            await waitFor(
-              "rows in changed.big",
-              async () =>
-                (
-                  await c
-                    .query("SELECT to_regclass('big') IS NOT NULL AND EXISTS (SELECT FROM big) AS e")
-                    .catch(() => ({ rows: [{ e: false }] }))
-                ).rows[0].e === true,
-              120_000,
-              5,
-            );
-            await c.query("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE");
-            const { rowCount } = await c.query(
-              "UPDATE big SET pad = pad || ' (changed)' WHERE ctid = (SELECT ctid FROM big LIMIT 1)",
-            );
-            assert.equal(rowCount, 1);
-            await c.query("COMMIT");
-          } finally {
-            await c.end();
-          }
-        })();
+        const changed = tamperAfterCopy(
+          target,
+          "changed",
+          "big",
+          async (c) =>
+            (await c.query("UPDATE big SET pad = pad || ' (changed)' WHERE ctid = (SELECT ctid FROM big LIMIT 1)"))
+              .rowCount,
+        );
         await Promise.all([skipping, changed]);
         const r = await run.result;
         assert.equal(r.exitCode, 1, r.stderr);

@@ -184,6 +184,22 @@ async function seedFirstAndSecond(source: LocalCluster): Promise<void> {
   );
 }
 
+/** Runs sql in db on the source while the pg_dump of "first" is held (SIGSTOP), so "second" is not begun yet. */
+async function whileFirstIsDumped(source: LocalCluster, db: string, sql: string): Promise<void> {
+  const dump = await waitFor(
+    "the dump of first",
+    () => toolsOn(source.port, "pg_dump").find((p) => p.argv.includes("--dbname=dbname='first'")),
+    120_000,
+    20,
+  );
+  process.kill(dump.pid, "SIGSTOP");
+  try {
+    await psqlExec(source, db, sql);
+  } finally {
+    process.kill(dump.pid, "SIGCONT");
+  }
+}
+
 test(
   "a privilege revoked mid-run fails that database at once with its cause, not pg_dump's snapshot error, and leaves no empty database",
   { timeout: 600_000 },
@@ -198,15 +214,7 @@ test(
           readerEnv(home, target),
         );
         // The larger database is dumped first: while its pg_dump is held, the other loses its privilege.
-        const dump = await waitFor(
-          "the dump of first",
-          () => toolsOn(source.port, "pg_dump").find((p) => p.argv.includes("--dbname=dbname='first'")),
-          120_000,
-          20,
-        );
-        process.kill(dump.pid, "SIGSTOP");
-        await psqlExec(source, "second", "REVOKE SELECT ON t FROM reader");
-        process.kill(dump.pid, "SIGCONT");
+        await whileFirstIsDumped(source, "second", "REVOKE SELECT ON t FROM reader");
         const r = await run.result;
 
         assert.equal(r.exitCode, 1, r.stderr);
@@ -245,15 +253,7 @@ test(
         );
         // The larger database goes first: while its schema's pg_dump is held, the other loses the right to connect,
         // so its snapshot holder cannot open (the target database is created as it is admitted).
-        const dump = await waitFor(
-          "the schema dump of first",
-          () => toolsOn(source.port, "pg_dump").find((p) => p.argv.includes("--dbname=dbname='first'")),
-          120_000,
-          20,
-        );
-        process.kill(dump.pid, "SIGSTOP");
-        await psqlExec(source, "postgres", "REVOKE CONNECT ON DATABASE second FROM PUBLIC");
-        process.kill(dump.pid, "SIGCONT");
+        await whileFirstIsDumped(source, "postgres", "REVOKE CONNECT ON DATABASE second FROM PUBLIC");
         const r = await run.result;
 
         assert.equal(r.exitCode, 1, r.stderr);
