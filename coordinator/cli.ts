@@ -24,6 +24,7 @@ import { DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER } from "../shared/contracts/je
 import { FAST_RESTORE_MODES, VIAS, type FastRestoreMode, type MigrateConfig, type Via } from "./config.js";
 import { Output } from "./output.js";
 import { defaultParallelism } from "./parallelism.js";
+import { abort as abortRun, cutover } from "./cutover.js";
 import { plan } from "./plan.js";
 import { revertByHand } from "./revert.js";
 import { status } from "./status.js";
@@ -74,6 +75,9 @@ type RawOptions = Prefixed<"from", ServerFlags> &
     natsReplicas: number;
     report?: string;
     logLevel?: string;
+    follow: boolean;
+    replicaIdentityFull: boolean;
+    followSource?: string;
   };
 
 type Side = "from" | "to";
@@ -379,13 +383,31 @@ export function buildProgram(): Command {
     )
     .addOption(
       new Option(
+        "--follow",
+        "online migration: copy every database under its logical replication slot's snapshot, then keep the target current with a subscription until `pg-migrate cutover` (or `pg-migrate abort`); the source needs wal_level=logical",
+      ).default(false),
+    )
+    .addOption(
+      new Option(
+        "--replica-identity-full",
+        "--follow: set REPLICA IDENTITY FULL on the source tables that have neither a primary key nor a replica identity (else such tables are refused by name)",
+      ).default(false),
+    )
+    .addOption(
+      new Option(
+        "--follow-source <host:port>",
+        "--follow: the address the target server reaches the source at (default: --from-host and --from-port)",
+      ),
+    )
+    .addOption(
+      new Option(
         "--log-level <level>",
         "also print the run's log lines on stderr from this level (JSON; one readable line each on a terminal, where it also turns the progress bars off)",
       ).choices(["debug", "info", "warn", "error"]),
     )
     .addHelpText(
       "after",
-      "\nCommands:\n  pg-migrate --version                                   the version\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS, or --from-pass-file and --to-pass-file, keep them off the command line.",
+      "\nCommands:\n  pg-migrate --version                                   the version\n  pg-migrate worker --nats-url <url> --dump-root <dir>   run a worker (see pg-migrate worker --help)\n  pg-migrate plan [flags]                                what a run with these flags would do; changes nothing\n  pg-migrate status [run] / pg-migrate watch [run]       a run's databases and live workers (--json)\n  pg-migrate revert-settings --to-host … --to-port …     put the target's saved settings back by hand\n  pg-migrate cutover [server flags]                      end an online migration (--follow): stop writes, catch up, verify, switch\n  pg-migrate abort [server flags]                        drop what an online migration made on both servers\n\nPasswords: PGMIGRATE_FROM_PASS and PGMIGRATE_TO_PASS, or --from-pass-file and --to-pass-file, keep them off the command line.",
     )
     .showHelpAfterError("(pg-migrate --help lists the options)")
     .exitOverride()
@@ -400,6 +422,16 @@ export async function toConfig(program: Command): Promise<MigrateConfig> {
       "--compress",
     );
   const cores = defaultParallelism(availableParallelism());
+  if (o.follow && o.via === "volume")
+    throw new ConfigError(
+      "--follow streams every database under its replication slot's snapshot: it cannot go with --via volume",
+      "--via",
+    );
+  if (!o.follow && (o.replicaIdentityFull || o.followSource !== undefined))
+    throw new ConfigError(
+      `${o.replicaIdentityFull ? "--replica-identity-full" : "--follow-source"} only means something with --follow`,
+      o.replicaIdentityFull ? "--replica-identity-full" : "--follow-source",
+    );
   return Object.freeze({
     source: await serverSpec("from", o, program),
     sourceDb: o.fromDb,
@@ -409,7 +441,7 @@ export async function toConfig(program: Command): Promise<MigrateConfig> {
     maxParallel: o.maxParallel ?? cores.maxParallel,
     parallelismGiven: { jobs: o.jobs !== undefined, maxParallel: o.maxParallel !== undefined },
     dumpRoot: resolveDumpRoot(o.dumpRoot),
-    via: o.via,
+    via: o.follow ? "stream" : o.via,
     migrateGlobals: o.migrateGlobals,
     rolePasswords: o.rolePasswords,
     verify: o.verify,
@@ -436,11 +468,23 @@ export async function toConfig(program: Command): Promise<MigrateConfig> {
     natsReplicas: o.natsReplicas,
     reportPath: o.report === undefined ? undefined : resolve(o.report),
     logLevel: o.logLevel,
+    follow: o.follow,
+    replicaIdentityFull: o.replicaIdentityFull,
+    followSource: o.followSource === undefined ? undefined : hostPort(o.followSource, "--follow-source"),
   });
 }
 
+/** HOST:PORT of a flag. */
+function hostPort(value: string, flag: string): { host: string; port: number } {
+  const m = /^(.+):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port < 1 || port > 65535)
+    throw new ConfigError(`${flag} wants HOST:PORT, got ${JSON.stringify(value)}`, flag);
+  return { host: m[1]!, port };
+}
+
 /** The commands besides the migration itself (worker is dispatched before this module loads). */
-const COMMANDS = ["worker", "plan", "status", "watch", "revert-settings"] as const;
+const COMMANDS = ["worker", "plan", "status", "watch", "revert-settings", "cutover", "abort"] as const;
 
 /** A first word that is no flag and no command: a mistyped command (commander would say "too many arguments"). */
 function unknownCommand(word: string): string {
@@ -464,6 +508,7 @@ export async function main(argv: string[]): Promise<number> {
   const out = new Output();
   if (argv[0] === "revert-settings") return revertMain(argv.slice(1), out);
   if (argv[0] === "status" || argv[0] === "watch") return statusMain(argv[0], argv.slice(1), out);
+  if (argv[0] === "cutover" || argv[0] === "abort") return endMain(argv[0], argv.slice(1), out);
   if (argv[0] === "--version" || argv[0] === "-V") {
     process.stdout.write(`pg-migrate ${version()}\n`);
     return EXIT.ok;
@@ -585,6 +630,70 @@ async function statusMain(command: "status" | "watch", argv: string[], out: Outp
     );
   } catch (err) {
     return report(err, out);
+  }
+}
+
+/** `pg-migrate cutover` and `pg-migrate abort`: the end of an online migration, with the run's server flags. */
+async function endMain(command: "cutover" | "abort", argv: string[], out: Output): Promise<number> {
+  const program = new Command(`pg-migrate ${command}`).description(
+    command === "cutover"
+      ? "End an online migration (--follow) for the whole cluster: stop the writes on the source, wait until the target has applied everything, copy the sequences, verify every table's count, drop the subscriptions, slots, publications and the replication role, and report how long writes were blocked."
+      : "Give up an online migration (--follow): drop its subscriptions, slots, publications and replication role, and make the source writable again if a cutover had stopped its writes. The copied databases stay on the target.",
+  );
+  withOptions(program, [...serverOptions("from"), ...targetOptions()]);
+  if (command === "cutover")
+    program
+      .addOption(
+        new Option(
+          "--writes-stopped",
+          "the applications are stopped already: do not make the source's databases read-only nor end their sessions",
+        ).default(false),
+      )
+      .addOption(
+        new Option("--timeout <seconds>", "how long the target may take to catch up before the cutover stops")
+          .default(300)
+          .argParser(positiveInt),
+      )
+      .addOption(new Option("--lag", "only print each database's lag now; change nothing").default(false));
+  program
+    .showHelpAfterError(`(pg-migrate ${command} --help lists the options)`)
+    .exitOverride()
+    .configureOutput({ writeErr: (x) => process.stderr.write(x) });
+  const parsed = parseArgs(program, argv);
+  if (parsed !== undefined) return parsed;
+  const o = program.opts<RawOptions & { writesStopped: boolean; timeout: number; lag: boolean }>();
+  const abort = new AbortController();
+  const onSignal = () => {
+    out.line("interrupted: stopping the cutover where it is; run it again to finish it (or pg-migrate abort)");
+    abort.abort();
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    const servers = {
+      source: await serverSpec("from", o, program),
+      sourceDb: o.fromDb,
+      target: await serverSpec("to", o, program),
+      targetDb: o.toDb,
+    };
+    warnAboutArgv(program, out);
+    return command === "cutover"
+      ? await cutover(
+          servers,
+          { writesStopped: o.writesStopped, timeoutMs: o.timeout * 1000, lagOnly: o.lag },
+          out,
+          abort.signal,
+        )
+      : await abortRun(servers, out);
+  } catch (err) {
+    if (err instanceof InterruptedError) {
+      out.line(`${command} interrupted: run it again to finish it`);
+      return EXIT.interrupted;
+    }
+    return report(err, out);
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
   }
 }
 

@@ -61,6 +61,15 @@ export interface MigrateConfig {
   maxDeliver: number;
   retryDelayMs: number;
   natsReplicas: number;
+  /**
+   * --follow: every database streamed under its logical slot's snapshot, then followed by a subscription on the
+   * target until `pg-migrate cutover`.
+   */
+  follow: boolean;
+  /** --replica-identity-full: --follow sets REPLICA IDENTITY FULL on the source tables that have no replica identity. */
+  replicaIdentityFull: boolean;
+  /** --follow-source HOST:PORT: how the target server reaches the source (default: the source's own address). */
+  followSource: { host: string; port: number } | undefined;
   /** --report: a second place for the JSON report. */
   reportPath: string | undefined;
   /** --log-level: the run's log lines on stderr too (undefined: only in the log file). */

@@ -7,6 +7,7 @@ import { InterruptedError, errorMessage } from "../shared/errors.js";
 import { ident } from "../shared/pg/quote.js";
 import { appDir } from "../shared/paths.js";
 import { needsCheckpoint, revertWhenBack } from "./fast-restore.js";
+import { dropUnfollowed } from "./follow.js";
 import { leaveRunRoles } from "./memberships.js";
 import { plural } from "./output.js";
 import { summaryTable, writeReport } from "./report.js";
@@ -17,6 +18,11 @@ export async function settle(ctx: RunContext): Promise<void> {
   const { out } = ctx;
   const state = stateOf(ctx);
   await ctx.workers?.stop();
+  // --follow: a slot no subscription reads only holds the source's WAL back (a resumed run makes new ones).
+  if (state.record.follow || state.record.databases.some((d) => d.follow))
+    await dropUnfollowed(ctx.cfg, state, preflightOf(ctx).src).catch((err: unknown) =>
+      out.warn(`${errorMessage(err)}: "pg-migrate abort" with the same server flags drops it`),
+    );
   const lost = ctx.session?.lost;
   // A run that lost the target to another coordinator leaves it alone: that run now owns its settings.
   if (lost) return;
@@ -72,7 +78,7 @@ export async function finish(ctx: RunContext, failure: unknown, timeSoFar: () =>
     return EXIT.interrupted;
   }
   const failed = record.databases.filter((x) => x.phase !== "done");
-  record.status = failed.length ? "failed" : "finished";
+  record.status = failed.length ? "failed" : cfg.follow ? "following" : "finished";
   timeSoFar(); // the finish step's own timing, up to the report that shows it
   await state.save();
   if (!failed.length) await state.forgetEmbeddedSecret();
@@ -112,5 +118,9 @@ export async function finish(ctx: RunContext, failure: unknown, timeSoFar: () =>
   out.line(
     `${record.databases.length === 1 ? "the database" : `all ${record.databases.length} databases`} migrated and verified${warnings ? `, with ${plural(warnings, "warning")} of what pg_dump cannot preserve (named above and in the report)` : ""}`,
   );
+  if (cfg.follow)
+    out.line(
+      `run ${state.runId} is following the source: "pg-migrate status" shows the lag; when the applications can pause, "pg-migrate cutover" (the same server flags) stops the writes, waits for the target, copies the sequences, verifies every table and drops the subscriptions, slots, publications and the replication role; "pg-migrate abort" drops them without cutting over`,
+    );
   return EXIT.ok;
 }

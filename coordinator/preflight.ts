@@ -33,6 +33,7 @@ import { findNatsServer } from "./embedded.js";
 import { readTargetRecord } from "./fast-restore.js";
 import { heldBy, heldInKv, targetLockKey } from "./lock.js";
 import { chooseVia, type DbVia } from "./via.js";
+import { followChecks } from "./follow.js";
 import { connectionsNeeded, FREE_CONNECTIONS_SQL, fitConnections, type Parallelism } from "./parallelism.js";
 import { checkSourceDatabases } from "./source-check.js";
 import { RunState } from "./state.js";
@@ -260,6 +261,28 @@ export async function preflight(
     );
     refusals.push(...needs.refusals);
     warnings.push(...needs.warnings);
+
+    if (cfg.follow) {
+      const follow = await followChecks(
+        cfg,
+        src.client,
+        tgt.client,
+        src.info,
+        tgt.info,
+        surveyed.selected.map((d) => d.name),
+      );
+      refusals.push(...follow.refusals);
+      warnings.push(...follow.warnings);
+      notes.push(...follow.notes);
+    }
+    if (previous?.record.status === "following")
+      refusals.push(
+        `run ${previous.runId} is following the source (its subscriptions keep the target current): cut it over with "pg-migrate cutover", or drop what it made with "pg-migrate abort", both with the same server flags`,
+      );
+    else if (previous?.record.follow && !cfg.follow && !cfg.restart)
+      refusals.push(
+        `run ${previous.runId} is an online migration (--follow): resume it with --follow, or end it with "pg-migrate abort"`,
+      );
 
     const vias = chooseVia(surveyed.selected, {
       via: cfg.via,

@@ -19,6 +19,7 @@ import { revertSettings } from "./fast-restore.js";
 import { leaveRunRoles, rolesLeft } from "./memberships.js";
 import { plural, type Output } from "./output.js";
 import { findPrevious, restartQuestion } from "./preflight.js";
+import { dropFollowObjects } from "./follow.js";
 import { brokerOf, preflightOf, revertCommand, targetOf, type RunContext } from "./run-context.js";
 import { newRunId, RunState, sameTarget, type DbState } from "./state.js";
 
@@ -199,6 +200,12 @@ export async function abandon(
   d: { tgtClient: pg.Client; jsm: JetStreamManager; out: Output; targetMajor: number },
 ): Promise<void> {
   await d.jsm.streams.purge(JOBS_STREAM, { filter: subjects.jobsOfRun(previous.runId) });
+  // --follow: its subscriptions first (a database one reads from cannot be dropped), then its slots and role.
+  const follow = await dropFollowObjects(previous.record, cfg, () => previous.save());
+  if (follow.subscriptions || follow.slots || previous.record.follow)
+    d.out.line(
+      `dropped what run ${previous.runId} made to follow the source: ${plural(follow.subscriptions, "subscription")}, ${plural(follow.slots, "replication slot")}, its publications and replication role`,
+    );
   const dropped: string[] = [];
   for (const db of previous.record.databases.filter((x) => x.created)) {
     await d.tgtClient.query(dropDatabaseSql(db.name, d.targetMajor >= 13));

@@ -19,6 +19,7 @@ import { MAINTENANCE_DB } from "./discovery.js";
 import { awaitWorkers, openBroker } from "./broker.js";
 import { applySettings, saveSettings, settingsFor } from "./fast-restore.js";
 import { finish } from "./finish.js";
+import { startFollowing } from "./follow.js";
 import { migrateGlobals } from "./globals.js";
 import { holdOnTarget, TargetLock } from "./lock.js";
 import { joinRoles, rolesToJoin } from "./memberships.js";
@@ -323,6 +324,7 @@ async function runJobs(ctx: RunContext): Promise<void> {
     ctx.signal,
   );
   if (ctx.signal.aborted) throw new InterruptedError("interrupted");
+  if (ctx.cfg.follow) await startFollowing(ctx.cfg, state, preflightOf(ctx).src, (line) => ctx.out.line(line));
 }
 
 /**

@@ -285,7 +285,7 @@ function rowsOf(text: string, columns: number | undefined): number {
     .reduce((rows, line) => rows + Math.max(1, Math.ceil([...line.replace(/\x1b\[[0-9;]*m/g, "")].length / width)), 0);
 }
 
-const ENDED = new Set(["finished", "failed", "interrupted", "abandoned"]);
+const ENDED = new Set(["finished", "following", "failed", "interrupted", "abandoned"]);
 
 export async function status(opts: StatusOptions & { watch: boolean }, out: Output): Promise<number> {
   if (!opts.watch) {

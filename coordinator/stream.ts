@@ -19,9 +19,11 @@ import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/log.js";
 import { connect, serverUnavailable } from "../shared/pg/connect.js";
 import { USER_SCHEMAS } from "../shared/pg/catalog.js";
+import { literal } from "../shared/pg/quote.js";
 import { retry } from "../shared/retry.js";
 import type { SharedKey } from "../shared/secrets.js";
 import type { MigrateConfig } from "./config.js";
+import { followNames, holdSlot } from "./follow.js";
 import { BUILD } from "./jobs.js";
 import { bytes, plural, seconds, type Output } from "./output.js";
 import { planSlices, SPLIT_FROM_VERSION, type PlannedSlice, type StreamTable } from "./slices.js";
@@ -35,6 +37,13 @@ export interface StreamHost {
   fail(db: DbState, reason: string): Promise<void>;
   /** The database goes on with its slices (its schema was restored in an earlier session). */
   copying(db: DbState): Promise<void>;
+}
+
+interface Snapshot {
+  snapshot: string;
+  txids: string;
+  num: number;
+  tables: StreamTable[];
 }
 
 interface Holder {
@@ -97,26 +106,7 @@ export class StreamDatabases {
    * resumed: the target database may hold an earlier attempt's or session's writes (the schema job recreates it).
    */
   private async begin(db: DbState, resumed: boolean, because?: string): Promise<void> {
-    const client = await connect(this.cfg.source, db.name, "pg-migrate snapshot holder");
-    const holder: Holder = { client, closing: false };
-    this.holders.set(db.key, holder);
-    const lost = (why: string) => {
-      if (holder.closing || this.stopped || this.holders.get(db.key) !== holder) return;
-      holder.closing = true;
-      void this.startOver(db, `its snapshot holder session on the source ended (${why})`);
-    };
-    client.on("error", (err) => lost(errorMessage(err)));
-    client.on("end", () => lost("the connection closed"));
-    // The holder sits idle in its transaction for as long as the database's slices run.
-    await client.query("SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0");
-    await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
-    // txid_current_snapshot(): pg_current_snapshot() arrived in 13, and 12 is a supported source.
-    const { rows } = await client.query<{ id: string; snap: string; num: number }>(
-      `SELECT pg_export_snapshot() AS id, current_setting('server_version_num')::int AS num,
-              txid_current_snapshot()::text AS snap`,
-    );
-    const { id: snapshot, snap: txids, num } = rows[0]!;
-    const tables = await this.tables(client);
+    const { snapshot, txids, num, tables } = this.cfg.follow ? await this.holdSlot(db) : await this.holdSnapshot(db);
     const previous = db.stream;
     const kept = resumed && previous ? this.keepable(previous, txids, tables) : undefined;
     if (previous && kept) {
@@ -179,6 +169,62 @@ export class StreamDatabases {
     );
     // One slice or none: schema, data and post-data in one job, from one archive, on one worker.
     await this.host.publish(db, slices.length <= 1 ? "whole" : "schema", resumed || previous !== undefined);
+  }
+
+  /** Keeps the holder in the map, and starts the database over when it ends before its time. */
+  private hold(db: DbState, client: pg.Client): void {
+    const holder: Holder = { client, closing: false };
+    this.holders.set(db.key, holder);
+    const lost = (why: string) => {
+      if (holder.closing || this.stopped || this.holders.get(db.key) !== holder) return;
+      holder.closing = true;
+      void this.startOver(db, `its snapshot holder session on the source ended (${why})`);
+    };
+    client.on("error", (err) => lost(errorMessage(err)));
+    client.on("end", () => lost("the connection closed"));
+  }
+
+  /** The holder's own REPEATABLE READ transaction, its exported snapshot, and the tables read in it. */
+  private async holdSnapshot(db: DbState): Promise<Snapshot> {
+    const client = await connect(this.cfg.source, db.name, "pg-migrate snapshot holder");
+    this.hold(db, client);
+    // The holder sits idle in its transaction for as long as the database's slices run.
+    await client.query("SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0");
+    await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    // txid_current_snapshot(): pg_current_snapshot() arrived in 13, and 12 is a supported source.
+    const { rows } = await client.query<{ id: string; snap: string; num: number }>(
+      `SELECT pg_export_snapshot() AS id, current_setting('server_version_num')::int AS num,
+              txid_current_snapshot()::text AS snap`,
+    );
+    const { id: snapshot, snap: txids, num } = rows[0]!;
+    return { snapshot, txids, num, tables: await this.tables(client) };
+  }
+
+  /**
+   * --follow: the holder is the replication connection that made the database's logical slot, and the snapshot the
+   * slot's; it runs nothing else, so the tables are read by a second session that imports the snapshot.
+   */
+  private async holdSlot(db: DbState): Promise<Snapshot> {
+    const index = this.state.record.databases.indexOf(db);
+    db.follow ??= followNames(this.state.runId, index);
+    db.follow.subscribed = false;
+    await this.state.save(); // recorded before it is made: a crash in between leaves nothing unnamed
+    const held = await holdSlot(this.cfg.source, db.name, db.follow, this.cfg.replicaIdentityFull);
+    this.hold(db, held.client);
+    db.follow.startLsn = held.lsn;
+    const reader = await connect(this.cfg.source, db.name, "pg-migrate snapshot reader");
+    try {
+      await reader.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+      await reader.query(`SET TRANSACTION SNAPSHOT ${literal(held.snapshot)}`);
+      const { rows } = await reader.query<{ snap: string; num: number }>(
+        "SELECT current_setting('server_version_num')::int AS num, txid_current_snapshot()::text AS snap",
+      );
+      const tables = await this.tables(reader);
+      await reader.query("COMMIT");
+      return { snapshot: held.snapshot, txids: rows[0]!.snap, num: rows[0]!.num, tables };
+    } finally {
+      await reader.end().catch(() => undefined);
+    }
   }
 
   /**

@@ -234,7 +234,7 @@ export type Mismatch = z.infer<typeof MismatchSchema>;
  * changed because pg_restore refreshed it. `note` says what it means for the user.
  */
 export const VerifyWarningSchema = z.object({
-  what: z.enum(["column-order", "matview-refreshed"]),
+  what: z.enum(["column-order", "matview-refreshed", "sequence-advanced"]),
   object: z.string(),
   source: z.string().nullable(),
   target: z.string().nullable(),

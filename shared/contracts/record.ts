@@ -7,7 +7,8 @@ import { ContractError, errorMessage } from "../errors.js";
 import { CreateSpecSchema, MismatchSchema, VerifyTable, VerifyWarningSchema } from "./messages.js";
 import { DB_PHASES, JOB_KINDS, RUN_STEPS } from "./phases.js";
 
-export const RUN_STATUSES = ["running", "interrupted", "failed", "finished", "abandoned"] as const;
+/** following: every database copied and verified, the target kept current by subscriptions until `pg-migrate cutover`. */
+export const RUN_STATUSES = ["running", "interrupted", "failed", "following", "finished", "abandoned"] as const;
 export const UPGRADE_NOTE_KINDS = ["public-schema", "unknown-setting", "extension-version", "removed-feature"] as const;
 
 export const ServerSchema = z.object({
@@ -144,6 +145,50 @@ export const StreamStateSchema = z.object({
 });
 export type StreamState = z.infer<typeof StreamStateSchema>;
 
+/**
+ * --follow, one database: the publication and logical slot the run made on the source (recorded before it made
+ * them) and, once the database is copied and verified, the subscription on the target that follows that slot.
+ */
+export const FollowDbSchema = z.object({
+  publication: z.string(),
+  slot: z.string(),
+  /** The subscription's name (the same in the target database); subscribed: it exists. */
+  subscription: z.string(),
+  subscribed: z.boolean(),
+  /** The slot's consistent point: the copy's snapshot is the source as of this LSN. */
+  startLsn: z.string().optional(),
+  /** The newest lag reading: bytes of source WAL the target has not confirmed, and seconds behind. */
+  lag: z.object({ bytes: z.number(), seconds: z.number().nullable(), at: z.string() }).optional(),
+});
+export type FollowDb = z.infer<typeof FollowDbSchema>;
+
+/** --follow, the run: the temporary replication role on the source, and the cutover's progress. */
+export const FollowSchema = z.object({
+  /** The role the target's subscriptions log in to the source as (created by the run, dropped by cutover/abort). */
+  role: z.string(),
+  roleCreated: z.boolean(),
+  /** How the target reaches the source (the run's source address unless --follow-source says otherwise). */
+  publisher: z.object({ host: z.string(), port: z.number().int() }),
+  cutover: z
+    .object({
+      /** When the writes were blocked on the source (absent with --writes-stopped). */
+      blockedAt: z.string().optional(),
+      /** The source databases the cutover made read-only (ALTER DATABASE … SET default_transaction_read_only). */
+      readOnly: z.array(z.string()),
+      /** The source's WAL position once the writes stopped: every subscription applied up to it. */
+      lsn: z.string().optional(),
+      doneAt: z.string().optional(),
+      /** From blockedAt to the moment the target was the one to write to. */
+      windowMs: z.number().optional(),
+      sequences: z.number().int().optional(),
+      verifiedRows: z.number().optional(),
+    })
+    .optional(),
+  /** pg-migrate abort (or --restart) dropped what the run made on both servers. */
+  aborted: z.boolean().optional(),
+});
+export type Follow = z.infer<typeof FollowSchema>;
+
 export const DbStateSchema = z.object({
   name: z.string(),
   key: z.string(),
@@ -159,6 +204,7 @@ export const DbStateSchema = z.object({
   /** stream: slices through the workers under one snapshot; volume (absent): pg_dump -Fd and pg_restore. */
   via: z.enum(["volume", "stream"]).optional(),
   stream: StreamStateSchema.optional(),
+  follow: FollowDbSchema.optional(),
   /** --via stream: every table's counts on both sides (the volume path keeps them in the detail file). */
   tableCounts: z.array(VerifyTable).optional(),
   /** Attempt directory of the completed dump, relative to the dump root. */
@@ -232,6 +278,7 @@ export const RunRecordSchema = z.object({
   broker: z.string().optional(),
   /** The last EVENTS stream sequence the coordinator handled: a resume reads the run's events again from there. */
   eventsSeq: z.number().int().optional(),
+  follow: FollowSchema.optional(),
   /** Each session's steps with their timings, in order (the finish step's up to the report). */
   steps: z.array(StepTimingSchema).optional(),
 });

@@ -24,13 +24,22 @@ export function describe(s: ServerSpec, db?: string): string {
 /** Servers that answered "no TLS" to a prefer/allow connection: later connections go plain at once. */
 const withoutTls = new Set<string>();
 
-export async function connect(given: ServerSpec, database: string, appName = "pg-migrate"): Promise<pg.Client> {
+/**
+ * A session on one server's database. `replication: "database"`: a logical replication connection (a walsender
+ * that also takes SQL), for CREATE_REPLICATION_SLOT.
+ */
+export async function connect(
+  given: ServerSpec,
+  database: string,
+  appName = "pg-migrate",
+  opts: { replication?: "database" } = {},
+): Promise<pg.Client> {
   const s = given.password === undefined ? await withLibpqPassword(given, database) : given;
   const { ssl, fallback } = driverSsl(s, s.role);
   const server = `${s.host}:${s.port}`;
   if (!(fallback && withoutTls.has(server))) {
     try {
-      return await connectWith(s, database, appName, ssl);
+      return await connectWith(s, database, appName, ssl, opts);
     } catch (err) {
       // prefer/allow: a server without TLS is fine, as with libpq (which goes on in the same connection; the
       // driver cannot, so it opens a second one, once per server).
@@ -39,7 +48,7 @@ export async function connect(given: ServerSpec, database: string, appName = "pg
     }
   }
   try {
-    return await connectWith(s, database, appName, false);
+    return await connectWith(s, database, appName, false, opts);
   } catch (err) {
     throw wrap(s, database, err);
   }
@@ -56,8 +65,10 @@ async function connectWith(
   database: string,
   appName: string,
   ssl: pg.ClientConfig["ssl"],
+  opts: { replication?: "database" },
 ): Promise<pg.Client> {
   const client = new pg.Client({
+    ...(opts.replication ? { replication: opts.replication } : {}),
     host: s.host,
     port: s.port,
     user: s.user,
