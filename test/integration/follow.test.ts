@@ -10,6 +10,7 @@ import pg from "pg";
 import { psqlExec, type LocalCluster } from "../../demo/cluster.js";
 import { cliEnv, databasesOf, query, runCli, sequencesOf, serverArgs, tableCounts } from "../helpers/cli.js";
 import { withTestEnv } from "../helpers/env.js";
+import { startCli } from "../helpers/live.js";
 
 const LOAD_SCHEMA = `
   CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
@@ -223,7 +224,7 @@ test(
 );
 
 test(
-  "abort drops what --follow made; a cutover that stopped half-way (a subscription that cannot catch up) leaves the writes blocked and, run again, finishes",
+  "the coordinator SIGKILLed mid-copy of a --follow run: the same command replaces its slot and follows; abort drops what --follow made; a cutover that stopped half-way (a subscription that cannot catch up) leaves the writes blocked and, run again, finishes",
   { timeout: 240_000 },
   async () => {
     await withTestEnv(
@@ -232,8 +233,19 @@ test(
         await psqlExec(source, "app", LOAD_SCHEMA);
         const env = cliEnv(home, source, target);
         const args = [...serverArgs(source, target), "--include-db", "app", "--replica-identity-full"];
+        // The coordinator SIGKILLed once the database's slot is made, before its subscription: the slot stays (nobody
+        // could drop it), and the same command replaces it, copies again and follows.
+        const killed = startCli([...args, "--follow"], env);
+        await until("the run's slot on the source", async () => (await slotsOf(source)).length === 1, 60_000);
+        killed.child.kill("SIGKILL");
+        await killed.result;
+        const leftSlot = await slotsOf(source);
+        assert.equal(leftSlot.length, 1, killed.stderr());
         const first = await runCli([...args, "--follow"], env);
         assert.equal(first.exitCode, 0, first.stderr);
+        assert.match(first.stderr, /resuming run/);
+        assert.equal((await slotsOf(source)).length, 1);
+        assert.equal((await subscriptionsOf(target)).length, 1);
         const aborted = await runCli(["abort", ...serverArgs(source, target)], env);
         assert.equal(aborted.exitCode, 0, aborted.stderr);
         assert.match(aborted.stderr, /dropped 1 subscription on the target, 1 replication slot/);
@@ -268,6 +280,9 @@ test(
     );
   },
 );
+
+const slotsOf = (source: LocalCluster) => query(source, "postgres", "SELECT slot_name FROM pg_replication_slots");
+const subscriptionsOf = (target: LocalCluster) => query(target, "postgres", "SELECT subname FROM pg_subscription");
 
 async function subscriptionOf(target: LocalCluster): Promise<string> {
   const rows = await query<{ subname: string }>(target, "postgres", "SELECT subname FROM pg_subscription");
