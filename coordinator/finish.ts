@@ -120,7 +120,7 @@ export async function finish(ctx: RunContext, failure: unknown, timeSoFar: () =>
   );
   if (cfg.follow)
     out.line(
-      `run ${state.runId} is following the source: "pg-migrate status" shows the lag; when the applications can pause, "pg-migrate cutover" (the same server flags) stops the writes, waits for the target, copies the sequences, verifies every table and drops the subscriptions, slots, publications and the replication role; "pg-migrate abort" drops them without cutting over`,
+      `run ${state.runId} is following the source: "pg-migrate cutover --lag" reads the lag now (and "pg-migrate status" shows the last reading); when the applications can pause, "pg-migrate cutover" (the same server flags) stops the writes, waits for the target, copies the sequences, verifies every table and drops the subscriptions, slots, publications and the replication role; "pg-migrate abort" drops them without cutting over`,
     );
   return EXIT.ok;
 }

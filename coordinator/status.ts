@@ -40,6 +40,8 @@ export interface StatusSnapshot {
     progress: RunRecord["databases"][number]["progress"] | null;
     /** --via stream: its data slices, how many are done and running, and the workers running them. */
     slices: { total: number; done: number; running: number; workers: string[] } | null;
+    /** --follow: whether its subscription follows the source, and the newest lag reading (cutover --lag, the run's end). */
+    follow: { subscribed: boolean; lag: { bytes: number; seconds: number | null; at: string } | null } | null;
   }[];
   /** Whether a coordinator holds the run's target lock now: "gone" for a running run means it died. */
   coordinator: "alive" | "gone";
@@ -95,6 +97,7 @@ export async function snapshot(
             ],
           }
         : null,
+      follow: d.follow ? { subscribed: d.follow.subscribed, lag: d.follow.lag ?? null } : null,
     })),
     workers: await liveWorkers(opts.natsUrl ?? r.broker, opts.natsAuth),
     ...(readTarget ? { target: await targetCarries(r) } : {}),
@@ -217,6 +220,14 @@ async function liveWorkers(url: string | undefined, auth: NatsAuth): Promise<Sta
   }
 }
 
+/** ", following (lag 1.2 KiB / 0.3 s at …)" for a database a subscription follows. */
+function followText(f: StatusSnapshot["databases"][number]["follow"]): string {
+  if (!f?.subscribed) return "";
+  if (!f.lag) return ", following";
+  const secs = f.lag.seconds === null ? "" : ` / ${f.lag.seconds.toFixed(1)} s`;
+  return `, following (lag ${bytes(f.lag.bytes)}${secs} at ${f.lag.at})`;
+}
+
 export function renderStatus(s: StatusSnapshot): string {
   const lines = [
     `run ${s.run.runId}: ${s.run.status}${s.run.status === "running" && s.coordinator === "gone" ? " (but its coordinator is gone: run the same command again to resume)" : ""}, started ${s.run.startedAt}${s.run.resumedAt.length ? `, resumed ${s.run.resumedAt.length}×` : ""}, updated ${s.run.updatedAt}`,
@@ -240,7 +251,7 @@ export function renderStatus(s: StatusSnapshot): string {
     const progress = progressText(d.progress);
     dbs.push([
       d.name,
-      d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : ""),
+      d.phase + (d.error ? `: ${d.error.slice(0, 60)}` : "") + followText(d.follow),
       bytes(d.sizeBytes),
       worker,
       slices ? `${slices}${progress === "-" ? "" : `, ${progress}`}` : progress,

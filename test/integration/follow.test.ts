@@ -94,7 +94,7 @@ async function assertNothingLeft(source: LocalCluster, target: LocalCluster, dbs
 test(
   "--follow under a write load on 3 databases, the target restarted while following, then cutover: every committed ledger id, equal counts, sequences at or beyond, nothing left, writes blocked under 5 s",
   { timeout: 240_000 },
-  async () => {
+  async (t) => {
     await withTestEnv(
       async ({ source, target, home }) => {
         const dbs = ["shop", "bank", "games"];
@@ -134,12 +134,17 @@ test(
           const lag = await runCli(["cutover", "--lag", ...serverArgs(source, target)], env);
           assert.equal(lag.exitCode, 0, lag.stderr);
           assert.match(lag.stderr, /lag: "bank" [\d.]+ (B|KiB|MiB)/);
+          const status = await runCli(["status"], env);
+          assert.equal(status.exitCode, 0, status.stderr);
+          assert.match(status.stdout, /: following,/);
+          assert.match(status.stdout, /done, following \(lag [\d.]+ (B|KiB|MiB)/);
 
           const cut = await runCli(["cutover", ...serverArgs(source, target)], env);
           assert.equal(cut.exitCode, 0, cut.stderr);
           const window = /writes blocked for .* \((\d+) ms\)/.exec(cut.stderr);
           assert.ok(window, cut.stderr);
           assert.ok(Number(window[1]) < 5000, `writes were blocked for ${window[1]} ms`);
+          t.diagnostic(`writes blocked for ${window[1]} ms`);
           await until("the load to stop on the read-only source", () => loads.every((l) => l.error !== undefined));
         } finally {
           await Promise.all(loads.map((l) => l.stop()));
