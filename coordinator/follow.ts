@@ -157,8 +157,11 @@ export async function followChecks(
         );
     });
   }
-  const reach = await targetReachesSource(tgt, cfg.followSource ?? { host: cfg.source.host, port: cfg.source.port });
-  if (reach) refusals.push(reach);
+  // Only a superuser may make the probe's subscription (refused above otherwise).
+  if (target.superuser) {
+    const reach = await targetReachesSource(tgt, cfg.followSource ?? { host: cfg.source.host, port: cfg.source.port });
+    if (reach) refusals.push(reach);
+  }
   return { refusals, warnings, notes };
 }
 

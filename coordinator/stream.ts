@@ -348,7 +348,9 @@ export class StreamDatabases {
         }
         return;
       case "released":
-        if (this.stopped) return;
+        // A job of an earlier session handed back (or replayed) before this session took its snapshot: the new
+        // snapshot plans the slice again, or keeps it.
+        if (this.stopped || !this.plans.has(db.key)) return;
         this.running.delete(e.jobId);
         this.out.line(
           `${what}: ${e.worker} handed it back; offered again at once (attempt ${e.attempt} was not used up)`,

@@ -200,14 +200,18 @@ test(
 );
 
 test(
-  "--follow is refused before anything changes: wal_level=replica with its fix, and a table without a replica identity by name",
+  "--follow is refused before anything changes: wal_level=replica with its fix, a table without a replica identity by name, a source the target cannot reach",
   { timeout: 120_000 },
   async () => {
     await withTestEnv(
       async ({ source, target, home }) => {
         await psqlExec(source, "postgres", "CREATE DATABASE app");
         await psqlExec(source, "app", "CREATE TABLE keyless (a int, b text); CREATE TABLE keyed (id int PRIMARY KEY)");
-        const r = await runCli([...serverArgs(source, target), "--follow"], cliEnv(home, source, target));
+        // The target's way to the source is tested from the target: here an address where nothing listens.
+        const r = await runCli(
+          [...serverArgs(source, target), "--follow", "--follow-source", "127.0.0.1:1"],
+          cliEnv(home, source, target),
+        );
         assert.equal(r.exitCode, 3, r.stderr);
         assert.match(
           r.stderr,
@@ -218,6 +222,10 @@ test(
           /"app" has 1 table with neither a primary key nor a replica identity[^;]*: public\.keyless;/,
         );
         assert.match(r.stderr, /--replica-identity-full/);
+        assert.match(
+          r.stderr,
+          /the target server cannot reach the source at 127\.0\.0\.1:1, which its subscriptions must \([^)]*refused/,
+        );
         assert.doesNotMatch(r.stderr, /keyed/);
         assert.match(r.stderr, /nothing was changed/);
         assert.deepEqual(await databasesOf(target), []);

@@ -29,7 +29,7 @@ test("--help into a pipe that closes early ends quietly with 0; a mistyped comma
   const typo = await runCli(["stauts"], {});
   assert.equal(typo.exitCode, 2);
   assert.deepEqual(typo.stderr.trim().split("\n"), [
-    'pg-migrate: error: unknown command "stauts" (did you mean "status"?); the commands are worker, plan, status, watch, revert-settings (pg-migrate --help)',
+    'pg-migrate: error: unknown command "stauts" (did you mean "status"?); the commands are worker, plan, status, watch, revert-settings, cutover, abort (pg-migrate --help)',
   ]);
   const unrelated = await runCli(["frobnicate"], {});
   assert.equal(unrelated.exitCode, 2);
