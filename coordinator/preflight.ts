@@ -279,7 +279,12 @@ export async function preflight(
       refusals.push(
         `run ${previous.runId} is following the source (its subscriptions keep the target current): cut it over with "pg-migrate cutover", or drop what it made with "pg-migrate abort", both with the same server flags`,
       );
-    else if (previous?.record.follow && !cfg.follow && !cfg.restart)
+    else if (
+      previous &&
+      (previous.record.follow || previous.record.databases.some((d) => d.follow)) &&
+      !cfg.follow &&
+      !cfg.restart
+    )
       refusals.push(
         `run ${previous.runId} is an online migration (--follow): resume it with --follow, or end it with "pg-migrate abort"`,
       );

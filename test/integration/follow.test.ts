@@ -254,6 +254,10 @@ test(
         await killed.result;
         const leftSlot = await slotsOf(source);
         assert.equal(leftSlot.length, 1, killed.stderr());
+        // Resumed without --follow, it would copy without following: refused, saying how.
+        const plain = await runCli([...serverArgs(source, target), "--include-db", "app"], env);
+        assert.equal(plain.exitCode, 3, plain.stderr);
+        assert.match(plain.stderr, /is an online migration \(--follow\): resume it with --follow/);
         const first = await runCli([...args, "--follow"], env);
         assert.equal(first.exitCode, 0, first.stderr);
         assert.match(first.stderr, /resuming run/);
